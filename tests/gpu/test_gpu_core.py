@@ -1,0 +1,63 @@
+"""The core backend on a real GPU with real Torch-TensorRT (run on the lent GPU machine)."""
+
+from __future__ import annotations
+
+import logging
+
+import pytest
+import torch
+
+import trt_multidev_backend as tm
+from scenarios import CATALOG, DEV, Mlp, rel_error
+
+
+@pytest.mark.parametrize("scenario", list(CATALOG))
+def test_catalog_scenario_matches_eager(scenario, caplog):
+    _, run = CATALOG[scenario]
+    outcome = run("trt_multidev")
+    assert outcome.ok, outcome.detail
+    fallbacks = [r.getMessage() for r in caplog.records
+                 if r.name.startswith("trt_multidev") and "fallback" in r.getMessage()]
+    if scenario not in ("S12",):  # host work may leave whole graphs to PyTorch by design
+        assert fallbacks == [], fallbacks
+
+
+def test_engines_are_built_on_the_models_gpu(caplog):
+    caplog.set_level(logging.INFO, logger="trt_multidev")
+    model = Mlp().eval().to(DEV)
+    x = torch.randn(16, 256, device=DEV)
+    with torch.no_grad():
+        out = torch.compile(model, backend="trt_multidev", options={"min_block_size": 1})(x)
+    assert rel_error(out, model(x)) < 1e-2
+    counts = tm.stats()[str(DEV)]
+    assert counts["compiles"] >= 1 and counts["fallbacks"] == 0
+    assert not [r for r in caplog.records if "built no engine" in r.getMessage()]
+
+
+def test_resnet50_fp16_matches_eager():
+    torchvision = pytest.importorskip("torchvision")
+    model = torchvision.models.resnet50().eval().half().to(DEV)
+    x = torch.randn(8, 3, 224, 224, device=DEV, dtype=torch.float16)
+    with torch.no_grad():
+        ref = model(x)
+        out = torch.compile(model, backend="trt_multidev")(x)
+    assert out.dtype == torch.float16 and out.device == DEV
+    assert rel_error(out, ref) < 2e-2
+    assert tm.stats()[str(DEV)]["fallbacks"] == 0
+
+
+def test_out_of_range_device_is_a_clear_error():
+    model = Mlp(8).eval().to(DEV)
+    bad = f"cuda:{torch.cuda.device_count()}"
+    with pytest.raises(Exception, match=rf"device {bad} .* is out of range: {torch.cuda.device_count()} CUDA device"):
+        torch.compile(model, backend="trt_multidev", options={"device": bad})(torch.randn(2, 8, device=DEV))
+
+
+def test_guard_restores_the_callers_device_even_on_error():
+    from trt_multidev_backend.device import device_guard
+
+    before = torch.cuda.current_device()
+    with pytest.raises(RuntimeError):
+        with device_guard(torch.device("cuda", torch.cuda.device_count() - 1)):
+            raise RuntimeError("inside")
+    assert torch.cuda.current_device() == before

@@ -1,0 +1,168 @@
+"""Fallbacks: warned once per (reason, device), counted, refused by strict; results stay eager's."""
+
+from __future__ import annotations
+
+import logging
+
+import pytest
+import torch
+import torch.nn as nn
+
+import trt_multidev_backend as tm
+from conftest import EngineLikeDelegate, capture, fake, on_fake_device
+
+needs_no_trt = pytest.mark.skipif(torch.cuda.is_available(), reason="checks the no-GPU fallback path")
+
+
+class Net(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.a = nn.Linear(8, 8)
+        self.b = nn.Linear(8, 8)
+
+    def forward(self, x):
+        return self.b(torch.relu(self.a(x)))
+
+
+def warnings_of(caplog):
+    return [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING and r.name.startswith("trt_multidev")]
+
+
+@needs_no_trt
+def test_default_delegate_without_gpu_warns_once_and_runs_eager(caplog):
+    model = Net().eval()
+    x = torch.randn(4, 8)
+    compiled = torch.compile(model, backend="trt_multidev")
+    with torch.no_grad():
+        for _ in range(3):
+            torch.testing.assert_close(compiled(x), model(x))
+        torch.testing.assert_close(torch.compile(Net().eval(), backend="trt_multidev")(x).shape, (4, 8))
+    (message,) = warnings_of(caplog)
+    assert "TensorRT needs a CUDA device" in message and "eager fallback" in message
+    assert "device=cuda:N" in message  # the remedy
+    assert tm.stats()["cpu"]["fallbacks"] >= 1 and tm.stats()["cpu"]["compiles"] == 0
+
+
+@needs_no_trt
+def test_cuda_target_without_cuda_names_the_reason(caplog, fake_mode):
+    model = on_fake_device(Net(), "cuda:1", fake_mode)
+    out = torch.compile(model, backend="trt_multidev")(fake(fake_mode, 4, 8, device="cuda:1"))
+    assert out.device == torch.device("cuda", 1)  # eager on the captured graph: its own devices
+    (message,) = warnings_of(caplog)
+    assert "CUDA is not usable here" in message and "[cuda:1]" in message
+    assert tm.stats() == {"cuda:1": {"compiles": 0, "cache_hits": 0, "fallbacks": 1}}
+
+
+@needs_no_trt
+def test_strict_turns_the_fallback_into_an_error():
+    compiled = torch.compile(Net(), backend="trt_multidev", options={"strict": True})
+    with pytest.raises(Exception) as err:
+        compiled(torch.randn(2, 8))
+    assert isinstance(_root(err.value), tm.TrtMultidevError)
+    assert "strict is on" in str(err.value) and "device=cuda:N" in str(err.value)
+
+
+def _root(exc: BaseException) -> BaseException:
+    seen = exc
+    while getattr(seen, "__cause__", None) is not None or getattr(seen, "inner_exception", None) is not None:
+        seen = getattr(seen, "inner_exception", None) or seen.__cause__
+        if isinstance(seen, (tm.TrtMultidevError, ValueError)):
+            return seen
+    return seen
+
+
+def test_a_failing_delegate_falls_back_on_the_placed_graph(caplog, fake_mode):
+    model = on_fake_device(Net(), "cuda:1", fake_mode)
+    delegate = EngineLikeDelegate(fail=RuntimeError("engine build exploded\nsecond line"))
+    compiled = torch.compile(model, backend="trt_multidev", options={"delegate": delegate})
+    for n in (4, 4):
+        assert compiled(fake(fake_mode, n, 8, device="cuda:1")).device == torch.device("cuda", 1)
+    (message,) = warnings_of(caplog)
+    assert "raised RuntimeError: engine build exploded" in message and "second line" not in message
+    assert "strict=1" in message
+    assert tm.stats()["cuda:1"]["fallbacks"] == 1
+
+
+def test_strict_reraises_the_delegate_error_with_its_cause(fake_mode):
+    model = on_fake_device(Net(), "cuda:1", fake_mode)
+    boom = RuntimeError("engine build exploded")
+    delegate = EngineLikeDelegate(fail=boom)
+    gm, inputs = capture(model, fake(fake_mode, 4, 8, device="cuda:1"))
+    with pytest.raises(tm.TrtMultidevError, match="engine build exploded") as err:
+        tm.backend(gm, inputs, options={"delegate": delegate, "strict": True})
+    assert err.value.__cause__ is boom
+
+
+def test_settings_errors_are_never_swallowed_by_the_fallback():
+    gm, inputs = capture(Net(), torch.randn(2, 8))
+    with pytest.raises(tm.SettingsError, match="delegate"):
+        tm.backend(gm, inputs, options={"delegate": "_delegates:not_callable"})
+    with pytest.raises(tm.SettingsError, match="cannot load"):
+        tm.backend(gm, inputs, options={"delegate": "_delegates:missing"})
+    with pytest.raises(tm.SettingsError, match="unknown option 'strcit'"):
+        tm.backend(gm, inputs, options={"strcit": True})
+
+
+def test_bad_option_surfaces_at_first_compile_through_torch_compile():
+    compiled = torch.compile(Net(), backend="trt_multidev", options={"fallback": "tvm"})
+    with pytest.raises(Exception) as err:
+        compiled(torch.randn(2, 8))
+    assert isinstance(_root(err.value), ValueError)
+    assert "invalid value 'tvm' for setting 'fallback'" in str(err.value)
+
+
+def test_state_on_two_gpus_warns_and_falls_back(caplog, fake_mode):
+    class Split(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.a, self.b = nn.Linear(4, 4), nn.Linear(4, 4)
+
+        def forward(self, x):
+            return self.b(self.a(x).to("cuda:1"))
+
+    model = Split().requires_grad_(False)
+    on_fake_device(model.a, "cuda:0", fake_mode)
+    on_fake_device(model.b, "cuda:1", fake_mode)
+    delegate = EngineLikeDelegate()
+    compiled = torch.compile(model, backend="trt_multidev", options={"delegate": delegate})
+    out = compiled(fake(fake_mode, 2, 4, device="cuda:0"))
+    assert out.device == torch.device("cuda", 1) and delegate.calls == []
+    (message,) = warnings_of(caplog)
+    assert "module state spans cuda:0, cuda:1" in message and "set device=cuda:N" in message
+    torch._dynamo.reset()
+    with pytest.raises(Exception, match="module state spans cuda:0, cuda:1"):
+        torch.compile(model, backend="trt_multidev", options={"delegate": delegate, "strict": True})(
+            fake(fake_mode, 2, 4, device="cuda:0"))
+
+
+def test_unknown_environment_variable_warns_once(caplog, monkeypatch):
+    monkeypatch.setenv("TRT_MULTIDEV_STRIKT", "1")
+    model = Net()
+    compiled = torch.compile(model, backend="trt_multidev", options={"delegate": "_delegates:run_graph"})
+    compiled(torch.randn(2, 8))
+    compiled(torch.randn(3, 8))
+    assert [m for m in warnings_of(caplog) if "TRT_MULTIDEV_STRIKT" in m] == [
+        "trt_multidev: ignoring unknown environment variable TRT_MULTIDEV_STRIKT (not a trt_multidev setting; a typo?)"
+    ]
+
+
+@pytest.mark.slow
+def test_inductor_fallback_matches_eager(caplog):
+    if torch.cuda.is_available():
+        pytest.skip("checks the no-GPU fallback path")
+    model = Net().eval()
+    x = torch.randn(4, 8)
+    with torch.no_grad():
+        out = torch.compile(model, backend="trt_multidev", options={"fallback": "inductor"})(x)
+        torch.testing.assert_close(out, model(x))
+    assert any("inductor fallback" in m for m in warnings_of(caplog))
+
+
+def test_settings_and_plan_are_logged_at_the_chosen_level(caplog):
+    caplog.set_level(logging.DEBUG, logger="trt_multidev")
+    torch.compile(Net(), backend="trt_multidev",
+                  options={"delegate": "_delegates:run_graph", "log_level": "warning"})(torch.randn(2, 8))
+    messages = warnings_of(caplog)
+    assert any(m.startswith("settings: device=auto (default)") and "log_level=warning (options)" in m
+               for m in messages)
+    assert any("target cpu (rule: graph tensors (cpu))" in m for m in messages)

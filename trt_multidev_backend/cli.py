@@ -1,0 +1,143 @@
+"""`trt-multidev` / `python -m trt_multidev_backend`: what is installed, what is in effect, a demo."""
+
+from __future__ import annotations
+
+import argparse
+import importlib.metadata
+import logging
+import sys
+import time
+from typing import Sequence
+
+import torch
+
+from ._version import __version__
+from .settings import SettingsError, resolve_settings, unknown_env_vars
+
+__all__ = ["main"]
+
+_DISTRIBUTIONS = (
+    ("torch", ("torch",)),
+    ("torch_tensorrt", ("torch-tensorrt", "torch-tensorrt-rtx")),
+    ("tensorrt", ("tensorrt", "tensorrt-cu12", "tensorrt-cu13", "tensorrt-rtx", "tensorrt-rtx-cu13-bindings")),
+)
+
+
+def _version_of(names: Sequence[str]) -> str:
+    for name in names:
+        try:
+            return f"{importlib.metadata.version(name)} ({name})"
+        except importlib.metadata.PackageNotFoundError:
+            continue
+    return "not installed"
+
+
+def _gpus() -> list[str]:
+    if not torch.cuda.is_available():
+        build = "CPU-only build of torch" if torch.version.cuda is None else f"CUDA {torch.version.cuda}, no visible GPU"
+        return [f"none ({build})"]
+    rows = []
+    for i in range(torch.cuda.device_count()):
+        p = torch.cuda.get_device_properties(i)
+        rows.append(f"cuda:{i}  {p.name}  SM {p.major}.{p.minor}  {p.total_memory / 2**30:.1f} GiB")
+    return rows
+
+
+def _table(rows: Sequence[Sequence[str]]) -> str:
+    widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
+    return "\n".join("  " + "  ".join(c.ljust(w) for c, w in zip(r, widths)).rstrip() for r in rows)
+
+
+def cmd_info(_: argparse.Namespace) -> int:
+    print(f"trt-multidev-backend {__version__}")
+    for label, names in _DISTRIBUTIONS:
+        print(f"{label:15} {_version_of(names)}")
+    print("GPUs:")
+    for row in _gpus():
+        print("  " + row)
+    settings = resolve_settings()
+    print("Settings in effect (options passed to torch.compile override these per key):")
+    print(_table([("setting", "value", "source"), *settings.describe()]))
+    for name in unknown_env_vars():
+        print(f"warning: {name} is not a trt_multidev setting (a typo?)")
+    return 0
+
+
+class _Demo(torch.nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.body = torch.nn.Sequential(
+            torch.nn.Linear(256, 512), torch.nn.GELU(), torch.nn.Linear(512, 512), torch.nn.GELU(),
+            torch.nn.Linear(512, 256), torch.nn.LayerNorm(256),
+        )
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.body(x) + x
+
+
+def _best_device() -> torch.device:
+    if not torch.cuda.is_available():
+        return torch.device("cpu")
+    best = max(range(torch.cuda.device_count()),
+               key=lambda i: (torch.cuda.get_device_properties(i).total_memory, -i))
+    return torch.device("cuda", best)
+
+
+def _time(fn, x, iters: int) -> float:
+    if x.is_cuda:
+        torch.cuda.synchronize(x.device)
+    start = time.perf_counter()
+    for _ in range(iters):
+        fn(x)
+    if x.is_cuda:
+        torch.cuda.synchronize(x.device)
+    return (time.perf_counter() - start) / iters
+
+
+def cmd_demo(args: argparse.Namespace) -> int:
+    from . import backend, stats
+
+    logging.basicConfig(level=logging.INFO, format="  [%(name)s] %(message)s")
+    device = torch.device(args.device) if args.device else _best_device()
+    print(f"demo: a 6-layer MLP on {device}, current device: "
+          f"{'cuda:%d' % torch.cuda.current_device() if torch.cuda.is_available() else 'none (no CUDA)'}")
+    if device.type != "cuda":
+        print("demo: no GPU here, so TensorRT cannot run; expect the fallback warning below.")
+    model = _Demo().eval().to(device)
+    x = torch.randn(args.batch, 256, device=device)
+    with torch.no_grad():
+        expected = model(x)
+        compiled = torch.compile(model, backend=backend)
+        start = time.perf_counter()
+        out = compiled(x)
+        first = time.perf_counter() - start
+        error = ((out - expected).norm() / expected.norm()).item()
+        eager_t = _time(model, x, args.iters)
+        compiled_t = _time(compiled, x, args.iters)
+    print(f"first call (compile): {first:.2f} s")
+    print(f"eager: {eager_t * 1e3:.3f} ms/call   trt_multidev: {compiled_t * 1e3:.3f} ms/call")
+    print(f"relative error vs eager: {error:.2e}; output on {out.device}")
+    print(f"counters: {stats()}")
+    return 0
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="trt-multidev", description=__doc__)
+    parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
+    sub = parser.add_subparsers(dest="command", required=True)
+    sub.add_parser("info", help="versions, GPUs and the settings in effect with their sources").set_defaults(fn=cmd_info)
+    demo = sub.add_parser("demo", help="compile a small model on the best device and time it")
+    demo.add_argument("--device", help="cuda:N or cpu (default: the GPU with the most memory)")
+    demo.add_argument("--batch", type=int, default=64)
+    demo.add_argument("--iters", type=int, default=50)
+    demo.set_defaults(fn=cmd_demo)
+    args = parser.parse_args(argv)
+    try:
+        return int(args.fn(args))
+    except SettingsError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())

@@ -1,0 +1,212 @@
+"""Delegates: what actually compiles a placed graph.
+
+A delegate is any callable ``delegate(gm, example_inputs, *, device, settings) -> callable``.
+It is called inside a ``torch.cuda.device(device)`` guard with a graph whose tensors are already
+on ``device``. The default is Torch-TensorRT's dynamo path with ``device`` set explicitly;
+``torch_tensorrt`` is imported only when that delegate first compiles, never at package import.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import importlib
+import importlib.util
+import logging
+from dataclasses import dataclass
+from typing import Any, Callable, Protocol, Sequence
+
+import torch
+import torch.fx
+
+from .device import cuda_usable
+from .settings import Settings, SettingsError
+
+__all__ = [
+    "Delegate",
+    "Unavailable",
+    "TorchTensorRTDelegate",
+    "load_delegate",
+    "delegate_identity",
+    "INSTALL_HINT",
+]
+
+log = logging.getLogger("trt_multidev.delegate")
+
+INSTALL_HINT = 'pip install "trt-multidev-backend[tensorrt]"'
+_PRECISION_DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
+# Options Torch-TensorRT's torch.compile path reads besides CompilationSettings fields.
+_EXTRA_TRT_KEYS = ("engine_cache_dir", "engine_cache_size", "custom_engine_cache", "debug")
+_ENGINE_MODULES = ("TorchTensorRTModule", "PythonTorchTensorRTModule")
+
+
+class Delegate(Protocol):
+    def __call__(
+        self, gm: torch.fx.GraphModule, example_inputs: Sequence[Any], *, device: torch.device, settings: Settings
+    ) -> Callable[..., Any]: ...
+
+
+@dataclass(frozen=True)
+class Unavailable:
+    """Why the default delegate cannot serve a target, and what the user can do about it."""
+
+    key: str
+    reason: str
+    remedy: str
+
+
+def load_delegate(spec: Any) -> tuple[Callable[..., Any], str]:
+    """Turn the `delegate` setting into (callable, identity). Raises SettingsError."""
+    if spec is None:
+        return TorchTensorRTDelegate(), "torch_tensorrt"
+    if callable(spec) and not isinstance(spec, str):
+        return spec, delegate_identity(spec)
+    module_name, _, attr_path = str(spec).partition(":")
+    try:
+        obj: Any = importlib.import_module(module_name)
+        for part in attr_path.split("."):
+            obj = getattr(obj, part)
+    except (ImportError, AttributeError) as exc:
+        raise SettingsError(
+            f"trt_multidev: invalid value {spec!r} for setting 'delegate': cannot load it ({exc}); "
+            "expected 'module:function' naming an importable callable"
+        ) from None
+    if not callable(obj):
+        raise SettingsError(
+            f"trt_multidev: invalid value {spec!r} for setting 'delegate': {type(obj).__name__} is not callable"
+        )
+    return obj, str(spec)
+
+
+def delegate_identity(fn: Any) -> str:
+    """A name for cache keys: 'module:qualname' plus the object's id, since two callables can
+    share a qualname (lambdas, closures). Delegates named by string use the string instead."""
+    module = getattr(fn, "__module__", type(fn).__module__)
+    qualname = getattr(fn, "__qualname__", type(fn).__qualname__)
+    return f"{module}:{qualname}@{id(fn):x}"
+
+
+class TorchTensorRTDelegate:
+    """Torch-TensorRT's dynamo backend, told the target device instead of the current one."""
+
+    name = "torch_tensorrt"
+    # Torch-TensorRT's Python runtime has no lock and intermediate engines reuse their output
+    # buffers, so the wrapper serializes calls to one compiled graph.
+    thread_safe = False
+
+    def __init__(self) -> None:
+        self._module: Any = None
+        self._import_error: str | None = None
+
+    # -- availability ----------------------------------------------------------------------
+    def unavailable(self, device: torch.device) -> Unavailable | None:
+        if device.type != "cuda":
+            return Unavailable(
+                f"{device.type}-target",
+                f"the target device is {device} and TensorRT needs a CUDA device",
+                "move the model to a GPU, or set device=cuda:N (options or TRT_MULTIDEV_DEVICE)",
+            )
+        if not cuda_usable():
+            build = "a CPU-only build of torch" if torch.version.cuda is None else "no visible GPU"
+            return Unavailable(
+                "no-cuda",
+                f"CUDA is not usable here ({build})",
+                "run on a machine with an NVIDIA GPU and a CUDA build of torch",
+            )
+        return self._import_problem()
+
+    def _import_problem(self) -> Unavailable | None:
+        if self._module is not None:
+            return None
+        if self._import_error is None:
+            if importlib.util.find_spec("torch_tensorrt") is None:
+                self._import_error = "Torch-TensorRT is not installed"
+            else:
+                try:
+                    self._module = importlib.import_module("torch_tensorrt")
+                    return None
+                except Exception as exc:  # broken native libraries raise OSError and friends
+                    self._import_error = f"importing torch_tensorrt failed ({type(exc).__name__}: {exc})"
+        return Unavailable("torch-tensorrt-missing", self._import_error, "install it: " + INSTALL_HINT)
+
+    # -- compile ---------------------------------------------------------------------------
+    def options_for(self, device: torch.device, settings: Settings) -> dict[str, Any]:
+        """The options handed to Torch-TensorRT: validated pass-through plus our own keys."""
+        from torch_tensorrt.dynamo import CompilationSettings
+
+        fields = {f.name for f in dataclasses.fields(CompilationSettings)}
+        accepted = sorted(fields | set(_EXTRA_TRT_KEYS))
+        for key in settings.trt:
+            if key not in accepted:
+                hint = difflib.get_close_matches(key, accepted, n=1)
+                source = settings.sources.get(f"trt.{key}", "options")
+                raise SettingsError(
+                    f"trt_multidev: unknown Torch-TensorRT setting 'trt.{key}' (from {source})"
+                    + (f"; did you mean {hint[0]!r}?" if hint else "")
+                    + f"; the installed torch_tensorrt accepts: {', '.join(accepted)}"
+                )
+        options: dict[str, Any] = {
+            "device": torch.device("cuda", device.index),
+            "min_block_size": settings.min_block_size,
+            "workspace_size": settings.workspace_size,
+            "pass_through_build_failures": True,  # failures come back to us: warned, counted, fallback
+        }
+        if settings.optimization_level is not None:
+            options["optimization_level"] = settings.optimization_level
+        if "enabled_precisions" in fields:
+            options["enabled_precisions"] = {_PRECISION_DTYPES[p] for p in settings.precision}
+            if settings.precision != ("fp32",) and "use_explicit_typing" in fields and "use_explicit_typing" not in settings.trt:
+                options["use_explicit_typing"] = False  # precision flags only act on weakly typed networks
+        options.update(settings.trt)
+        return {k: v for k, v in options.items() if k in fields or k in _EXTRA_TRT_KEYS}
+
+    def precision_note(self, settings: Settings) -> str | None:
+        """Why a non-fp32 `precision` cannot take effect with the installed TensorRT, if it cannot."""
+        if settings.precision == ("fp32",):
+            return None
+        from torch_tensorrt.dynamo import CompilationSettings
+
+        fields = {f.name for f in dataclasses.fields(CompilationSettings)}
+        features = getattr(importlib.import_module("torch_tensorrt._features"), "ENABLED_FEATURES", None)
+        if "enabled_precisions" not in fields or getattr(features, "tensorrt_rtx", False):
+            return (
+                f"precision={','.join(settings.precision)} has no effect with this TensorRT "
+                "(strongly typed networks): the model's own dtypes decide; cast it, e.g. model.half()"
+            )
+        return None
+
+    def __call__(
+        self, gm: torch.fx.GraphModule, example_inputs: Sequence[Any], *, device: torch.device, settings: Settings
+    ) -> Callable[..., Any]:
+        from torch._guards import TracingContext, detect_fake_mode, tracing
+        from torch._subclasses.fake_tensor import FakeTensor, FakeTensorMode
+        from torch_tensorrt.dynamo.backend.backends import torch_tensorrt_backend
+
+        options = self.options_for(device, settings)
+        inputs = [_materialize(x, device) if isinstance(x, FakeTensor) else x for x in example_inputs]
+        if detect_fake_mode(inputs) is None:
+            # Called outside dynamo (aot tools, direct use): Torch-TensorRT needs a fake mode.
+            with tracing(TracingContext(FakeTensorMode(allow_non_fake_inputs=True))):
+                compiled = torch_tensorrt_backend(gm, inputs, options=options)
+        else:
+            compiled = torch_tensorrt_backend(gm, inputs, options=options)
+        # Intermediate engines keep their outputs in buffers reused across calls; callers on
+        # different streams or threads would race on them, so every engine allocates its outputs.
+        if isinstance(compiled, torch.nn.Module):
+            for module in compiled.modules():
+                if type(module).__name__ in _ENGINE_MODULES and hasattr(module, "set_output_tensors_as_unowned"):
+                    module.set_output_tensors_as_unowned(True)
+        return compiled
+
+    @staticmethod
+    def count_engines(compiled: Any) -> int:
+        if not isinstance(compiled, torch.nn.Module):
+            return 0
+        return sum(1 for m in compiled.modules() if type(m).__name__ in _ENGINE_MODULES)
+
+
+def _materialize(fake: Any, device: torch.device) -> torch.Tensor:
+    """A real tensor with a fake's metadata (zeros), for Torch-TensorRT's input specs."""
+    sizes = [int(s) for s in fake.shape]
+    strides = [int(s) for s in fake.stride()]
+    return torch.empty_strided(sizes, strides, dtype=fake.dtype, device=device).zero_()

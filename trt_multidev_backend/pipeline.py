@@ -1,0 +1,247 @@
+"""The `trt_multidev` backend: resolve, place, key, look up, build under the guard, return a
+guarded callable. Fallbacks are warned once per (reason, device), counted, and refused by `strict`.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from typing import Any, Callable, Mapping, Sequence
+
+import torch
+import torch.fx
+
+from .cache import CompiledCache, Stats, cache_key
+from .delegate import TorchTensorRTDelegate, load_delegate
+from .device import DevicePlan, classify_args, check_visible, cuda_usable, device_guard, resolve_device
+from .errors import TrtMultidevError
+from .placement import Placement, graph_copy, place
+from .runtime import GuardedCallable
+from .settings import Settings, SettingsError, resolve_settings, unknown_env_vars
+
+__all__ = ["TrtMultidevBackend", "backend", "register", "BACKEND_NAME"]
+
+BACKEND_NAME = "trt_multidev"
+log = logging.getLogger("trt_multidev.pipeline")
+_LEVELS = {"debug": logging.DEBUG, "info": logging.INFO, "warning": logging.WARNING, "error": logging.ERROR}
+
+
+class TrtMultidevBackend:
+    """A torch.compile backend that builds Torch-TensorRT engines on the graph's own GPU.
+
+    One instance holds the in-memory cache, the counters and the warn-once registry;
+    ``torch._dynamo.reset()`` reaches :meth:`reset` and empties all three.
+    """
+
+    compiler_name = BACKEND_NAME
+
+    def __init__(self) -> None:
+        self._cache = CompiledCache()
+        self._stats = Stats()
+        self._warned: set[tuple[str, str]] = set()
+        self._logged_settings: set[str] = set()
+        self._lock = threading.Lock()
+        self._default_delegate = TorchTensorRTDelegate()
+
+    # -- public --------------------------------------------------------------------------
+    def __call__(
+        self,
+        gm: torch.fx.GraphModule,
+        example_inputs: Sequence[Any],
+        options: Mapping[str, Any] | None = None,
+        mode: str | None = None,
+    ) -> Callable[..., Any]:
+        settings = resolve_settings(options, mode)
+        self._report_settings(settings)
+        infos = classify_args(gm, example_inputs)
+        plan = resolve_device(gm, infos, settings)
+        label = str(plan.target) if plan.target is not None else ",".join(plan.state_devices or plan.input_devices)
+        self._log(settings, "graph %s: %s", _graph_name(gm), plan.describe())
+
+        if plan.problem is not None:
+            return self._fallback(gm, example_inputs, settings, plan, label, "mixed-devices",
+                                  plan.problem + " (one target per graph)",
+                                  "put the graph's state on one GPU, or set device=cuda:N")
+        assert plan.target is not None
+        check_visible(plan.target, plan.rule)
+
+        delegate, identity = self._delegate(settings)
+        if isinstance(delegate, TorchTensorRTDelegate):
+            problem = delegate.unavailable(plan.target)
+            if problem is not None:
+                return self._fallback(gm, example_inputs, settings, plan, label, problem.key,
+                                      problem.reason, problem.remedy)
+            note = delegate.precision_note(settings)
+            if note:
+                self._warn_once(("precision", label), f"trt_multidev: {note}.")
+
+        placement = place(gm, infos, plan)
+        for line in placement.notes:
+            self._log(settings, "  placed %s", line)
+        key = cache_key(placement.gm, placement.example_inputs, plan.target, settings, identity)
+        hit = self._cache.get(key)
+        if hit is not None:
+            self._stats.bump(label, "cache_hits")
+            self._log(settings, "graph %s: in-memory cache hit on %s", _graph_name(gm), label)
+            return hit
+
+        start = time.perf_counter()
+        try:
+            with device_guard(plan.target):
+                compiled = delegate(graph_copy(placement.gm), list(placement.example_inputs),
+                                    device=plan.target, settings=settings)
+        except SettingsError:
+            raise
+        except Exception as exc:
+            log.debug("delegate %s failed on %s", identity, label, exc_info=True)
+            wrapper = self._fallback(gm, example_inputs, settings, plan, label,
+                                     f"delegate-error:{type(exc).__name__}",
+                                     f"the {_short(identity)} delegate raised {type(exc).__name__}: {_first_line(exc)}",
+                                     "set strict=1 (TRT_MULTIDEV_STRICT=1) to raise instead, with the full traceback",
+                                     placement=placement, cause=exc)
+            self._cache.put(key, wrapper)
+            return wrapper
+        if isinstance(delegate, TorchTensorRTDelegate) and delegate.count_engines(compiled) == 0:
+            self._warn_once(("no-engine", label),
+                            f"trt_multidev: Torch-TensorRT built no engine for a graph on {label} "
+                            f"(too few supported ops for min_block_size={settings.min_block_size}); "
+                            "it runs in PyTorch. Lower min_block_size to convert small graphs.")
+        self._stats.bump(label, "compiles")
+        self._log(settings, "graph %s: compiled on %s by %s in %.2f s", _graph_name(gm), label,
+                  _short(identity), time.perf_counter() - start)
+        wrapper = self._wrap(compiled, plan, placement, settings, label, _short(identity),
+                             serialize=not getattr(delegate, "thread_safe", True))
+        self._cache.put(key, wrapper)
+        return wrapper
+
+    def reset(self) -> None:
+        """Forget every compiled result, counter and warn-once record (torch._dynamo.reset())."""
+        self._cache.clear()
+        self._stats.clear()
+        with self._lock:
+            self._warned.clear()
+            self._logged_settings.clear()
+
+    def stats(self) -> dict[str, dict[str, int]]:
+        """Counters per device: compiles, cache_hits, fallbacks."""
+        return self._stats.snapshot()
+
+    # -- pieces --------------------------------------------------------------------------
+    def _delegate(self, settings: Settings) -> tuple[Any, str]:
+        if settings.delegate is None:
+            return self._default_delegate, "torch_tensorrt"
+        return load_delegate(settings.delegate)
+
+    def _wrap(self, compiled: Callable[..., Any], plan: DevicePlan, placement: Placement, settings: Settings,
+              label: str, delegate: str, *, serialize: bool, fallback: str | None = None) -> GuardedCallable:
+        assert plan.target is not None
+        seed = {}
+        for action, example in ((a, placement.example_inputs[a.index]) for a in placement.actions):
+            if action.kind == "state" and _is_real(example):
+                seed[action.index] = (_original(placement, action.index), example)
+        return GuardedCallable(
+            compiled, plan.target, placement.actions, placement.output_moves,
+            input_policy=settings.input_policy, serialize=serialize, label=label,
+            delegate=delegate, fallback=fallback, notes=placement.notes,
+            seed_state={i: v for i, v in seed.items() if v[0] is not None},
+        )
+
+    def _fallback(self, gm: torch.fx.GraphModule, example_inputs: Sequence[Any], settings: Settings,
+                  plan: DevicePlan, label: str, key: str, reason: str, remedy: str, *,
+                  placement: Placement | None = None, cause: BaseException | None = None) -> Callable[..., Any]:
+        message = f"trt_multidev: {reason} [{label}]"
+        if settings.strict:
+            raise TrtMultidevError(f"{message}. strict is on, so no fallback runs. Remedy: {remedy}.") from cause
+        self._warn_once((key, label), f"{message}; running the {settings.fallback} fallback instead. "
+                                      f"Remedy: {remedy}. (Warned once per reason and device.)")
+        self._stats.bump(label, "fallbacks")
+        target = plan.target
+        on_target = placement is not None and target is not None and (target.type == "cpu" or cuda_usable())
+        if not on_target:
+            # The graph runs as captured, on its own devices: nothing here can honour the target.
+            return self._fallback_compile(settings, gm, example_inputs, label)
+        assert placement is not None and target is not None
+        with device_guard(target):
+            compiled = self._fallback_compile(settings, graph_copy(placement.gm), placement.example_inputs, label)
+        return self._wrap(compiled, plan, placement, settings, label, "torch_tensorrt",
+                          serialize=False, fallback=f"{settings.fallback} ({reason})")
+
+    def _fallback_compile(self, settings: Settings, gm: torch.fx.GraphModule, example_inputs: Sequence[Any],
+                          label: str) -> Callable[..., Any]:
+        if settings.fallback == "inductor":
+            try:
+                from torch._inductor.compile_fx import compile_fx
+
+                return compile_fx(gm, list(example_inputs))
+            except Exception as exc:
+                if settings.strict:
+                    raise
+                self._warn_once((f"inductor-error:{type(exc).__name__}", label),
+                                f"trt_multidev: the inductor fallback failed on {label} "
+                                f"({type(exc).__name__}: {_first_line(exc)}); running eager instead.")
+        return gm
+
+    def _warn_once(self, key: tuple[str, str], message: str) -> None:
+        with self._lock:
+            if key in self._warned:
+                return
+            self._warned.add(key)
+        log.warning(message)
+
+    def _report_settings(self, settings: Settings) -> None:
+        rows = settings.describe()
+        token = repr(rows)
+        with self._lock:
+            if token in self._logged_settings:
+                return
+            self._logged_settings.add(token)
+        for name in unknown_env_vars():
+            self._warn_once(("unknown-env", name), f"trt_multidev: ignoring unknown environment variable {name} "
+                                                   "(not a trt_multidev setting; a typo?)")
+        self._log(settings, "settings: %s", "; ".join(f"{n}={v} ({s})" for n, v, s in rows))
+
+    @staticmethod
+    def _log(settings: Settings, msg: str, *args: Any) -> None:
+        log.log(_LEVELS[settings.log_level], msg, *args)
+
+
+def _is_real(value: Any) -> bool:
+    from torch._subclasses.fake_tensor import FakeTensor
+
+    return isinstance(value, torch.Tensor) and not isinstance(value, FakeTensor)
+
+
+def _original(placement: Placement, index: int) -> Any:
+    return placement.originals.get(index)
+
+
+def _graph_name(gm: torch.fx.GraphModule) -> str:
+    return getattr(gm, "_trt_multidev_name", None) or type(gm).__name__
+
+
+def _short(identity: str) -> str:
+    return identity.split("@", 1)[0]
+
+
+def _first_line(exc: BaseException) -> str:
+    text = str(exc).strip().splitlines()
+    return text[0][:300] if text else "(no message)"
+
+
+backend = TrtMultidevBackend()
+
+
+def register(name: str = BACKEND_NAME) -> None:
+    """Register the backend by name without the entry point (e.g. from a source checkout).
+
+    Installed packages need no call: the ``torch_dynamo_backends`` entry point does it lazily.
+    Safe to call more than once.
+    """
+    from torch._dynamo.backends.registry import _COMPILER_FNS, list_backends, register_backend
+
+    if name in _COMPILER_FNS:
+        return
+    if name in list_backends(exclude_tags=()):
+        return  # known through the entry point; dynamo loads it on first use
+    register_backend(compiler_fn=backend, name=name)

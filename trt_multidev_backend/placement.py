@@ -1,0 +1,374 @@
+"""Placement: put the graph's tensors on the target device before anything propagates FakeTensors.
+
+Works on a copy of the graph (the caller's graph and modules are never mutated) and produces:
+- example inputs on the target for the delegate (real tensors moved, FakeTensors moved inside
+  their own fake mode; a fake's data is never read);
+- per-argument actions for the runtime wrapper: check an input's device, move an input the graph
+  itself moves, or swap a piece of module state for a copy made once on the target;
+- the outputs to move back to where eager returns them (device override on a CPU model).
+
+What moves: state and inputs whose every use is a move to the target (``t.to(x.device)``), CPU
+scalars (0-dim) feeding target-device ops, factory calls that mean "the current device", and,
+under a ``device`` override, everything on the graph's own device. Deliberate host work (tensors
+used by host ops, explicit ``.to("cpu")`` in a CUDA graph) stays on the host.
+"""
+
+from __future__ import annotations
+
+import copy
+import logging
+from dataclasses import dataclass, field
+from typing import Any, Sequence
+
+import torch
+import torch.fx
+from torch._subclasses.fake_tensor import FakeTensor
+
+from .device import ArgInfo, DevicePlan, Role, cuda_usable, meta_value
+
+__all__ = ["ArgAction", "Placement", "place", "graph_copy"]
+
+log = logging.getLogger("trt_multidev.placement")
+
+_aten = torch.ops.aten
+
+# Ops that move a tensor between devices, by how their destination is spelled.
+_MOVE_METHODS = {"to", "cuda", "cpu"}
+_MOVE_FUNCTIONS = {torch.Tensor.to: "to", torch.Tensor.cuda: "cuda", torch.Tensor.cpu: "cpu"}
+_ATEN_MOVES = {
+    _aten._to_copy.default: "kwarg",
+    _aten.to.device: "arg1",
+    _aten.to.dtype_layout: "kwarg",
+}
+# Factories whose result lands on the default device when no `device` is given.
+_FACTORIES = {
+    torch.zeros, torch.ones, torch.empty, torch.full, torch.arange, torch.rand, torch.randn,
+    torch.randint, torch.eye, torch.linspace, torch.logspace, torch.tensor, torch.scalar_tensor,
+    torch.empty_strided, torch.as_tensor,
+    _aten.zeros.default, _aten.ones.default, _aten.empty.memory_format, _aten.full.default,
+    _aten.arange.default, _aten.arange.start, _aten.arange.start_step, _aten.scalar_tensor.default,
+    _aten.empty_strided.default, _aten.rand.default, _aten.randn.default,
+}
+
+
+@dataclass(frozen=True)
+class ArgAction:
+    """What the runtime wrapper does with positional argument `index` on every call.
+
+    kind: "check"  - a caller input expected on `device` (error or move per input_policy);
+          "move"   - a caller input the graph itself moves to `device` (moved, as eager would);
+          "state"  - module state swapped for a copy on `device`, made once and reused.
+    """
+
+    kind: str
+    index: int
+    device: torch.device
+    name: str
+
+
+@dataclass
+class Placement:
+    gm: torch.fx.GraphModule
+    example_inputs: list[Any]
+    actions: list[ArgAction] = field(default_factory=list)
+    output_moves: list[tuple[int, torch.device]] = field(default_factory=list)
+    notes: list[str] = field(default_factory=list)
+    originals: dict[int, Any] = field(default_factory=dict)  # relocated state: index -> caller's tensor
+
+
+def _as_device(value: Any) -> torch.device | None:
+    if isinstance(value, torch.device):
+        return value
+    if isinstance(value, str):
+        try:
+            return torch.device(value)
+        except RuntimeError:
+            return None
+    if isinstance(value, int) and not isinstance(value, bool):
+        return torch.device("cuda", value)
+    return None
+
+
+def _tensor_device(value: Any) -> torch.device | None:
+    if isinstance(value, torch.fx.Node):
+        value = meta_value(value)
+    return value.device if isinstance(value, torch.Tensor) else None
+
+
+def _move_spec(node: torch.fx.Node) -> tuple[str, Any] | None:
+    """(style, raw destination) when `node` moves a tensor between devices, else None."""
+    if node.op == "call_method" and node.target in _MOVE_METHODS:
+        style = str(node.target)
+        args = node.args[1:]
+    elif node.op == "call_function" and node.target in _MOVE_FUNCTIONS:
+        style = _MOVE_FUNCTIONS[node.target]
+        args = node.args[1:]
+    elif node.op == "call_function" and node.target in _ATEN_MOVES:
+        if _ATEN_MOVES[node.target] == "kwarg":
+            return ("kwarg", node.kwargs.get("device")) if node.kwargs.get("device") is not None else None
+        return ("arg1", node.args[1] if len(node.args) > 1 else None)
+    else:
+        return None
+    if style == "cpu":
+        return ("cpu", "cpu")
+    if style == "cuda":
+        raw = node.kwargs.get("device", args[0] if args else None)
+        return ("cuda", "cuda" if raw is None else (f"cuda:{raw}" if isinstance(raw, int) else raw))
+    if "device" in node.kwargs:
+        return ("to-kwarg", node.kwargs["device"])
+    for arg in args:
+        if isinstance(arg, torch.fx.Node):
+            device = _tensor_device(arg)
+            return ("to-tensor", device) if device is not None else None
+        if _as_device(arg) is not None and not isinstance(arg, torch.dtype):
+            return ("to-arg", arg)
+    return None
+
+
+def _move_destination(node: torch.fx.Node) -> torch.device | None:
+    spec = _move_spec(node)
+    return None if spec is None else _as_device(spec[1])
+
+
+class _Rewriter:
+    """Decides which device spellings resolve to the target."""
+
+    def __init__(self, plan: DevicePlan):
+        assert plan.target is not None
+        self.target = plan.target
+        self.natural = plan.natural if plan.override else None
+
+    def resolve(self, device: torch.device | None) -> torch.device | None:
+        """The device to use instead of `device`, or None to keep it."""
+        if device is None:
+            device = torch.get_default_device()
+        if device.type == "cuda" and device.index is None and self.target.type == "cuda":
+            return self.target  # "the current CUDA device" is the target under the guard
+        if self.natural is not None and _same(device, self.natural):
+            return self.target
+        return None
+
+
+def _same(a: torch.device, b: torch.device) -> bool:
+    if a.type != b.type:
+        return False
+    return a.index == b.index or a.type == "cpu"
+
+
+def graph_copy(gm: torch.fx.GraphModule) -> torch.fx.GraphModule:
+    """A new GraphModule with its own graph (node meta copied shallowly), sharing gm's attributes."""
+    graph = torch.fx.Graph(tracer_cls=getattr(gm.graph, "_tracer_cls", None))
+    graph._codegen = copy.deepcopy(gm.graph._codegen)
+    val_map: dict[torch.fx.Node, torch.fx.Node] = {}
+    result = graph.graph_copy(gm.graph, val_map, return_output_node=True)
+    assert result is not None
+    out, old_output = result  # type: ignore[misc]
+    new_output = graph.output(out, type_expr=getattr(old_output, "type", None))
+    new_output.meta = copy.copy(old_output.meta)
+    new = torch.fx.GraphModule(gm, graph, class_name=type(gm).__name__)
+    new.meta = copy.copy(getattr(gm, "meta", {}))
+    return new
+
+
+def _fake_mode_of(values: Sequence[Any]) -> Any:
+    for value in values:
+        if isinstance(value, FakeTensor):
+            return value.fake_mode
+    from torch._guards import detect_fake_mode
+
+    return detect_fake_mode()
+
+
+def _move_example(value: torch.Tensor, device: torch.device, fake_mode: Any) -> torch.Tensor:
+    """Move an example tensor without reading fake data; real tensors go through a fake mode
+    when CUDA cannot run here (FakeTensor devices in CPU tests)."""
+    if isinstance(value, FakeTensor):
+        with value.fake_mode:
+            return value.to(device)
+    if device.type == "cpu" or cuda_usable():
+        return value.to(device)
+    if fake_mode is None:
+        raise RuntimeError(f"cannot place a real tensor on {device}: CUDA is not available here")
+    with fake_mode:
+        return fake_mode.from_tensor(value).to(device)
+
+
+def _moved_meta(node: torch.fx.Node, device: torch.device) -> None:
+    for key in ("val", "example_value"):
+        value = node.meta.get(key)
+        if isinstance(value, FakeTensor):
+            with value.fake_mode:
+                node.meta[key] = value.to(device)
+
+
+class _Placer:
+    def __init__(self, gm: torch.fx.GraphModule, infos: Sequence[ArgInfo], plan: DevicePlan):
+        self.source_gm = gm
+        self.gm = graph_copy(gm)
+        self.plan = plan
+        self.target = plan.target
+        self.rewriter = _Rewriter(plan)
+        placeholders = [n for n in self.gm.graph.nodes if n.op == "placeholder"]
+        self.infos = [
+            ArgInfo(i.index, placeholders[i.index], i.role, i.name, i.example) for i in infos
+        ]
+        self.fake_mode = _fake_mode_of([i.example for i in infos])
+        self.notes: list[str] = []
+
+    # --- device spellings inside the graph -------------------------------------------------
+    def rewrite_devices(self) -> None:
+        for node in list(self.gm.graph.nodes):
+            if node.op not in ("call_function", "call_method"):
+                continue
+            spec = _move_spec(node)
+            if spec is not None:
+                self._rewrite_move(node, spec)
+            elif "device" in node.kwargs or node.target in _FACTORIES:
+                raw = node.kwargs.get("device")
+                if raw is None and node.target not in _FACTORIES:
+                    continue  # e.g. *_like(x, device=None): follows its input
+                old = _as_device(raw) if raw is not None else None  # None: the default device
+                new = self.rewriter.resolve(old)
+                if new is not None and new != old:
+                    node.kwargs = {**node.kwargs, "device": new}
+                    self.notes.append(f"{node.name}: device {raw if raw is not None else 'default'} -> {new}")
+
+    def _rewrite_move(self, node: torch.fx.Node, spec: tuple[str, Any]) -> None:
+        style, raw = spec
+        if style == "to-tensor":
+            return  # follows another tensor, which is placed itself
+        old = _as_device(raw)
+        new = self.rewriter.resolve(old)
+        if new is None or (old is not None and old == new):
+            return
+        if style in ("cuda", "cpu"):
+            node.target = "to" if node.op == "call_method" else torch.Tensor.to
+            node.args = (node.args[0], new)
+            node.kwargs = {k: v for k, v in node.kwargs.items() if k not in ("device",)}
+        elif style in ("to-kwarg", "kwarg"):
+            node.kwargs = {**node.kwargs, "device": new}
+        else:  # positional destination
+            node.args = tuple(new if (a is raw and not isinstance(a, torch.fx.Node)) else a
+                              for a in node.args)
+        self.notes.append(f"{node.name}: {style} {raw} -> {new}")
+
+    # --- which wrong-device tensors follow the graph to the target ---------------------------
+    def _should_relocate(self, node: torch.fx.Node, value: torch.Tensor) -> bool:
+        device = value.device
+        if _same(device, self.target):
+            return False
+        if self.plan.override and self.plan.natural is not None and _same(device, self.plan.natural):
+            return True
+        users = list(node.users)
+        if not users:
+            return False
+        if all(_move_destination(u) == self.target for u in users if _move_spec(u) is not None) and all(
+            _move_spec(u) is not None for u in users
+        ):
+            return True
+        if device.type == "cpu" and value.dim() == 0 and self.target.type != "cpu":
+            # A CPU scalar mixes with device tensors in eager; engines want it on the device.
+            for u in users:
+                if _move_spec(u) is not None:
+                    if _move_destination(u) != self.target:
+                        return False
+                    continue
+                out = _tensor_device(u)
+                if out is None or not _same(out, self.target):
+                    return False
+            return True
+        return False
+
+    def place_args(self) -> tuple[list[Any], list[ArgAction]]:
+        self.originals: dict[int, Any] = {}
+        examples: list[Any] = []
+        actions: list[ArgAction] = []
+        for info in self.infos:
+            value = info.example
+            if not isinstance(value, torch.Tensor):
+                examples.append(value)
+                continue
+            relocate = self._should_relocate(info.node, value)
+            if relocate:
+                examples.append(_move_example(value, self.target, self.fake_mode))
+                _moved_meta(info.node, self.target)
+                kind = "state" if info.role is Role.STATE else "move"
+                if kind == "state":
+                    self.originals[info.index] = value
+                actions.append(ArgAction(kind, info.index, self.target, info.name))
+                self.notes.append(f"{info.name}: {value.device} -> {self.target} ({kind})")
+            else:
+                examples.append(value)
+                if info.role is Role.INPUT:
+                    actions.append(ArgAction("check", info.index, value.device, info.name))
+        return examples, actions
+
+    def place_attrs(self) -> None:
+        counter = 0
+        for node in list(self.gm.graph.nodes):
+            if node.op == "get_attr":
+                value = _fetch(self.gm, str(node.target))
+                if not isinstance(value, torch.Tensor) or not self._should_relocate(node, value):
+                    continue
+                try:
+                    moved = _move_example(value, self.target, self.fake_mode)
+                except RuntimeError as exc:
+                    self.notes.append(f"{node.target}: left on {value.device} ({exc})")
+                    continue
+                name = f"_trt_multidev_const{counter}"
+                counter += 1
+                self.gm.register_buffer(name, moved, persistent=False)
+                self.notes.append(f"{node.target}: {value.device} -> {self.target} (constant, once)")
+                node.target = name
+                _moved_meta(node, self.target)
+            elif node.op == "call_module" and self.plan.override:
+                module = self.gm.get_submodule(str(node.target))
+                tensors = list(module.parameters()) + list(module.buffers())
+                natural = self.plan.natural
+                if not tensors or natural is None or not any(_same(t.device, natural) for t in tensors):
+                    continue
+                if isinstance(tensors[0], FakeTensor) or not (self.target.type == "cpu" or cuda_usable()):
+                    self.notes.append(f"{node.target}: submodule left on {natural}")
+                    continue
+                name = f"_trt_multidev_mod{counter}"
+                counter += 1
+                self.gm.add_submodule(name, copy.deepcopy(module).to(self.target))
+                self.notes.append(f"{node.target}: submodule copied to {self.target}")
+                node.target = name
+
+    def output_moves(self) -> list[tuple[int, torch.device]]:
+        if not self.plan.override:
+            return []
+        output = next(n for n in self.gm.graph.nodes if n.op == "output")
+        results = output.args[0]
+        if not isinstance(results, (tuple, list)):
+            return []
+        moves = []
+        for i, node in enumerate(results):
+            device = _tensor_device(node) if isinstance(node, torch.fx.Node) else None
+            if device is not None and not _same(device, self.target):
+                moves.append((i, device))
+        return moves
+
+
+def _fetch(module: torch.nn.Module, target: str) -> Any:
+    obj: Any = module
+    for part in target.split("."):
+        obj = getattr(obj, part, None)
+        if obj is None:
+            return None
+    return obj
+
+
+def place(gm: torch.fx.GraphModule, infos: Sequence[ArgInfo], plan: DevicePlan) -> Placement:
+    """Place a copy of `gm` on ``plan.target``; see the module docstring for what moves."""
+    placer = _Placer(gm, infos, plan)
+    # Output devices are read from the original metadata, before anything is rewritten.
+    output_moves = placer.output_moves()
+    placer.rewrite_devices()
+    examples, actions = placer.place_args()
+    placer.place_attrs()
+    placer.gm.graph.lint()
+    placer.gm.recompile()
+    return Placement(placer.gm, examples, actions, output_moves, placer.notes, placer.originals)
+

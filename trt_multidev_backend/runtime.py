@@ -1,0 +1,138 @@
+"""The callable handed back to dynamo: runs a compiled graph on its own device, on every call.
+
+Per call: apply the argument actions worked out at compile time (check caller inputs, move the
+ones the graph moves, swap module state for its cached copy on the target), make the target
+current for the call and restore the caller's device after it, and move outputs back where
+eager returns them. The caller's current stream on the target device is left alone, so the work
+runs on it. Everything else was decided at compile time, to keep this path short.
+"""
+
+from __future__ import annotations
+
+import threading
+from typing import Any, Callable, Sequence
+
+import torch
+
+from .device import cuda_usable
+from .errors import InputDeviceError
+from .placement import ArgAction
+
+__all__ = ["GuardedCallable"]
+
+_CHECK, _MOVE, _STATE = 0, 1, 2
+_KINDS = {"check": _CHECK, "move": _MOVE, "state": _STATE}
+
+
+def _version(tensor: torch.Tensor) -> int:
+    try:
+        return tensor._version
+    except RuntimeError:  # inference tensors keep no version counter
+        return -1
+
+
+class GuardedCallable:
+    """A compiled graph bound to one device. Safe to call from several threads."""
+
+    __slots__ = (
+        "fn", "device", "label", "delegate", "fallback", "notes", "actions",
+        "_index", "_actions", "_move_inputs", "_outputs", "_lock", "_state", "__weakref__",
+    )
+
+    def __init__(
+        self,
+        fn: Callable[..., Any],
+        device: torch.device,
+        actions: Sequence[ArgAction] = (),
+        output_moves: Sequence[tuple[int, torch.device]] = (),
+        *,
+        input_policy: str = "error",
+        serialize: bool = False,
+        label: str = "",
+        delegate: str = "",
+        fallback: str | None = None,
+        notes: Sequence[str] = (),
+        seed_state: dict[int, tuple[torch.Tensor, torch.Tensor]] | None = None,
+    ):
+        self.fn = fn
+        self.device = device
+        self.label = label
+        self.delegate = delegate
+        self.fallback = fallback  # None when the delegate's result runs; else why it does not
+        self.notes = tuple(notes)
+        self._index = device.index if device.type == "cuda" and cuda_usable() else -1
+        if self._index is None:
+            self._index = -1
+        self.actions = tuple(actions)
+        self._actions = tuple((_KINDS[a.kind], a.index, a.device, a.name) for a in actions)
+        self._move_inputs = input_policy == "move"
+        self._outputs = tuple(output_moves)
+        self._lock = threading.Lock() if serialize else None
+        # index -> (source tensor, its version, copy on the target); replaced whole, never edited.
+        self._state: dict[int, tuple[torch.Tensor, int, torch.Tensor]] = {}
+        for index, (source, copy) in (seed_state or {}).items():
+            self._state[index] = (source, _version(source), copy)
+
+    def __repr__(self) -> str:
+        via = self.delegate + (f", fallback: {self.fallback}" if self.fallback else "")
+        return f"<trt_multidev compiled graph {self.label!r} on {self.device} via {via}>"
+
+    def __call__(self, *args: Any) -> Any:
+        if self._actions:
+            args = self._prepare(args)
+        index = self._index
+        if index >= 0:
+            previous = torch.cuda._exchange_device(index)
+            try:
+                out = self._run(args)
+            finally:
+                torch.cuda._maybe_exchange_device(previous)
+        else:
+            out = self._run(args)
+        if self._outputs:
+            out = self._move_outputs(out)
+        return out
+
+    def _run(self, args: Sequence[Any]) -> Any:
+        lock = self._lock
+        if lock is None:
+            return self.fn(*args)
+        with lock:
+            return self.fn(*args)
+
+    def _prepare(self, args: tuple[Any, ...]) -> list[Any]:
+        values = list(args)
+        for kind, i, device, name in self._actions:
+            value = values[i]
+            if not isinstance(value, torch.Tensor):
+                continue
+            if kind == _STATE:
+                values[i] = self._state_copy(i, value, device)
+            elif value.device != device:
+                if kind == _MOVE or self._move_inputs:
+                    values[i] = value.to(device)
+                else:
+                    raise InputDeviceError(
+                        f"trt_multidev: argument '{name}' is on {value.device}, but this graph was "
+                        f"compiled for {device}. Move it first (e.g. {name}.to('{device}')), or set "
+                        f"input_policy='move' (options or TRT_MULTIDEV_INPUT_POLICY=move) to copy it "
+                        f"on every call."
+                    )
+        return values
+
+    def _state_copy(self, i: int, value: torch.Tensor, device: torch.device) -> torch.Tensor:
+        entry = self._state.get(i)
+        if entry is not None and entry[0] is value and entry[1] == _version(value):
+            return entry[2]
+        copy = value.detach().to(device)
+        self._state[i] = (value, _version(value), copy)
+        return copy
+
+    def _move_outputs(self, out: Any) -> Any:
+        if not isinstance(out, (tuple, list)):
+            return out
+        values = list(out)
+        for i, device in self._outputs:
+            if i < len(values) and isinstance(values[i], torch.Tensor):
+                values[i] = values[i].to(device)
+        return tuple(values) if isinstance(out, tuple) else values
