@@ -11,7 +11,7 @@ import torch.nn as nn
 
 import _delegates
 import trt_multidev_backend as tm
-from conftest import EngineLikeDelegate, capture, fake, on_fake_device
+from helpers import EngineLikeDelegate, capture, fake, on_fake_device
 
 
 class Net(nn.Module):

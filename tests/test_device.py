@@ -6,7 +6,7 @@ import pytest
 import torch
 import torch.nn as nn
 
-from conftest import capture, fake, on_fake_device
+from helpers import capture, fake, on_fake_device
 from trt_multidev_backend.device import Role, classify_args, device_guard, resolve_device
 from trt_multidev_backend.settings import resolve_settings
 

@@ -9,7 +9,7 @@ import torch
 import torch.nn as nn
 
 import trt_multidev_backend as tm
-from conftest import EngineLikeDelegate, capture, fake, on_fake_device
+from helpers import EngineLikeDelegate, capture, fake, on_fake_device
 
 needs_no_trt = pytest.mark.skipif(torch.cuda.is_available(), reason="checks the no-GPU fallback path")
 

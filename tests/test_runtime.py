@@ -9,7 +9,7 @@ import torch
 import torch.nn as nn
 
 import trt_multidev_backend as tm
-from conftest import EngineLikeDelegate, capture, fake, on_fake_device
+from helpers import EngineLikeDelegate, capture, fake, on_fake_device
 from trt_multidev_backend.placement import ArgAction
 from trt_multidev_backend.runtime import GuardedCallable
 

@@ -184,6 +184,11 @@ class TorchTensorRTDelegate:
 
         options = self.options_for(device, settings)
         inputs = [_materialize(x, device) if isinstance(x, FakeTensor) else x for x in example_inputs]
+        output = next(n for n in gm.graph.nodes if n.op == "output")
+        single = not isinstance(output.args[0], (tuple, list))
+        if single:  # Torch-TensorRT's export step wants a tuple of outputs
+            output.args = ((output.args[0],),)
+            gm.recompile()
         if detect_fake_mode(inputs) is None:
             # Called outside dynamo (aot tools, direct use): Torch-TensorRT needs a fake mode.
             with tracing(TracingContext(FakeTensorMode(allow_non_fake_inputs=True))):
@@ -196,13 +201,24 @@ class TorchTensorRTDelegate:
             for module in compiled.modules():
                 if type(module).__name__ in _ENGINE_MODULES and hasattr(module, "set_output_tensors_as_unowned"):
                     module.set_output_tensors_as_unowned(True)
-        return compiled
+        return _First(compiled) if single else compiled
 
     @staticmethod
     def count_engines(compiled: Any) -> int:
         if not isinstance(compiled, torch.nn.Module):
             return 0
         return sum(1 for m in compiled.modules() if type(m).__name__ in _ENGINE_MODULES)
+
+
+class _First(torch.nn.Module):
+    """Returns the only output of a graph that was made to return a 1-tuple."""
+
+    def __init__(self, inner: Callable[..., Any]):
+        super().__init__()
+        self.inner = inner
+
+    def forward(self, *args: Any) -> Any:
+        return self.inner(*args)[0]
 
 
 def _materialize(fake: Any, device: torch.device) -> torch.Tensor:

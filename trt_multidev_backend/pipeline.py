@@ -18,6 +18,7 @@ from .device import DevicePlan, classify_args, check_visible, cuda_usable, devic
 from .errors import TrtMultidevError
 from .placement import Placement, graph_copy, place
 from .runtime import GuardedCallable
+from .segments import install, split_host_work
 from .settings import Settings, SettingsError, resolve_settings, unknown_env_vars
 
 __all__ = ["TrtMultidevBackend", "backend", "register", "BACKEND_NAME"]
@@ -88,18 +89,17 @@ class TrtMultidevBackend:
 
         start = time.perf_counter()
         try:
-            with device_guard(plan.target):
-                compiled = delegate(graph_copy(placement.gm), list(placement.example_inputs),
-                                    device=plan.target, settings=settings)
+            compiled, segments = self._build(delegate, placement, plan, settings)
         except SettingsError:
             raise
         except Exception as exc:
             log.debug("delegate %s failed on %s", identity, label, exc_info=True)
+            remedy = ("the delegate's own traceback is chained below" if settings.strict else
+                      "set strict=1 (TRT_MULTIDEV_STRICT=1) to raise instead, with the full traceback")
             wrapper = self._fallback(gm, example_inputs, settings, plan, label,
                                      f"delegate-error:{type(exc).__name__}",
                                      f"the {_short(identity)} delegate raised {type(exc).__name__}: {_first_line(exc)}",
-                                     "set strict=1 (TRT_MULTIDEV_STRICT=1) to raise instead, with the full traceback",
-                                     placement=placement, cause=exc)
+                                     remedy, placement=placement, cause=exc)
             self._cache.put(key, wrapper)
             return wrapper
         if isinstance(delegate, TorchTensorRTDelegate) and delegate.count_engines(compiled) == 0:
@@ -108,8 +108,8 @@ class TrtMultidevBackend:
                             f"(too few supported ops for min_block_size={settings.min_block_size}); "
                             "it runs in PyTorch. Lower min_block_size to convert small graphs.")
         self._stats.bump(label, "compiles")
-        self._log(settings, "graph %s: compiled on %s by %s in %.2f s", _graph_name(gm), label,
-                  _short(identity), time.perf_counter() - start)
+        self._log(settings, "graph %s: compiled on %s by %s in %.2f s%s", _graph_name(gm), label,
+                  _short(identity), time.perf_counter() - start, segments)
         wrapper = self._wrap(compiled, plan, placement, settings, label, _short(identity),
                              serialize=not getattr(delegate, "thread_safe", True))
         self._cache.put(key, wrapper)
@@ -132,6 +132,21 @@ class TrtMultidevBackend:
         if settings.delegate is None:
             return self._default_delegate, "torch_tensorrt"
         return load_delegate(settings.delegate)
+
+    def _build(self, delegate: Any, placement: Placement, plan: DevicePlan,
+               settings: Settings) -> tuple[Callable[..., Any], str]:
+        """Call the delegate under the target's guard, on the whole graph or on its target-device
+        segments when the graph does deliberate host work."""
+        segmented = split_host_work(placement.gm, placement.example_inputs, plan)
+        with device_guard(plan.target):
+            if segmented is None:
+                return delegate(graph_copy(placement.gm), list(placement.example_inputs),
+                                device=plan.target, settings=settings), ""
+            for name, inputs in segmented.target_segments:
+                compiled = delegate(getattr(segmented.gm, name), list(inputs), device=plan.target, settings=settings)
+                install(segmented, name, compiled)
+        return segmented.gm, (f" ({len(segmented.target_segments)} device segment(s); host segment(s) "
+                              f"{', '.join(segmented.host_segments)} stay in PyTorch)")
 
     def _wrap(self, compiled: Callable[..., Any], plan: DevicePlan, placement: Placement, settings: Settings,
               label: str, delegate: str, *, serialize: bool, fallback: str | None = None) -> GuardedCallable:
