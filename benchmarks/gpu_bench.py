@@ -2,9 +2,10 @@
 
     python benchmarks/gpu_bench.py --out DIR [--models resnet50_fp32,...] [--backends ...]
 
-Figures per (model, backend): first-call seconds (compile included), steady-state median latency
-(CUDA events, warm-up, >= 100 iterations), relative error against fp32 eager, and for the tiny
-MLP the host microseconds per call. Writes bench.json and bench.md, stamped with GPU, versions
+Figures per (model, backend): first-call seconds (compile included, TensorRT timing cache cleared
+before each TensorRT build), steady-state median latency (CUDA events, warm-up, 100 iterations per
+round, median over 5 interleaved rounds), relative error against fp32 eager, and for the tiny MLP
+the host microseconds per call. Writes bench.json and bench.md, stamped with GPU, versions
 and date. Ratios between backends are only meaningful within one run.
 """
 
@@ -117,39 +118,74 @@ def rel_error(out: torch.Tensor, ref: torch.Tensor) -> float:
     return float((out - ref).norm() / ref.norm())
 
 
-def run_one(name: str, backend: str, iters: int) -> dict[str, Any]:
+def _clear_timing_cache() -> None:
+    """Each TensorRT build starts cold, so first-call times compare fairly between backends."""
+    try:
+        from torch_tensorrt.dynamo import _defaults
+
+        path = getattr(_defaults, "TIMING_CACHE_PATH", None)
+    except Exception:
+        return
+    if path and os.path.exists(path):
+        os.remove(path)
+
+
+def run_model(name: str, backends: list[str], iters: int, rounds: int) -> list[dict[str, Any]]:
+    """Compile every backend, then time them in interleaved rounds (A B C D, B C D A, ...), so
+    clock and thermal drift during the run spread over all backends alike."""
     build, shape, dtype = MODELS[name]
     torch.manual_seed(0)
     torch._dynamo.reset()
     dev = torch.device("cuda", 0)
     reference_model = build().eval().to(dev)
-    model = build().eval().to(dev)
-    model.load_state_dict(reference_model.state_dict())
-    model = model.to(dtype)
     x32 = torch.randn(*shape, device=dev)
     x = x32.to(dtype)
-    row: dict[str, Any] = {"model": name, "backend": backend}
-    try:
-        with torch.no_grad():
-            ref = reference_model(x32)
-            fn = compile_for(backend, model)
-            torch.cuda.synchronize()
-            start = time.perf_counter()
-            out = fn(x)
-            torch.cuda.synchronize()
-            row["first_call_s"] = time.perf_counter() - start
-            row["rel_error_vs_fp32_eager"] = rel_error(out, ref)
-            row["median_ms"] = median_latency_ms(lambda: fn(x), iters, warmup=20)
-            if name.startswith("tiny_mlp"):
-                row["host_us_per_call"] = host_us_per_call(lambda: fn(x))
-    except Exception as exc:  # a backend failing is a result too
-        row["error"] = f"{type(exc).__name__}: {str(exc).splitlines()[0][:300] if str(exc) else ''}"
-    if backend == "trt_multidev":
+    with torch.no_grad():
+        ref = reference_model(x32)
+    rows: dict[str, dict[str, Any]] = {}
+    fns: dict[str, Callable[..., Any]] = {}
+    for backend in backends:
+        row: dict[str, Any] = {"model": name, "backend": backend}
+        rows[backend] = row
+        model = build().eval().to(dev)
+        model.load_state_dict(reference_model.state_dict())
+        model = model.to(dtype)
+        if backend in ("torch_tensorrt", "trt_multidev"):
+            _clear_timing_cache()
+        try:
+            with torch.no_grad():
+                fn = compile_for(backend, model)
+                torch.cuda.synchronize()
+                start = time.perf_counter()
+                out = fn(x)
+                torch.cuda.synchronize()
+                row["first_call_s"] = time.perf_counter() - start
+                row["rel_error_vs_fp32_eager"] = rel_error(out, ref)
+                fns[backend] = fn
+        except Exception as exc:  # a backend failing is a result too
+            row["error"] = f"{type(exc).__name__}: {str(exc).splitlines()[0][:300] if str(exc) else ''}"
+    timed = [b for b in backends if b in fns]
+    latencies: dict[str, list[float]] = {b: [] for b in timed}
+    hosts: dict[str, list[float]] = {b: [] for b in timed}
+    with torch.no_grad():
+        for r in range(rounds):
+            for backend in timed[r % len(timed):] + timed[: r % len(timed)]:
+                fn = fns[backend]
+                latencies[backend].append(median_latency_ms(lambda: fn(x), iters, warmup=10))
+                if name.startswith("tiny_mlp"):
+                    hosts[backend].append(host_us_per_call(lambda: fn(x), calls=1000))
+    for backend in timed:
+        rows[backend]["median_ms"] = statistics.median(latencies[backend])
+        rows[backend]["median_ms_per_round"] = [round(v, 4) for v in latencies[backend]]
+        if hosts[backend]:
+            rows[backend]["host_us_per_call"] = statistics.median(hosts[backend])
+    if "trt_multidev" in rows:
         import trt_multidev_backend as tm
 
-        row["counters"] = tm.stats()
-    print(json.dumps(row), flush=True)
-    return row
+        rows["trt_multidev"]["counters"] = tm.stats()
+    for row in rows.values():
+        print(json.dumps(row), flush=True)
+    return list(rows.values())
 
 
 def environment() -> dict[str, Any]:
@@ -211,12 +247,14 @@ def main() -> int:
     parser.add_argument("--out", required=True)
     parser.add_argument("--models", default=",".join(MODELS))
     parser.add_argument("--backends", default=",".join(BACKENDS))
-    parser.add_argument("--iters", type=int, default=200)
+    parser.add_argument("--iters", type=int, default=100)
+    parser.add_argument("--rounds", type=int, default=5)
     args = parser.parse_args()
     os.makedirs(args.out, exist_ok=True)
     env = environment()
     print(json.dumps(env), flush=True)
-    rows = [run_one(m, b, args.iters) for m in args.models.split(",") for b in args.backends.split(",")]
+    backends = args.backends.split(",")
+    rows = [row for m in args.models.split(",") for row in run_model(m, backends, args.iters, args.rounds)]
     with open(os.path.join(args.out, "bench.json"), "w") as f:
         json.dump({"environment": env, "rows": rows}, f, indent=1)
     with open(os.path.join(args.out, "bench.md"), "w") as f:

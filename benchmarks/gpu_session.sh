@@ -4,7 +4,7 @@
 #   bash benchmarks/gpu_session.sh bench      # benchmarks/gpu_bench.py + wrapper overhead
 # Logs and results go to $OUT (they come back to the developer's machine).
 set -uo pipefail
-phase=${1:?tests or bench}
+phase=${1:?tests, bench or all}
 out=${OUT:-/tmp/out}
 mkdir -p "$out"
 export PYTHONPATH=$PWD${PYTHONPATH:+:$PYTHONPATH} PYTHONUNBUFFERED=1
@@ -14,6 +14,9 @@ python3 -m pip install -q --no-deps --no-build-isolation --no-index -e . >/dev/n
 nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv,noheader
 python3 -c "import torch, torchvision, torch_tensorrt; print('torch', torch.__version__, 'torchvision', torchvision.__version__, 'torch_tensorrt', torch_tensorrt.__version__)"
 case "$phase" in
+  all)
+    bash "$0" tests; bash "$0" bench; exit 0
+    ;;
   tests)
     timeout 330 python3 -m pytest tests/gpu -v -rA -p no:cacheprovider 2>&1 | tee "$out/gpu_tests.log" | grep -E "PASSED|FAILED|SKIPPED|ERROR|passed|failed|Error" | tail -40
     mkdir -p "$out/catalog"

@@ -216,3 +216,58 @@ def test_the_callers_graph_is_never_mutated(fake_mode):
     before = gm.code
     place_for(gm, inputs, device="cuda:1")
     assert gm.code == before
+
+
+def test_constant_host_values_are_built_on_the_target(fake_mode):
+    class Masked(nn.Module):  # S06: a mask from factories that name no device, then moved
+        def __init__(self):
+            super().__init__()
+            self.fc = nn.Linear(8, 8)
+
+        def forward(self, x):
+            n = x.shape[-1]
+            mask = torch.triu(torch.ones(n, n), 1).bool().to(x.device)
+            return self.fc(x).masked_fill(mask, 0.0) + torch.arange(n).to(x.device)
+
+    model = on_fake_device(Masked(), "cuda:1", fake_mode)
+    delegate = EngineLikeDelegate()
+    out = compile_with(model, delegate)(fake(fake_mode, 2, 8, 8, device="cuda:1"))
+    assert out.device == CUDA1
+    (call,) = delegate.calls  # one graph, not split into host and device segments
+    assert call.code.count("device = device(type='cuda', index=1)") == 2  # ones and arange
+
+
+def test_host_round_trip_gives_device_segments_only_device_inputs(fake_mode):
+    class RoundTrip(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.a, self.host, self.b = nn.Linear(4, 4), nn.Linear(4, 4), nn.Linear(4, 4)
+
+        def forward(self, x):
+            y = self.host(self.a(x).to("cpu"))
+            return self.b(y.to(x.device) * 2)
+
+    model = RoundTrip().requires_grad_(False)
+    on_fake_device(model.a, "cuda:1", fake_mode)
+    on_fake_device(model.b, "cuda:1", fake_mode)
+    delegate = EngineLikeDelegate()  # would raise on any CPU input
+    out = compile_with(model, delegate)(fake(fake_mode, 2, 4, device="cuda:1"))
+    assert out.device == CUDA1
+    assert len(delegate.calls) == 2 and all(c.device == CUDA1 for c in delegate.calls)
+
+
+def test_placeholders_a_delegate_drops_are_not_passed():
+    def drop_unused(gm, example_inputs, *, device, settings):
+        # What Torch-TensorRT does with unused SymInt placeholders under dynamic shapes.
+        for node in [n for n in gm.graph.nodes if n.op == "placeholder" and not n.users]:
+            gm.graph.erase_node(node)
+        gm.recompile()
+        return gm.forward
+
+    def f(x, unused):
+        return x * 2
+
+    gm = torch.fx.symbolic_trace(f)  # keeps the unused placeholder, as dynamo keeps SymInts
+    compiled = tm.backend(gm, [torch.ones(3), torch.zeros(2)], options={"delegate": drop_unused})
+    assert torch.equal(compiled(torch.ones(3), torch.zeros(2)), torch.full((3,), 2.0))
+    assert compiled.fn.kept == (0,)

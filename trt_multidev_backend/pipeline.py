@@ -17,7 +17,7 @@ from .delegate import TorchTensorRTDelegate, load_delegate
 from .device import DevicePlan, classify_args, check_visible, cuda_usable, device_guard, resolve_device
 from .errors import TrtMultidevError
 from .placement import Placement, graph_copy, place
-from .runtime import GuardedCallable
+from .runtime import GuardedCallable, SelectArgs
 from .segments import install, split_host_work
 from .settings import Settings, SettingsError, resolve_settings, unknown_env_vars
 
@@ -140,10 +140,10 @@ class TrtMultidevBackend:
         segmented = split_host_work(placement.gm, placement.example_inputs, plan)
         with device_guard(plan.target):
             if segmented is None:
-                return delegate(graph_copy(placement.gm), list(placement.example_inputs),
-                                device=plan.target, settings=settings), ""
+                return _call_delegate(delegate, graph_copy(placement.gm), placement.example_inputs,
+                                      plan.target, settings), ""
             for name, inputs in segmented.target_segments:
-                compiled = delegate(getattr(segmented.gm, name), list(inputs), device=plan.target, settings=settings)
+                compiled = _call_delegate(delegate, getattr(segmented.gm, name), inputs, plan.target, settings)
                 install(segmented, name, compiled)
         return segmented.gm, (f" ({len(segmented.target_segments)} device segment(s); host segment(s) "
                               f"{', '.join(segmented.host_segments)} stay in PyTorch)")
@@ -219,6 +219,20 @@ class TrtMultidevBackend:
     @staticmethod
     def _log(settings: Settings, msg: str, *args: Any) -> None:
         log.log(_LEVELS[settings.log_level], msg, *args)
+
+
+def _call_delegate(delegate: Any, gm: torch.fx.GraphModule, inputs: Sequence[Any], device: torch.device,
+                   settings: Settings) -> Callable[..., Any]:
+    """Call a delegate on a graph it may mutate. Torch-TensorRT drops unused SymInt placeholders
+    (dynamic shapes) from the graph it is given; the caller still passes them, so the result is
+    adapted to take exactly the arguments that survived."""
+    before = [n for n in gm.graph.nodes if n.op == "placeholder"]
+    compiled = delegate(gm, list(inputs), device=device, settings=settings)
+    after = {n for n in gm.graph.nodes if n.op == "placeholder"}
+    kept = [i for i, node in enumerate(before) if node in after]
+    if len(kept) != len(before):
+        compiled = SelectArgs(compiled, kept)
+    return compiled
 
 
 def _is_real(value: Any) -> bool:

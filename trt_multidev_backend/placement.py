@@ -279,6 +279,36 @@ class _Placer:
             return True
         return False
 
+    def relocate_constant_islands(self) -> None:
+        """Host values built only from factories (e.g. a mask from ``torch.ones(n, n)``) and used
+        only after a move to the target are built on the target instead: same values, no host
+        segment, no per-call copy, and Torch-TensorRT can fold them."""
+        if self.target.type == "cpu" or self.plan.override:
+            return  # an override already rewrote the graph's own device
+        const: dict[torch.fx.Node, bool] = {}
+        for node in self.gm.graph.nodes:
+            device = _tensor_device(node)
+            if node.op not in ("call_function", "call_method") or device is None or _same(device, self.target):
+                continue
+            if _move_spec(node) is not None:
+                continue
+            inputs = [a for a in node.all_input_nodes if _tensor_device(a) is not None]
+            const[node] = node.target in _FACTORIES or (bool(inputs) and all(const.get(a, False) for a in inputs))
+        islands = _components([n for n, c in const.items() if c])
+        for island in islands:
+            exits_ok = all(
+                u in island or _move_destination(u) == self.target
+                for n in island for u in n.users
+            )
+            if not exits_ok:
+                continue
+            for node in island:
+                if node.target in _FACTORIES:
+                    node.kwargs = {**node.kwargs, "device": self.target}
+                _moved_meta(node, self.target)
+            names = ", ".join(n.name for n in island)
+            self.notes.append(f"constant host values {names}: built on {self.target} instead")
+
     def place_args(self) -> tuple[list[Any], list[ArgAction]]:
         self.originals: dict[int, Any] = {}
         examples: list[Any] = []
@@ -351,6 +381,28 @@ class _Placer:
         return moves
 
 
+def _components(nodes: list[torch.fx.Node]) -> list[list[torch.fx.Node]]:
+    """Connected groups of `nodes` (edges between them in either direction), in graph order."""
+    members = set(nodes)
+    seen: set[torch.fx.Node] = set()
+    groups = []
+    for start in nodes:
+        if start in seen:
+            continue
+        group, stack = [], [start]
+        seen.add(start)
+        while stack:
+            node = stack.pop()
+            group.append(node)
+            for other in list(node.users) + node.all_input_nodes:
+                if other in members and other not in seen:
+                    seen.add(other)
+                    stack.append(other)
+        order = {n: i for i, n in enumerate(nodes)}
+        groups.append(sorted(group, key=order.__getitem__))
+    return groups
+
+
 def _fetch(module: torch.nn.Module, target: str) -> Any:
     obj: Any = module
     for part in target.split("."):
@@ -366,6 +418,7 @@ def place(gm: torch.fx.GraphModule, infos: Sequence[ArgInfo], plan: DevicePlan) 
     # Output devices are read from the original metadata, before anything is rewritten.
     output_moves = placer.output_moves()
     placer.rewrite_devices()
+    placer.relocate_constant_islands()
     examples, actions = placer.place_args()
     placer.place_attrs()
     placer.gm.graph.lint()

@@ -18,10 +18,22 @@ from .device import cuda_usable
 from .errors import InputDeviceError
 from .placement import ArgAction
 
-__all__ = ["GuardedCallable"]
+__all__ = ["GuardedCallable", "SelectArgs"]
 
 _CHECK, _MOVE, _STATE = 0, 1, 2
 _KINDS = {"check": _CHECK, "move": _MOVE, "state": _STATE}
+
+
+def _replace(values: Sequence[Any], i: int, value: Any) -> list[Any]:
+    out = values if isinstance(values, list) else list(values)
+    out[i] = value
+    return out
+
+
+# The raw device calls behind torch.cuda.device: a Python-level context manager costs a few µs
+# per call, these a fraction of that. CPU-only builds lack them and never enter the guard.
+_get_device: Callable[[], int] = getattr(torch._C, "_cuda_getDevice", lambda: -1)
+_exchange_device: Callable[[int], int] = getattr(torch._C, "_cuda_exchangeDevice", lambda index: -1)
 
 
 def _version(tensor: torch.Tensor) -> int:
@@ -81,12 +93,12 @@ class GuardedCallable:
         if self._actions:
             args = self._prepare(args)
         index = self._index
-        if index >= 0:
-            previous = torch.cuda._exchange_device(index)
+        if index >= 0 and _get_device() != index:
+            previous = _exchange_device(index)
             try:
                 out = self._run(args)
             finally:
-                torch.cuda._maybe_exchange_device(previous)
+                _exchange_device(previous)
         else:
             out = self._run(args)
         if self._outputs:
@@ -100,17 +112,17 @@ class GuardedCallable:
         with lock:
             return self.fn(*args)
 
-    def _prepare(self, args: tuple[Any, ...]) -> list[Any]:
-        values = list(args)
+    def _prepare(self, args: tuple[Any, ...]) -> Sequence[Any]:
+        values: Sequence[Any] = args  # copied only when something is replaced
         for kind, i, device, name in self._actions:
-            value = values[i]
+            value = args[i]
             if not isinstance(value, torch.Tensor):
                 continue
             if kind == _STATE:
-                values[i] = self._state_copy(i, value, device)
+                values = _replace(values, i, self._state_copy(i, value, device))
             elif value.device != device:
                 if kind == _MOVE or self._move_inputs:
-                    values[i] = value.to(device)
+                    values = _replace(values, i, value.to(device))
                 else:
                     raise InputDeviceError(
                         f"trt_multidev: argument '{name}' is on {value.device}, but this graph was "
@@ -136,3 +148,15 @@ class GuardedCallable:
             if i < len(values) and isinstance(values[i], torch.Tensor):
                 values[i] = values[i].to(device)
         return tuple(values) if isinstance(out, tuple) else values
+
+
+class SelectArgs(torch.nn.Module):
+    """Passes on only the arguments at `kept` (those a delegate left in its graph)."""
+
+    def __init__(self, inner: Callable[..., Any], kept: Sequence[int]):
+        super().__init__()
+        self.inner = inner
+        self.kept = tuple(kept)
+
+    def forward(self, *args: Any) -> Any:
+        return self.inner(*[args[i] for i in self.kept])
