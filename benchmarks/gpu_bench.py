@@ -144,9 +144,13 @@ def run_model(name: str, backends: list[str], iters: int, rounds: int) -> list[d
         ref = reference_model(x32)
     rows: dict[str, dict[str, Any]] = {}
     fns: dict[str, Callable[..., Any]] = {}
-    for backend in backends:
-        row: dict[str, Any] = {"model": name, "backend": backend}
-        rows[backend] = row
+    labels = []
+    for backend in backends:  # a backend named twice is built twice: build-to-build variance
+        label = backend if backend not in labels else f"{backend}#{sum(l.split('#')[0] == backend for l in labels) + 1}"
+        labels.append(label)
+    for label, backend in zip(labels, backends):
+        row: dict[str, Any] = {"model": name, "backend": label}
+        rows[label] = row
         model = build().eval().to(dev)
         model.load_state_dict(reference_model.state_dict())
         model = model.to(dtype)
@@ -161,10 +165,10 @@ def run_model(name: str, backends: list[str], iters: int, rounds: int) -> list[d
                 torch.cuda.synchronize()
                 row["first_call_s"] = time.perf_counter() - start
                 row["rel_error_vs_fp32_eager"] = rel_error(out, ref)
-                fns[backend] = fn
+                fns[label] = fn
         except Exception as exc:  # a backend failing is a result too
             row["error"] = f"{type(exc).__name__}: {str(exc).splitlines()[0][:300] if str(exc) else ''}"
-    timed = [b for b in backends if b in fns]
+    timed = [label for label in labels if label in fns]
     latencies: dict[str, list[float]] = {b: [] for b in timed}
     hosts: dict[str, list[float]] = {b: [] for b in timed}
     with torch.no_grad():
