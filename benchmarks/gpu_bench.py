@@ -81,7 +81,8 @@ def compile_for(backend: str, model: nn.Module) -> Callable[..., Any]:
         return torch.compile(model, backend="torch_tensorrt", options={"min_block_size": 1})
     import trt_multidev_backend as tm
 
-    return torch.compile(model, backend=tm.backend, options={"min_block_size": 1})
+    tm.reset()  # a second build of the same model must build, not hit the in-memory cache
+    return torch.compile(model, backend=tm.backend, options={"min_block_size": 1, "cache": False})
 
 
 def median_latency_ms(fn: Callable[[], Any], iters: int, warmup: int) -> float:

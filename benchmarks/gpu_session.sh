@@ -4,10 +4,12 @@
 #   bash benchmarks/gpu_session.sh bench      # benchmarks/gpu_bench.py + wrapper overhead
 # Logs and results go to $OUT (they come back to the developer's machine).
 set -uo pipefail
-phase=${1:?tests, bench or all}
+phase=${1:?tests, bench, cache, variance or all}
 out=${OUT:-/tmp/out}
 mkdir -p "$out"
 export PYTHONPATH=$PWD${PYTHONPATH:+:$PYTHONPATH} PYTHONUNBUFFERED=1
+export TRT_MULTIDEV_CACHE_DIR=${TRT_MULTIDEV_CACHE_DIR:-$(mktemp -d /tmp/trt_multidev_cache.XXXX)}
+[ -d .whl ] && python3 -m pip install -q --no-index --no-deps .whl/*.whl >/dev/null 2>&1
 python3 -m pip install -q --no-deps --no-build-isolation --no-index -e . >/dev/null 2>&1 \
   && echo "installed trt-multidev-backend (entry point available)" \
   || echo "pip install -e failed; using PYTHONPATH and trt_multidev_backend.register()"
@@ -16,6 +18,13 @@ python3 -c "import torch, torchvision, torch_tensorrt; print('torch', torch.__ve
 case "$phase" in
   all)
     bash "$0" tests; bash "$0" bench; exit 0
+    ;;
+  cache)
+    timeout 500 python3 benchmarks/cache_bench.py --out "$out/cache" 2>&1 | tee "$out/cache.log" | grep -v "^{" | tail -25
+    ;;
+  variance)
+    timeout 300 python3 benchmarks/gpu_bench.py --out "$out/variance" --models resnet50_fp32_b32 \
+      --backends torch_tensorrt,trt_multidev,torch_tensorrt,trt_multidev 2>&1 | tee "$out/variance.log" | grep "^|" | tail -12
     ;;
   tests)
     timeout 330 python3 -m pytest tests/gpu -v -rA -p no:cacheprovider 2>&1 | tee "$out/gpu_tests.log" | grep -E "PASSED|FAILED|SKIPPED|ERROR|passed|failed|Error" | tail -40

@@ -24,3 +24,44 @@ SEEN_SETTINGS: list = []
 def record_settings(gm, example_inputs, *, device, settings):
     SEEN_SETTINGS.append(settings)
     return gm.forward
+
+
+class Serializing:
+    """A real serializing CPU delegate: its result is the placed graph module, which it can write
+    to bytes and read back (the disk-cache protocol). SERIALIZING_BUILD_SECONDS makes a build slow,
+    to line up concurrent processes."""
+
+    def __init__(self) -> None:
+        self.builds = 0
+
+    def __call__(self, gm, example_inputs, *, device, settings):
+        import os
+        import time
+
+        time.sleep(float(os.environ.get("SERIALIZING_BUILD_SECONDS", "0")))
+        self.builds += 1
+        return gm
+
+    def versions(self):
+        import torch
+
+        return {"torch": torch.__version__, "serializing": "1"}
+
+    def dumps(self, compiled) -> bytes:
+        import io
+
+        import torch
+
+        buffer = io.BytesIO()
+        torch.save(compiled, buffer)
+        return buffer.getvalue()
+
+    def loads(self, blob, *, device, settings):
+        import io
+
+        import torch
+
+        return torch.load(io.BytesIO(blob), map_location=device, weights_only=False)
+
+
+serializing = Serializing()

@@ -16,11 +16,13 @@ tm.register()
 
 
 @pytest.fixture(autouse=True)
-def _fresh(monkeypatch):
-    """Every test starts as a fresh process would: no dynamo caches, no env settings."""
+def _fresh(monkeypatch, tmp_path_factory):
+    """Every test starts as a fresh process would: no dynamo caches, no env settings, and its
+    own empty disk cache (never the user's)."""
     for name in list(os.environ):
         if name.startswith("TRT_MULTIDEV_"):
             monkeypatch.delenv(name)
+    monkeypatch.setenv("TRT_MULTIDEV_CACHE_DIR", str(tmp_path_factory.mktemp("trt_multidev_cache")))
     torch._dynamo.reset()
     tm.reset()
     yield

@@ -11,7 +11,15 @@ import torch
 import torch.nn as nn
 from torch._subclasses.fake_tensor import FakeTensor, FakeTensorMode
 
+from trt_multidev_backend.cache import COUNTERS
 from trt_multidev_backend.placement import graph_copy
+
+
+def counters(**nonzero: int) -> dict[str, int]:
+    """One device's stats() entry: the given counters, every other one zero."""
+    unknown = set(nonzero) - set(COUNTERS)
+    assert not unknown, unknown
+    return {name: nonzero.get(name, 0) for name in COUNTERS}
 
 
 def on_fake_device(module: nn.Module, device: str, mode: FakeTensorMode, dtype=None) -> nn.Module:

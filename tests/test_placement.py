@@ -16,7 +16,7 @@ import torch.nn as nn
 from torch._subclasses.fake_tensor import FakeTensor
 
 import trt_multidev_backend as tm
-from helpers import EngineLikeDelegate, capture, fake, on_fake_device
+from helpers import counters, EngineLikeDelegate, capture, fake, on_fake_device
 from trt_multidev_backend.device import classify_args, resolve_device
 from trt_multidev_backend.placement import place
 from trt_multidev_backend.settings import resolve_settings
@@ -152,7 +152,7 @@ def test_deliberate_host_work_stays_on_the_host(fake_mode):
     (call,) = delegate.calls  # only the device segment reached the delegate
     assert call.device == CUDA1 and all(d == CUDA1 for d in call.input_devices)
     assert "to(" not in call.code and "cpu" not in call.code
-    assert tm.stats() == {"cuda:1": {"compiles": 1, "cache_hits": 0, "fallbacks": 0}}
+    assert tm.stats() == {"cuda:1": counters(compiles=1)}
 
 
 def test_cpu_scalar_state_joins_the_target(fake_mode):

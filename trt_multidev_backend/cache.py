@@ -9,6 +9,7 @@ same device compiles once; another device compiles its own.
 from __future__ import annotations
 
 import hashlib
+import json
 import threading
 from collections import defaultdict
 from typing import Any, Iterable, Sequence
@@ -18,9 +19,10 @@ import torch.fx
 
 from .settings import Settings
 
-__all__ = ["graph_fingerprint", "input_specs", "cache_key", "CompiledCache", "Stats", "COUNTERS"]
+__all__ = ["graph_fingerprint", "input_specs", "cache_key", "disk_key", "CompiledCache", "Stats", "COUNTERS"]
 
-COUNTERS = ("compiles", "cache_hits", "fallbacks")
+COUNTERS = ("compiles", "cache_hits", "disk_hits", "cross_device_reuses", "fallbacks",
+            "corrupt_entries", "lock_waits")
 
 
 def _tensor_meta(t: torch.Tensor) -> str:
@@ -75,6 +77,54 @@ def cache_key(
     return h.hexdigest()
 
 
+def _content_digest(t: torch.Tensor) -> str:
+    """What a constant holds (FakeTensors have no data: their metadata stands in)."""
+    from torch._subclasses.fake_tensor import FakeTensor
+
+    if isinstance(t, FakeTensor):
+        return "fake:" + _tensor_meta(t)
+    data = t.detach().to("cpu").contiguous().clone()
+    return hashlib.sha256(bytes(data.untyped_storage())).hexdigest()
+
+
+def disk_key(
+    gm: torch.fx.GraphModule,
+    example_inputs: Sequence[Any],
+    device: torch.device,
+    settings: Settings,
+    delegate: str,
+    versions: dict[str, str],
+) -> tuple[str, bool]:
+    """A key that is the same in every process: constants by content, not identity. Parameters
+    need no fingerprint: dynamo passes them as graph inputs, so no compiled result holds them.
+
+    Returns (key, device_specific). A graph whose code names its device (a factory call placed
+    on cuda:1) is only valid there; any other is keyed without the index, so one build serves
+    every GPU of the same model (the namespace holds the GPU identity).
+    """
+    code = gm.code
+    device_specific = device.type == "cuda" and (repr(device) in code or f"'{device}'" in code)
+    h = hashlib.sha256(code.encode())
+    for node in gm.graph.nodes:
+        if node.op == "get_attr":
+            value: Any = gm
+            for part in str(node.target).split("."):
+                value = getattr(value, part, None)
+            if isinstance(value, torch.Tensor):
+                h.update(f"{node.target}:{_tensor_meta(value)}:{_content_digest(value)}".encode())
+        elif node.op == "call_module":
+            module = gm.get_submodule(str(node.target))
+            h.update(f"{node.target}:{type(module).__qualname__}:{module.extra_repr()}".encode())
+            for name, t in list(module.named_parameters()) + list(module.named_buffers()):
+                h.update(f"{name}:{_tensor_meta(t)}:{_content_digest(t)}".encode())
+    where = str(device) if device_specific else device.type
+    specs = [spec.replace(f"|{device}|", f"|{where}|") for spec in input_specs(example_inputs)]
+    for part in (*specs, where, settings.result_token(), delegate, json.dumps(versions, sort_keys=True)):
+        h.update(part.encode())
+        h.update(b"\0")
+    return h.hexdigest(), device_specific
+
+
 class CompiledCache:
     """key -> compiled callable, for one backend instance; emptied by reset()."""
 
@@ -100,7 +150,7 @@ class CompiledCache:
 
 
 class Stats:
-    """Counters per device label: compiles, cache_hits, fallbacks."""
+    """Counters per device label (see COUNTERS)."""
 
     def __init__(self) -> None:
         self._counts: dict[str, dict[str, int]] = defaultdict(lambda: dict.fromkeys(COUNTERS, 0))

@@ -121,6 +121,56 @@ def cmd_demo(args: argparse.Namespace) -> int:
     return 0
 
 
+def _human(size: float) -> str:
+    for unit in ("B", "KiB", "MiB", "GiB"):
+        if size < 1024 or unit == "GiB":
+            return f"{size:.0f} {unit}" if unit == "B" else f"{size:.1f} {unit}"
+        size /= 1024
+    return f"{size:.1f} GiB"
+
+
+def _store(args: argparse.Namespace):
+    from .diskcache import DiskCache
+    from .settings import _parse_size
+
+    settings = resolve_settings()
+    root = args.dir or settings.cache_dir
+    limit = _parse_size(args.max_size) if getattr(args, "max_size", None) else settings.cache_size
+    return DiskCache(root, limit)
+
+
+def cmd_cache(args: argparse.Namespace) -> int:
+    store = _store(args)
+    entries = sorted(store.entries(), key=lambda e: (e.namespace, -e.last_used))
+    if args.action == "list":
+        print(f"disk cache: {store.root}")
+        if not entries:
+            print("  (empty)")
+            return 0
+        rows = [("namespace (versions / GPU identity)", "key", "graph", "built on", "size", "last used")]
+        for e in entries:
+            rows.append((e.namespace, e.key[:12], str(e.meta.get("graph", "?")), str(e.meta.get("device", "?")),
+                         _human(e.size), time.strftime("%Y-%m-%d %H:%M", time.localtime(e.last_used))))
+        print(_table(rows))
+    elif args.action == "stats":
+        total = sum(e.size for e in entries)
+        print(f"disk cache: {store.root}")
+        print(f"entries: {len(entries)}  size: {_human(total)}  limit: {_human(store.size_limit)}")
+        by_ns: dict[str, list] = {}
+        for e in entries:
+            by_ns.setdefault(e.namespace, []).append(e)
+        if by_ns:
+            print(_table([("namespace", "entries", "size")] + [
+                (ns, str(len(es)), _human(sum(e.size for e in es))) for ns, es in sorted(by_ns.items())]))
+    elif args.action == "clear":
+        print(f"removed {store.clear()} entries from {store.root}")
+    elif args.action == "prune":
+        removed = store.evict()
+        print(f"removed {len(removed)} least recently used entries ({_human(sum(e.size for e in removed))}); "
+              f"{_human(store.total_size())} left of {_human(store.size_limit)}")
+    return 0
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="trt-multidev", description=__doc__)
     parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
@@ -131,6 +181,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     demo.add_argument("--batch", type=int, default=64)
     demo.add_argument("--iters", type=int, default=50)
     demo.set_defaults(fn=cmd_demo)
+    cache = sub.add_parser("cache", help="the disk cache: list, stats, clear, prune")
+    cache.add_argument("action", choices=("list", "stats", "clear", "prune"))
+    cache.add_argument("--dir", help="cache directory (default: TRT_MULTIDEV_CACHE_DIR or the user cache dir)")
+    cache.add_argument("--max-size", help="prune: size to prune to (default: TRT_MULTIDEV_CACHE_SIZE)")
+    cache.set_defaults(fn=cmd_cache)
     args = parser.parse_args(argv)
     try:
         return int(args.fn(args))

@@ -23,6 +23,8 @@ from .device import cuda_usable
 from .settings import Settings, SettingsError
 
 __all__ = [
+    "stable_identity",
+    "delegate_versions",
     "Delegate",
     "Unavailable",
     "TorchTensorRTDelegate",
@@ -76,6 +78,32 @@ def load_delegate(spec: Any) -> tuple[Callable[..., Any], str]:
             f"trt_multidev: invalid value {spec!r} for setting 'delegate': {type(obj).__name__} is not callable"
         )
     return obj, str(spec)
+
+
+def stable_identity(spec: Any, fn: Any) -> str | None:
+    """A name that means the same delegate in every process, or None (then no disk cache)."""
+    if spec is None:
+        return "torch_tensorrt"
+    if isinstance(spec, str):
+        return spec
+    module, qualname = getattr(fn, "__module__", None), getattr(fn, "__qualname__", None)
+    if not module or not qualname or "<" in qualname:
+        return None
+    try:
+        obj: Any = importlib.import_module(module)
+        for part in qualname.split("."):
+            obj = getattr(obj, part)
+    except (ImportError, AttributeError):
+        return None
+    return f"{module}:{qualname}" if obj is fn else None
+
+
+def delegate_versions(delegate: Any) -> dict[str, str]:
+    """Library versions a delegate's results depend on (they namespace the disk cache)."""
+    versions = getattr(delegate, "versions", None)
+    found = dict(versions()) if callable(versions) else {}
+    found.setdefault("torch", torch.__version__)
+    return found
 
 
 def delegate_identity(fn: Any) -> str:
@@ -203,6 +231,30 @@ class TorchTensorRTDelegate:
                     module.set_output_tensors_as_unowned(True)
         return _First(compiled) if single else compiled
 
+    # -- disk cache protocol -----------------------------------------------------------------
+    def versions(self) -> dict[str, str]:
+        import tensorrt
+
+        module = self._module or importlib.import_module("torch_tensorrt")
+        return {"torch": torch.__version__, "torch_tensorrt": module.__version__,
+                "tensorrt": f"{getattr(tensorrt, '_package_name', 'tensorrt')}-{tensorrt.__version__}"}
+
+    def dumps(self, compiled: Any) -> bytes:
+        """The compiled graph (partition plus engines) as bytes. Engines travel as Torch-TensorRT's
+        own serialized state, not as live CUDA objects, and carry no model weights: in the
+        torch.compile path parameters are engine inputs."""
+        import io
+
+        buffer = io.BytesIO()
+        torch.save(compiled, buffer, pickle_module=_EnginePickle)
+        return buffer.getvalue()
+
+    def loads(self, blob: bytes, *, device: torch.device, settings: Settings) -> Any:
+        """Rebuild a compiled graph on `device` (called under its guard, so engines bind there)."""
+        import io
+
+        return torch.load(io.BytesIO(blob), map_location=device, weights_only=False)
+
     @staticmethod
     def count_engines(compiled: Any) -> int:
         if not isinstance(compiled, torch.nn.Module):
@@ -219,6 +271,32 @@ class _First(torch.nn.Module):
 
     def forward(self, *args: Any) -> Any:
         return self.inner(*args)[0]
+
+
+class _EnginePickle:
+    """A pickle module for torch.save that stores Torch-TensorRT engine modules by their
+    serialized state (get_extra_state) and rebuilds them with set_extra_state on load."""
+
+    import pickle as _pickle
+
+    Unpickler = _pickle.Unpickler
+    load = _pickle.load
+    dump = _pickle.dump
+    loads = _pickle.loads
+    dumps = _pickle.dumps
+
+    class Pickler(_pickle.Pickler):
+        def reducer_override(self, obj: Any) -> Any:
+            if type(obj).__name__ == "TorchTensorRTModule" and hasattr(obj, "get_extra_state"):
+                return _rebuild_engine_module, (type(obj).__module__, obj.get_extra_state())
+            return NotImplemented
+
+
+def _rebuild_engine_module(module_name: str, state: Any) -> Any:
+    module = importlib.import_module(module_name)
+    rebuilt = module.TorchTensorRTModule()
+    rebuilt.set_extra_state(state)
+    return rebuilt
 
 
 def _materialize(fake: Any, device: torch.device) -> torch.Tensor:

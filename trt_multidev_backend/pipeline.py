@@ -7,13 +7,17 @@ from __future__ import annotations
 import logging
 import threading
 import time
+from dataclasses import dataclass
 from typing import Any, Callable, Mapping, Sequence
 
 import torch
 import torch.fx
 
-from .cache import CompiledCache, Stats, cache_key
-from .delegate import TorchTensorRTDelegate, load_delegate
+import filelock
+
+from .cache import CompiledCache, Stats, cache_key, disk_key
+from .delegate import TorchTensorRTDelegate, delegate_versions, load_delegate, stable_identity
+from .diskcache import CorruptEntry, DiskCache, identity_of
 from .device import DevicePlan, classify_args, check_visible, cuda_usable, device_guard, resolve_device
 from .errors import TrtMultidevError
 from .placement import Placement, graph_copy, place
@@ -26,6 +30,15 @@ __all__ = ["TrtMultidevBackend", "backend", "register", "BACKEND_NAME"]
 BACKEND_NAME = "trt_multidev"
 log = logging.getLogger("trt_multidev.pipeline")
 _LEVELS = {"debug": logging.DEBUG, "info": logging.INFO, "warning": logging.WARNING, "error": logging.ERROR}
+
+
+@dataclass(frozen=True)
+class _DiskPlan:
+    store: DiskCache
+    namespace: str
+    key: str
+    delegate: str
+    versions: dict
 
 
 class TrtMultidevBackend:
@@ -44,6 +57,8 @@ class TrtMultidevBackend:
         self._logged_settings: set[str] = set()
         self._lock = threading.Lock()
         self._default_delegate = TorchTensorRTDelegate()
+        self._blobs: dict[tuple[str, str], tuple[bytes, dict]] = {}  # serialized results, for other GPUs
+        self._broken_roots: set[str] = set()
 
     # -- public --------------------------------------------------------------------------
     def __call__(
@@ -89,7 +104,7 @@ class TrtMultidevBackend:
 
         start = time.perf_counter()
         try:
-            compiled, segments = self._build(delegate, placement, plan, settings)
+            compiled, how = self._obtain(delegate, identity, placement, plan, settings, label)
         except SettingsError:
             raise
         except Exception as exc:
@@ -107,24 +122,27 @@ class TrtMultidevBackend:
                             f"trt_multidev: Torch-TensorRT built no engine for a graph on {label} "
                             f"(too few supported ops for min_block_size={settings.min_block_size}); "
                             "it runs in PyTorch. Lower min_block_size to convert small graphs.")
-        self._stats.bump(label, "compiles")
-        self._log(settings, "graph %s: compiled on %s by %s in %.2f s%s", _graph_name(gm), label,
-                  _short(identity), time.perf_counter() - start, segments)
+        self._log(settings, "graph %s: %s on %s by %s in %.2f s", _graph_name(gm), how, label,
+                  _short(identity), time.perf_counter() - start)
         wrapper = self._wrap(compiled, plan, placement, settings, label, _short(identity),
                              serialize=not getattr(delegate, "thread_safe", True))
         self._cache.put(key, wrapper)
         return wrapper
 
     def reset(self) -> None:
-        """Forget every compiled result, counter and warn-once record (torch._dynamo.reset())."""
+        """Forget every compiled result, counter and warn-once record (torch._dynamo.reset()).
+        The disk cache stays: it is for later processes."""
         self._cache.clear()
         self._stats.clear()
         with self._lock:
             self._warned.clear()
             self._logged_settings.clear()
+            self._blobs.clear()
+            self._broken_roots.clear()
 
     def stats(self) -> dict[str, dict[str, int]]:
-        """Counters per device: compiles, cache_hits, fallbacks."""
+        """Counters per device: compiles (delegate builds), cache_hits (in memory), disk_hits,
+        cross_device_reuses, fallbacks, corrupt_entries, lock_waits."""
         return self._stats.snapshot()
 
     # -- pieces --------------------------------------------------------------------------
@@ -133,20 +151,149 @@ class TrtMultidevBackend:
             return self._default_delegate, "torch_tensorrt"
         return load_delegate(settings.delegate)
 
-    def _build(self, delegate: Any, placement: Placement, plan: DevicePlan,
-               settings: Settings) -> tuple[Callable[..., Any], str]:
-        """Call the delegate under the target's guard, on the whole graph or on its target-device
-        segments when the graph does deliberate host work."""
+    def _obtain(self, delegate: Any, identity: str, placement: Placement, plan: DevicePlan,
+                settings: Settings, label: str) -> tuple[Callable[..., Any], str]:
+        """The compiled graph: from the disk cache (or another GPU's build) when possible, else built."""
         segmented = split_host_work(placement.gm, placement.example_inputs, plan)
+        disk = None if segmented is not None else self._disk_plan(delegate, placement, plan, settings, label)
+        if disk is not None:
+            return self._through_disk(disk, delegate, placement, plan, settings, label)
         with device_guard(plan.target):
             if segmented is None:
-                return _call_delegate(delegate, graph_copy(placement.gm), placement.example_inputs,
-                                      plan.target, settings), ""
-            for name, inputs in segmented.target_segments:
-                compiled = _call_delegate(delegate, getattr(segmented.gm, name), inputs, plan.target, settings)
-                install(segmented, name, compiled)
-        return segmented.gm, (f" ({len(segmented.target_segments)} device segment(s); host segment(s) "
-                              f"{', '.join(segmented.host_segments)} stay in PyTorch)")
+                compiled, _, _ = _call_delegate(delegate, graph_copy(placement.gm), placement.example_inputs,
+                                                plan.target, settings)
+                how = "built"
+            else:
+                for name, inputs in segmented.target_segments:
+                    part, _, _ = _call_delegate(delegate, getattr(segmented.gm, name), inputs, plan.target, settings)
+                    install(segmented, name, part)
+                compiled = segmented.gm
+                how = (f"built ({len(segmented.target_segments)} device segment(s); host segment(s) "
+                       f"{', '.join(segmented.host_segments)} stay in PyTorch; not disk-cached)")
+        self._stats.bump(label, "compiles")
+        return compiled, how
+
+    # -- disk cache ------------------------------------------------------------------------
+    def _disk_plan(self, delegate: Any, placement: Placement, plan: DevicePlan, settings: Settings,
+                   label: str) -> _DiskPlan | None:
+        assert plan.target is not None
+        if not settings.cache or not (hasattr(delegate, "dumps") and hasattr(delegate, "loads")):
+            return None
+        stable = stable_identity(settings.delegate, delegate)
+        if stable is None:
+            return None  # a lambda or closure: no name that means the same thing in another process
+        if plan.target.type == "cuda" and not cuda_usable():
+            return None  # FakeTensor devices: no GPU to identify
+        root = str(settings.cache_dir)
+        with self._lock:
+            if root in self._broken_roots:
+                return None
+        versions = delegate_versions(delegate)
+        store = DiskCache(root, settings.cache_size)
+        namespace = store.namespace(versions, identity_of(plan.target))
+        key, _ = disk_key(placement.gm, placement.example_inputs, plan.target, settings, stable, versions)
+        return _DiskPlan(store, namespace, key, stable, versions)
+
+    def _through_disk(self, disk: _DiskPlan, delegate: Any, placement: Placement, plan: DevicePlan,
+                      settings: Settings, label: str) -> tuple[Callable[..., Any], str]:
+        assert plan.target is not None
+        with self._lock:
+            known = self._blobs.get((disk.namespace, disk.key))
+        if known is not None:
+            payload, meta = known
+            compiled = self._load(delegate, payload, meta, plan.target, settings)
+            reused = meta.get("device") != str(plan.target)
+            self._stats.bump(label, "cross_device_reuses" if reused else "cache_hits")
+            return compiled, f"loaded the build made for {meta.get('device')}" if reused else "reused"
+        try:
+            lock = disk.store.lock(disk.namespace, disk.key)
+            try:
+                lock.acquire(timeout=0)
+            except filelock.Timeout:
+                self._stats.bump(label, "lock_waits")
+                self._log(settings, "waiting for another process building the same graph (%s)", disk.key[:12])
+                lock.acquire()
+        except OSError as exc:
+            self._disk_broken(disk.store.root, exc, label)
+            return self._obtain_without_disk(delegate, placement, plan, settings, label)
+        try:
+            compiled, how, payload, meta = self._load_or_build(disk, delegate, placement, plan, settings, label)
+        finally:
+            lock.release()
+        if payload is not None:
+            with self._lock:
+                self._blobs[(disk.namespace, disk.key)] = (payload, meta)
+        return compiled, how
+
+    def _load_or_build(self, disk: _DiskPlan, delegate: Any, placement: Placement, plan: DevicePlan,
+                       settings: Settings, label: str) -> tuple[Any, str, bytes | None, dict]:
+        assert plan.target is not None
+        try:
+            found = disk.store.read(disk.namespace, disk.key)
+        except CorruptEntry as exc:
+            self._corrupt(disk, label, str(exc))
+            found = None
+        except OSError as exc:
+            self._disk_broken(disk.store.root, exc, label)
+            found = None
+        if found is not None:
+            payload, meta = found
+            try:
+                compiled = self._load(delegate, payload, meta, plan.target, settings)
+                self._stats.bump(label, "disk_hits")
+                return compiled, "loaded from the disk cache", payload, meta
+            except Exception as exc:  # unreadable despite its checksum: rebuild and replace it
+                self._corrupt(disk, label, f"{type(exc).__name__}: {_first_line(exc)}")
+        with device_guard(plan.target):
+            compiled, inner, kept = _call_delegate(delegate, graph_copy(placement.gm), placement.example_inputs,
+                                                   plan.target, settings)
+        self._stats.bump(label, "compiles")
+        meta = {"graph": _graph_name(placement.gm), "delegate": disk.delegate, "device": str(plan.target),
+                "versions": disk.versions, "kept": kept}
+        try:
+            payload = delegate.dumps(inner)
+        except Exception as exc:
+            self._warn_once((f"dumps-error:{type(exc).__name__}", label),
+                            f"trt_multidev: could not serialize a compiled graph for the disk cache "
+                            f"({type(exc).__name__}: {_first_line(exc)}); it stays in memory only.")
+            return compiled, "built (not disk-cached)", None, meta
+        try:
+            path = disk.store.write(disk.namespace, disk.key, payload, meta)
+            disk.store.evict(keep={path})
+        except OSError as exc:
+            self._disk_broken(disk.store.root, exc, label)
+        return compiled, "built and stored in the disk cache", payload, meta
+
+    def _obtain_without_disk(self, delegate: Any, placement: Placement, plan: DevicePlan, settings: Settings,
+                             label: str) -> tuple[Callable[..., Any], str]:
+        with device_guard(plan.target):
+            compiled, _, _ = _call_delegate(delegate, graph_copy(placement.gm), placement.example_inputs,
+                                            plan.target, settings)
+        self._stats.bump(label, "compiles")
+        return compiled, "built (disk cache unavailable)"
+
+    def _load(self, delegate: Any, payload: bytes, meta: dict, device: torch.device,
+              settings: Settings) -> Callable[..., Any]:
+        with device_guard(device):
+            compiled = delegate.loads(payload, device=device, settings=settings)
+        kept = meta.get("kept")
+        return SelectArgs(compiled, kept) if kept is not None else compiled
+
+    def _corrupt(self, disk: _DiskPlan, label: str, why: str) -> None:
+        self._stats.bump(label, "corrupt_entries")
+        log.warning("trt_multidev: disk cache entry %s is damaged (%s); rebuilding it", disk.key[:12], why)
+        try:
+            disk.store.remove(disk.namespace, disk.key)
+        except OSError:
+            pass
+
+    def _disk_broken(self, root: Any, exc: OSError, label: str) -> None:
+        with self._lock:
+            self._broken_roots.add(str(root))
+        self._warn_once(("disk-cache", str(root)),
+                        f"trt_multidev: the disk cache at {root} cannot be used ({type(exc).__name__}: {exc}); "
+                        "compiling without it. Set TRT_MULTIDEV_CACHE_DIR to a writable directory, "
+                        "or TRT_MULTIDEV_CACHE=0.")
 
     def _wrap(self, compiled: Callable[..., Any], plan: DevicePlan, placement: Placement, settings: Settings,
               label: str, delegate: str, *, serialize: bool, fallback: str | None = None) -> GuardedCallable:
@@ -222,17 +369,18 @@ class TrtMultidevBackend:
 
 
 def _call_delegate(delegate: Any, gm: torch.fx.GraphModule, inputs: Sequence[Any], device: torch.device,
-                   settings: Settings) -> Callable[..., Any]:
+                   settings: Settings) -> tuple[Callable[..., Any], Any, list[int] | None]:
     """Call a delegate on a graph it may mutate. Torch-TensorRT drops unused SymInt placeholders
     (dynamic shapes) from the graph it is given; the caller still passes them, so the result is
-    adapted to take exactly the arguments that survived."""
+    adapted to take exactly the arguments that survived. Returns (callable, the delegate's own
+    result, the kept indices or None)."""
     before = [n for n in gm.graph.nodes if n.op == "placeholder"]
-    compiled = delegate(gm, list(inputs), device=device, settings=settings)
+    inner = delegate(gm, list(inputs), device=device, settings=settings)
     after = {n for n in gm.graph.nodes if n.op == "placeholder"}
     kept = [i for i, node in enumerate(before) if node in after]
-    if len(kept) != len(before):
-        compiled = SelectArgs(compiled, kept)
-    return compiled
+    if len(kept) == len(before):
+        return inner, inner, None
+    return SelectArgs(inner, kept), inner, kept
 
 
 def _is_real(value: Any) -> bool:
@@ -246,7 +394,14 @@ def _original(placement: Placement, index: int) -> Any:
 
 
 def _graph_name(gm: torch.fx.GraphModule) -> str:
-    return getattr(gm, "_trt_multidev_name", None) or type(gm).__name__
+    """A short readable label: the caller inputs and the op count (logs, cache listings)."""
+    name = getattr(gm, "_trt_multidev_name", None)
+    if name:
+        return name
+    inputs = [str(n.target) for n in gm.graph.nodes if n.op == "placeholder"]
+    ops = sum(1 for n in gm.graph.nodes if n.op in ("call_function", "call_method", "call_module"))
+    shown = ", ".join(i for i in inputs if not i.startswith(("L_self", "l_self")))[:60]
+    return f"graph({shown}) of {ops} ops"
 
 
 def _short(identity: str) -> str:

@@ -190,6 +190,18 @@ def _parse_trt(value: Any) -> Mapping[str, Any]:
     return MappingProxyType(dict(value))
 
 
+def _parse_path(value: Any) -> str | None:
+    if value is None or str(value).strip() == "":
+        return None
+    return os.path.abspath(os.path.expanduser(str(value)))
+
+
+def default_cache_dir() -> str:
+    import platformdirs
+
+    return platformdirs.user_cache_dir("trt_multidev", appauthor=False)
+
+
 def _parse_log_level(value: Any) -> str:
     return _parse_choice("debug", "info", "warning", "error")(value)
 
@@ -229,6 +241,13 @@ SETTING_SPECS: tuple[_Spec, ...] = (
           "TensorRT builder optimization level 0-5 (unset: TensorRT's default; max-autotune: 5)."),
     _Spec("log_level", "info", _parse_log_level,
           "Level at which trt_multidev reports settings, device plans and cache hits.", affects_result=False),
+    _Spec("cache", True, _parse_bool,
+          "Keep compiled graphs on disk for later processes and other GPUs of the same model.", affects_result=False),
+    _Spec("cache_dir", None, lambda v: _parse_path(v),
+          "Disk cache directory (default: the user cache directory, e.g. ~/.cache/trt_multidev).",
+          affects_result=False),
+    _Spec("cache_size", 10 * 2**30, _parse_size,
+          "Disk cache size limit; least recently used entries are evicted beyond it.", affects_result=False),
     _Spec("trt", MappingProxyType({}), _parse_trt,
           "Other Torch-TensorRT CompilationSettings fields, passed through after validation (JSON in the environment)."),
 )
@@ -250,6 +269,9 @@ class Settings:
     workspace_size: int = _D["workspace_size"]
     optimization_level: int | None = _D["optimization_level"]
     log_level: str = _D["log_level"]
+    cache: bool = _D["cache"]
+    cache_dir: str | None = _D["cache_dir"]
+    cache_size: int = _D["cache_size"]
     trt: Mapping[str, Any] = field(default_factory=lambda: _D["trt"])
     mode: str | None = None
     sources: Mapping[str, str] = field(default_factory=lambda: MappingProxyType({}), compare=False, repr=False)
@@ -372,6 +394,8 @@ def resolve_settings(
             raise _bad_value("trt", options["trt"], "options['trt']", str(exc)) from None
         for key, val in opt_trt.items():
             merged[key], sources[f"trt.{key}"] = val, "options"
+    if values["cache_dir"] is None:
+        values["cache_dir"] = default_cache_dir()
     values["trt"] = MappingProxyType(merged)
     origins = sorted({sources[f"trt.{k}"] for k in merged})
     sources["trt"] = " + ".join(origins) if origins else "default"

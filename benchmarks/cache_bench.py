@@ -1,0 +1,131 @@
+"""Disk cache on the GPU: first-call seconds in fresh processes, cold against warm, and against
+Torch-TensorRT's own engine cache.
+
+    python benchmarks/cache_bench.py --out DIR [--models resnet50_fp16_b32,attention_fp16_b16]
+
+Every figure comes from its own fresh process (one child per measurement), so a warm start pays
+what a real restart pays: imports aside, dynamo tracing plus loading. Rows:
+  trt_multidev cold        empty cache directory: trace, build, store
+  trt_multidev warm        the same directory, a new process: trace, load
+  torch_tensorrt           plain backend, no engine cache
+  torch_tensorrt cache cold / warm   cache_built_engines + reuse_cached_engines
+                           (immutable_weights=False, as its engine cache requires)
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import tempfile
+import time
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+sys.path.insert(0, os.path.join(HERE, ".."))
+sys.path.insert(0, HERE)
+
+
+def child(mode: str, model_name: str, cache_dir: str) -> None:
+    import torch
+
+    import gpu_bench
+
+    build, shape, dtype = gpu_bench.MODELS[model_name]
+    torch.manual_seed(0)
+    dev = torch.device("cuda", 0)
+    model = build().eval().to(dev).to(dtype)
+    x = torch.randn(*shape, device=dev).to(dtype)
+    if mode.startswith("trt_multidev"):
+        import trt_multidev_backend as tm
+
+        os.environ["TRT_MULTIDEV_CACHE_DIR"] = cache_dir
+        compiled = torch.compile(model, backend=tm.backend, options={"min_block_size": 1})
+    else:
+        import torch_tensorrt  # noqa: F401
+
+        options: dict = {"min_block_size": 1}
+        if "cache" in mode:
+            options.update(cache_built_engines=True, reuse_cached_engines=True, immutable_weights=False,
+                           engine_cache_dir=cache_dir)
+        compiled = torch.compile(model, backend="torch_tensorrt", options=options)
+    with torch.no_grad():
+        ref = model(x)
+        torch.cuda.synchronize()
+        start = time.perf_counter()
+        out = compiled(x)
+        torch.cuda.synchronize()
+        first = time.perf_counter() - start
+        err = float((out.float() - ref.float()).norm() / ref.float().norm())
+    stats = None
+    if mode.startswith("trt_multidev"):
+        import trt_multidev_backend as tm
+
+        stats = tm.stats()
+    print("RESULT " + json.dumps({"first_call_s": first, "rel_error_vs_eager": err, "stats": stats}), flush=True)
+
+
+def run_child(mode: str, model: str, cache_dir: str) -> dict:
+    proc = subprocess.run([sys.executable, __file__, "child", mode, model, cache_dir],
+                          capture_output=True, text=True, timeout=300)
+    lines = [line for line in proc.stdout.splitlines() if line.startswith("RESULT ")]
+    if proc.returncode != 0 or not lines:
+        tail = (proc.stderr.strip().splitlines() or ["?"])[-1]
+        return {"error": tail[:300]}
+    return json.loads(lines[-1][len("RESULT "):])
+
+
+def main() -> int:
+    if len(sys.argv) > 1 and sys.argv[1] == "child":
+        child(*sys.argv[2:5])
+        return 0
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--out", required=True)
+    parser.add_argument("--models", default="resnet50_fp16_b32,attention_fp16_b16")
+    args = parser.parse_args()
+    os.makedirs(args.out, exist_ok=True)
+    import gpu_bench
+
+    env = gpu_bench.environment()
+    rows = []
+    for model in args.models.split(","):
+        ours, theirs = tempfile.mkdtemp(prefix="tm-cache-"), tempfile.mkdtemp(prefix="tt-cache-")
+        plan = [("trt_multidev cold", ours), ("trt_multidev warm", ours), ("trt_multidev warm", ours),
+                ("torch_tensorrt", theirs), ("torch_tensorrt cache cold", theirs),
+                ("torch_tensorrt cache warm", theirs)]
+        for mode, directory in plan:
+            result = {"model": model, "mode": mode, **run_child(mode, model, directory)}
+            print(json.dumps(result), flush=True)
+            rows.append(result)
+    lines = ["# Disk cache: first call in a fresh process", "",
+             "Stamp: " + ", ".join(f"{k} {v}" for k, v in env.items()), "",
+             "| model | mode | first call (s) | rel. error vs eager | trt_multidev counters |",
+             "|---|---|---:|---:|---|"]
+    for r in rows:
+        counters = r.get("stats") or {}
+        short = {d: {k: v for k, v in c.items() if v} for d, c in counters.items()} if counters else ""
+        first = f"{r['first_call_s']:.2f}" if "first_call_s" in r else "–"
+        err = f"{r['rel_error_vs_eager']:.1e}" if "rel_error_vs_eager" in r else r.get("error", "")
+        lines.append(f"| {r['model']} | {r['mode']} | {first} | {err} | {short} |")
+    lines += ["", "| model | cold / warm (trt_multidev) | torch_tensorrt cache warm / trt_multidev warm |", "|---|---:|---:|"]
+    for model in args.models.split(","):
+        by = {}
+        for r in rows:
+            if r["model"] == model and "first_call_s" in r:
+                by.setdefault(r["mode"], []).append(r["first_call_s"])
+        if "trt_multidev cold" in by and "trt_multidev warm" in by:
+            warm = min(by["trt_multidev warm"])
+            theirs = by.get("torch_tensorrt cache warm", [float("nan")])[0]
+            lines.append(f"| {model} | {by['trt_multidev cold'][0] / warm:.2f}× | {theirs / warm:.2f}× |")
+    text = "\n".join(lines) + "\n"
+    with open(os.path.join(args.out, "cache.md"), "w") as f:
+        f.write(text)
+    with open(os.path.join(args.out, "cache.json"), "w") as f:
+        json.dump({"environment": env, "rows": rows}, f, indent=1)
+    print(text)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,234 @@
+"""The disk cache, with a real serializing CPU delegate (tests/_delegates.py:serializing)."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import pytest
+import torch
+
+import trt_multidev_backend as tm
+from helpers import EngineLikeDelegate, capture, counters, fake, on_fake_device
+from trt_multidev_backend.cache import disk_key
+from trt_multidev_backend.diskcache import CorruptEntry, DiskCache, identity_of
+from trt_multidev_backend.settings import resolve_settings
+
+TESTS = os.path.dirname(__file__)
+
+SCRIPT = textwrap.dedent("""
+    import json, os, sys, torch, torch.nn as nn
+    import trt_multidev_backend as tm
+    tm.register()
+    torch.manual_seed(int(os.environ.get("SEED", "0")))
+    model = nn.Sequential(nn.Linear(8, 8), nn.ReLU(), nn.Linear(8, 4)).eval()
+    x = torch.arange(16.0).reshape(2, 8) / 16
+    with torch.no_grad():
+        out = torch.compile(model, backend="trt_multidev", options={"delegate": "_delegates:serializing"})(x)
+        ok = torch.allclose(out, model(x))
+    print(json.dumps({"ok": bool(ok), "stats": tm.stats().get("cpu")}))
+""")
+
+
+def run_process(cache_dir: Path, **env: str) -> dict:
+    full = {k: v for k, v in os.environ.items() if not k.startswith("TRT_MULTIDEV_")}
+    full.update({"PYTHONPATH": TESTS, "TRT_MULTIDEV_CACHE_DIR": str(cache_dir), **env})
+    out = subprocess.run([sys.executable, "-c", SCRIPT], env=full, capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0, out.stderr
+    import json
+
+    return {**json.loads(out.stdout.strip().splitlines()[-1]), "stderr": out.stderr}
+
+
+def test_a_new_process_loads_instead_of_building(tmp_path):
+    first = run_process(tmp_path)
+    second = run_process(tmp_path)
+    assert first["ok"] and second["ok"]
+    assert first["stats"] == counters(compiles=1)
+    assert second["stats"] == counters(disk_hits=1)
+
+
+def test_other_weights_never_share_results(tmp_path):
+    # Same architecture, other weights: the entry is shared (parameters are graph inputs), and
+    # each process's output matches its own eager model.
+    run_process(tmp_path, SEED="0")
+    other = run_process(tmp_path, SEED="7")
+    assert other["ok"] and other["stats"] == counters(disk_hits=1)
+
+
+def test_four_processes_build_once(tmp_path):
+    env = {k: v for k, v in os.environ.items() if not k.startswith("TRT_MULTIDEV_")}
+    env.update({"PYTHONPATH": TESTS, "TRT_MULTIDEV_CACHE_DIR": str(tmp_path), "SERIALIZING_BUILD_SECONDS": "3"})
+    procs = [subprocess.Popen([sys.executable, "-c", SCRIPT], env=env, stdout=subprocess.PIPE,
+                              stderr=subprocess.PIPE, text=True) for _ in range(4)]
+    import json
+
+    results = []
+    for p in procs:
+        out, err = p.communicate(timeout=300)
+        assert p.returncode == 0, err
+        results.append(json.loads(out.strip().splitlines()[-1]))
+    assert all(r["ok"] for r in results)
+    assert sum(r["stats"]["compiles"] for r in results) == 1
+    assert sum(r["stats"]["disk_hits"] for r in results) == 3
+    assert sum(r["stats"]["lock_waits"] for r in results) >= 1
+
+
+@pytest.mark.parametrize("damage", ["flip", "truncate", "garbage"])
+def test_a_damaged_entry_is_detected_rebuilt_and_replaced(tmp_path, damage):
+    run_process(tmp_path)
+    (entry,) = list(tmp_path.rglob("*.entry"))
+    data = entry.read_bytes()
+    if damage == "flip":
+        data = data[:-10] + bytes(b ^ 0xFF for b in data[-10:])
+    elif damage == "truncate":
+        data = data[: len(data) // 2]
+    else:
+        data = b"not an entry at all"
+    entry.write_bytes(data)
+    second = run_process(tmp_path)
+    assert second["ok"] and second["stats"] == counters(compiles=1, corrupt_entries=1)
+    assert "damaged" in second["stderr"] and "rebuilding" in second["stderr"]
+    third = run_process(tmp_path)
+    assert third["stats"] == counters(disk_hits=1)
+
+
+def test_an_unusable_directory_warns_once_and_compiles_anyway(tmp_path):
+    blocker = tmp_path / "a-file"
+    blocker.write_text("not a directory")
+    result = run_process(blocker / "cache")
+    assert result["ok"] and result["stats"] == counters(compiles=1)
+    assert result["stderr"].count("cannot be used") == 1 and "TRT_MULTIDEV_CACHE_DIR" in result["stderr"]
+
+
+def test_switched_off_writes_nothing(tmp_path):
+    result = run_process(tmp_path, TRT_MULTIDEV_CACHE="0")
+    assert result["stats"] == counters(compiles=1)
+    assert not list(tmp_path.rglob("*.entry"))
+
+
+def test_delegates_without_the_protocol_or_a_stable_name_stay_in_memory(tmp_path, monkeypatch):
+    monkeypatch.setenv("TRT_MULTIDEV_CACHE_DIR", str(tmp_path))
+    model = torch.nn.Linear(4, 4)
+    torch.compile(model, backend="trt_multidev", options={"delegate": "_delegates:run_graph"})(torch.randn(2, 4))
+    import _delegates
+
+    local = _delegates.Serializing()  # not reachable by name from another process
+    torch._dynamo.reset()
+    torch.compile(model, backend="trt_multidev", options={"delegate": local})(torch.randn(2, 4))
+    assert local.builds == 1
+    assert not list(tmp_path.rglob("*.entry"))
+
+
+def test_eviction_removes_least_recently_used_first(tmp_path):
+    store = DiskCache(tmp_path, size_limit=2600)
+    ns = store.namespace({"torch": "x"}, "cpu")
+    for i, key in enumerate(["a" * 64, "b" * 64, "c" * 64]):
+        store.write(ns, key, bytes(1000), {"n": i})
+        os.utime(store._path(ns, key), (1000 + i, 1000 + i))
+    store.read(ns, "a" * 64)  # a hit makes "a" the most recently used
+    removed = store.evict()
+    assert [e.key for e in removed] == ["b" * 64]
+    assert {e.key for e in store.entries()} == {"a" * 64, "c" * 64}
+
+
+def test_eviction_skips_an_entry_another_process_holds(tmp_path):
+    store = DiskCache(tmp_path, size_limit=0)
+    ns = store.namespace({"torch": "x"}, "cpu")
+    store.write(ns, "a" * 64, bytes(100), {})
+    with store.lock(ns, "a" * 64):
+        assert store.evict() == []
+    assert len(store.evict()) == 1
+
+
+def test_reads_check_the_checksum(tmp_path):
+    store = DiskCache(tmp_path, size_limit=10**6)
+    ns = store.namespace({"torch": "x"}, "cpu")
+    path = store.write(ns, "d" * 64, b"payload", {"graph": "g"})
+    assert store.read(ns, "d" * 64) == (b"payload", {**store.read(ns, "d" * 64)[1]})
+    path.write_bytes(path.read_bytes()[:-1] + b"X")
+    with pytest.raises(CorruptEntry, match="checksum"):
+        store.read(ns, "d" * 64)
+
+
+def test_namespace_separates_versions_and_gpu_identity(tmp_path):
+    store = DiskCache(tmp_path, 1)
+    base = store.namespace({"torch": "2.11", "tensorrt": "10.1"}, "sm90-nvidia-h100")
+    assert base != store.namespace({"torch": "2.11", "tensorrt": "10.2"}, "sm90-nvidia-h100")
+    assert base != store.namespace({"torch": "2.11", "tensorrt": "10.1"}, "sm89-nvidia-l40s")
+    assert base == store.namespace({"tensorrt": "10.1", "torch": "2.11"}, "sm90-nvidia-h100")
+    assert identity_of("cpu") == "cpu"
+
+
+def _key(model, x, device, **options):
+    torch._dynamo.reset()  # else automatic dynamic shapes kick in after a second batch size
+    gm, inputs = capture(model, x)
+    settings = resolve_settings({"delegate": "_delegates:serializing", **options}, environ={})
+    return disk_key(gm, inputs, torch.device(device), settings, "_delegates:serializing", {"torch": "t"})
+
+
+def test_disk_key_changes_with_what_changes_the_result(fake_mode):
+    net = on_fake_device(torch.nn.Linear(4, 4), "cuda:1", fake_mode)
+    base, specific = _key(net, fake(fake_mode, 2, 4, device="cuda:1"), "cuda:1")
+    assert not specific
+    assert _key(net, fake(fake_mode, 3, 4, device="cuda:1"), "cuda:1")[0] != base  # shape
+    half = on_fake_device(torch.nn.Linear(4, 4), "cuda:1", fake_mode, dtype=torch.float16)
+    assert _key(half, fake(fake_mode, 2, 4, device="cuda:1", dtype=torch.float16), "cuda:1")[0] != base  # dtype
+    assert _key(net, fake(fake_mode, 2, 4, device="cuda:1"), "cuda:1", min_block_size=2)[0] != base  # settings
+    # Another GPU of the same model shares the build: the index is not in the key...
+    other = on_fake_device(torch.nn.Linear(4, 4), "cuda:0", fake_mode)
+    assert _key(other, fake(fake_mode, 2, 4, device="cuda:0"), "cuda:0")[0] == base
+
+
+def test_disk_key_keeps_the_index_when_the_graph_names_its_device(fake_mode):
+    def f(x):
+        return x + torch.ones(4, device=x.device)  # traced as device(type='cuda', index=N)
+
+    k1, specific = _key(f, fake(fake_mode, 4, device="cuda:1"), "cuda:1")
+    k0, _ = _key(f, fake(fake_mode, 4, device="cuda:0"), "cuda:0")
+    assert specific and k0 != k1
+
+
+def test_disk_key_follows_constant_content():
+    import torch.fx
+
+    def graph_with(value: float):
+        g = torch.fx.Graph()
+        x = g.placeholder("x")
+        g.output((g.call_function(torch.add, (x, g.get_attr("c"))),))
+        root = torch.nn.Module()
+        root.register_buffer("c", torch.full((4,), value))
+        return torch.fx.GraphModule(root, g)
+
+    settings = resolve_settings({}, environ={})
+    keys = [disk_key(graph_with(v), [torch.zeros(4)], torch.device("cpu"), settings, "d", {})[0] for v in (1.0, 1.0, 2.0)]
+    assert keys[0] == keys[1] != keys[2]
+
+
+def test_disk_key_is_the_same_in_a_new_process():
+    script = (
+        "import torch\n"
+        "from trt_multidev_backend.cache import disk_key\n"
+        "from trt_multidev_backend.settings import resolve_settings\n"
+        "gm = torch.fx.symbolic_trace(lambda x: (x.cos() * 3,))\n"
+        "s = resolve_settings({'trt': {'torch_executed_ops': {'a', 'b', 'c'}}}, environ={})\n"
+        "print(disk_key(gm, [torch.zeros(2, 2)], torch.device('cpu'), s, 'd', {'torch': 't'})[0])\n"
+    )
+    keys = set()
+    for seed in ("1", "2"):
+        env = {**os.environ, "PYTHONHASHSEED": seed}
+        keys.add(subprocess.run([sys.executable, "-c", script], env=env, capture_output=True, text=True,
+                                check=True).stdout.strip().splitlines()[-1])
+    assert len(keys) == 1
+
+
+def test_fake_gpu_targets_skip_the_disk(fake_mode, tmp_path, monkeypatch):
+    monkeypatch.setenv("TRT_MULTIDEV_CACHE_DIR", str(tmp_path))
+    net = on_fake_device(torch.nn.Linear(4, 4), "cuda:1", fake_mode)
+    torch.compile(net, backend="trt_multidev", options={"delegate": EngineLikeDelegate()})(
+        fake(fake_mode, 2, 4, device="cuda:1"))
+    assert tm.stats()["cuda:1"] == counters(compiles=1)
+    assert not list(tmp_path.rglob("*.entry"))
