@@ -54,3 +54,22 @@ def test_console_script_is_installed():
     assert exe is not None
     result = subprocess.run([exe, "--version"], capture_output=True, text=True)
     assert result.returncode == 0 and result.stdout.startswith("trt-multidev ")
+
+
+def test_cache_commands_list_stats_prune_clear(tmp_path):
+    from trt_multidev_backend.diskcache import DiskCache
+
+    store = DiskCache(tmp_path, 10**9)
+    ns = store.namespace({"torch": "2.x"}, "sm90-test-gpu")
+    for i in range(3):
+        store.write(ns, f"{i}" * 64, bytes(2048), {"graph": f"graph(x) of {i} ops", "device": "cuda:1"})
+    env = {"TRT_MULTIDEV_CACHE_DIR": str(tmp_path)}
+    listed = cli("cache", "list", env=env)
+    assert listed.returncode == 0, listed.stderr
+    assert listed.stdout.count("sm90-test-gpu") == 3 and "graph(x) of 2 ops" in listed.stdout
+    stats = cli("cache", "stats", env=env).stdout
+    assert "entries: 3" in stats and "limit: 10.0 GiB" in stats and "v1/torch-2.x/sm90-test-gpu  3" in stats
+    pruned = cli("cache", "prune", "--max-size", "5000", env=env).stdout
+    assert "removed 1 least recently used entries" in pruned
+    assert "removed 2 entries" in cli("cache", "clear", env=env).stdout
+    assert "(empty)" in cli("cache", "list", env=env).stdout
