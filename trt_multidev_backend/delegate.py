@@ -287,9 +287,16 @@ class _EnginePickle:
 
     class Pickler(_pickle.Pickler):
         def reducer_override(self, obj: Any) -> Any:
-            if type(obj).__name__ == "TorchTensorRTModule" and hasattr(obj, "get_extra_state"):
-                return _rebuild_engine_module, (type(obj).__module__, obj.get_extra_state())
-            return NotImplemented
+            if type(obj).__name__ != "TorchTensorRTModule" or not hasattr(obj, "set_extra_state"):
+                return NotImplemented
+            engine = getattr(obj, "engine", None)
+            if engine is not None:
+                # What get_extra_state returns for a live engine; calling it directly fails in
+                # Torch-TensorRT 2.11 (`if self.engine:` asks the C++ engine for __len__).
+                state = (obj.name, engine.__getstate__(), obj.input_binding_names, obj.output_binding_names)
+            else:
+                state = obj.get_extra_state()
+            return _rebuild_engine_module, (type(obj).__module__, state)
 
 
 def _rebuild_engine_module(module_name: str, state: Any) -> Any:
