@@ -27,6 +27,7 @@ case "$phase" in
       --backends torch_tensorrt,trt_multidev,torch_tensorrt,trt_multidev 2>&1 | tee "$out/variance.log" | grep "^|" | tail -12
     ;;
   tests)
+    timeout 120 python3 -m pytest tests/gpu/test_gpu_cache.py -x -q -p no:cacheprovider 2>&1 | tee "$out/gpu_cache_first.log" | grep -E "passed|failed|Error|Traceback|^E " | head -20
     timeout 330 python3 -m pytest tests/gpu -v -rA -p no:cacheprovider 2>&1 | tee "$out/gpu_tests.log" | grep -E "PASSED|FAILED|SKIPPED|ERROR|passed|failed|Error" | tail -40
     mkdir -p "$out/catalog"
     for b in trt_multidev torch_tensorrt; do

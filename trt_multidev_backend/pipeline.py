@@ -243,6 +243,7 @@ class TrtMultidevBackend:
                 self._stats.bump(label, "disk_hits")
                 return compiled, "loaded from the disk cache", payload, meta
             except Exception as exc:  # unreadable despite its checksum: rebuild and replace it
+                log.debug("loading disk cache entry %s failed", disk.key[:12], exc_info=True)
                 self._corrupt(disk, label, f"{type(exc).__name__}: {_first_line(exc)}")
         with device_guard(plan.target):
             compiled, inner, kept = _call_delegate(delegate, graph_copy(placement.gm), placement.example_inputs,
@@ -255,7 +256,7 @@ class TrtMultidevBackend:
         except Exception as exc:
             self._warn_once((f"dumps-error:{type(exc).__name__}", label),
                             f"trt_multidev: could not serialize a compiled graph for the disk cache "
-                            f"({type(exc).__name__}: {_first_line(exc)}); it stays in memory only.")
+                            f"({type(exc).__name__}: {_first_line(exc)}); it stays in memory only.", exc_info=True)
             return compiled, "built (not disk-cached)", None, meta
         try:
             path = disk.store.write(disk.namespace, disk.key, payload, meta)
@@ -344,12 +345,12 @@ class TrtMultidevBackend:
                                 f"({type(exc).__name__}: {_first_line(exc)}); running eager instead.")
         return gm
 
-    def _warn_once(self, key: tuple[str, str], message: str) -> None:
+    def _warn_once(self, key: tuple[str, str], message: str, exc_info: bool = False) -> None:
         with self._lock:
             if key in self._warned:
                 return
             self._warned.add(key)
-        log.warning(message)
+        log.warning(message, exc_info=exc_info)
 
     def _report_settings(self, settings: Settings) -> None:
         rows = settings.describe()
