@@ -287,22 +287,40 @@ class _EnginePickle:
 
     class Pickler(_pickle.Pickler):
         def reducer_override(self, obj: Any) -> Any:
-            if type(obj).__name__ != "TorchTensorRTModule" or not hasattr(obj, "set_extra_state"):
+            if type(obj).__name__ != "TorchTensorRTModule" or getattr(obj, "serialized_engine", None) is None:
                 return NotImplemented
+            # Rebuilt from its constructor arguments, as Torch-TensorRT itself builds it after a
+            # compile: the live C++ engine is never pickled (its get_extra_state path fails in
+            # 2.11: `if self.engine:` asks the C++ engine for __len__).
             engine = getattr(obj, "engine", None)
-            if engine is not None:
-                # What get_extra_state returns for a live engine; calling it directly fails in
-                # Torch-TensorRT 2.11 (`if self.engine:` asks the C++ engine for __len__).
-                state = (obj.name, engine.__getstate__(), obj.input_binding_names, obj.output_binding_names)
-            else:
-                state = obj.get_extra_state()
-            return _rebuild_engine_module, (type(obj).__module__, state)
+            unowned = bool(engine.are_output_tensors_unowned()) if engine is not None else False
+            kwargs = {
+                "name": obj.name,
+                "settings": obj.settings,
+                "weight_name_map": obj.weight_name_map,
+                "requires_output_allocator": obj.requires_output_allocator,
+                "symbolic_shape_expressions": obj.symbolic_shape_expressions,
+            }
+            return _rebuild_engine_module, (type(obj).__module__, bytes(obj.serialized_engine),
+                                            list(obj.input_binding_names), list(obj.output_binding_names),
+                                            kwargs, unowned)
 
 
-def _rebuild_engine_module(module_name: str, state: Any) -> Any:
+def _rebuild_engine_module(module_name: str, engine: bytes, inputs: list, outputs: list, kwargs: dict,
+                           unowned: bool) -> Any:
+    """Called while unpickling, under the target's device guard: the engine is deserialized on
+    the current device, which is recorded as the engine's device."""
+    import dataclasses
+
+    from torch_tensorrt._Device import Device
+
+    settings = kwargs["settings"]
+    if torch.cuda.is_available():
+        settings = dataclasses.replace(settings, device=Device(gpu_id=torch.cuda.current_device()))
     module = importlib.import_module(module_name)
-    rebuilt = module.TorchTensorRTModule()
-    rebuilt.set_extra_state(state)
+    rebuilt = module.TorchTensorRTModule(engine, inputs, outputs, **{**kwargs, "settings": settings})
+    if unowned:
+        rebuilt.set_output_tensors_as_unowned(True)
     return rebuilt
 
 
