@@ -145,11 +145,8 @@ def run_model(name: str, backends: list[str], iters: int, rounds: int) -> list[d
         ref = reference_model(x32)
     rows: dict[str, dict[str, Any]] = {}
     fns: dict[str, Callable[..., Any]] = {}
-    labels = []
-    for backend in backends:  # a backend named twice is built twice: build-to-build variance
-        label = backend if backend not in labels else f"{backend}#{sum(l.split('#')[0] == backend for l in labels) + 1}"
-        labels.append(label)
-    for label, backend in zip(labels, backends):
+    labels = list(dict.fromkeys(backends))  # a backend named twice would reuse dynamo's first compile
+    for label, backend in zip(labels, labels):
         row: dict[str, Any] = {"model": name, "backend": label}
         rows[label] = row
         model = build().eval().to(dev)

@@ -2,9 +2,10 @@
 # Runs ON the lent GPU machine, after ../shared/gpu's device_setup.sh (source /tmp/trt_env.sh first).
 #   bash benchmarks/gpu_session.sh tests      # tests/gpu + the catalog, both backends
 #   bash benchmarks/gpu_session.sh bench      # benchmarks/gpu_bench.py + wrapper overhead
+#   bash benchmarks/gpu_session.sh cache      # benchmarks/cache_bench.py (fresh processes)
 # Logs and results go to $OUT (they come back to the developer's machine).
 set -uo pipefail
-phase=${1:?tests, bench, cache, variance or all}
+phase=${1:?tests, bench, cache, resnet-fp32 or all}
 out=${OUT:-/tmp/out}
 mkdir -p "$out"
 export PYTHONPATH=$PWD${PYTHONPATH:+:$PYTHONPATH} PYTHONUNBUFFERED=1
@@ -22,9 +23,9 @@ case "$phase" in
   cache)
     timeout 500 python3 benchmarks/cache_bench.py --out "$out/cache" 2>&1 | tee "$out/cache.log" | grep -v "^{" | tail -25
     ;;
-  variance)
-    timeout 300 python3 benchmarks/gpu_bench.py --out "$out/variance" --models resnet50_fp32_b32 \
-      --backends torch_tensorrt,trt_multidev,torch_tensorrt,trt_multidev 2>&1 | tee "$out/variance.log" | grep "^|" | tail -12
+  resnet-fp32)
+    timeout 300 python3 benchmarks/gpu_bench.py --out "$out/resnet-fp32" --models resnet50_fp32_b32 \
+      --backends torch_tensorrt,trt_multidev 2>&1 | tee "$out/resnet-fp32.log" | grep "^|" | tail -12
     ;;
   tests)
     timeout 120 python3 -m pytest tests/gpu/test_gpu_cache.py -x -q -p no:cacheprovider 2>&1 | tee "$out/gpu_cache_first.log" | grep -E "passed|failed|Error|Traceback|^E " | head -20
