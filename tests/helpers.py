@@ -87,3 +87,21 @@ def capture(fn, *args):
 
     torch.compile(fn, backend=grab)(*args)
     return seen["gm"], seen["inputs"]
+
+
+class SplitAcrossGpus(nn.Module):
+    """Pipeline placement: layer `a` on one GPU, layer `b` on another (S03)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.a, self.b = nn.Linear(4, 4), nn.Linear(4, 4)
+
+    def forward(self, x):
+        return self.b(self.a(x).to("cuda:1"))
+
+
+def split_across_fake_gpus(mode: FakeTensorMode) -> SplitAcrossGpus:
+    model = SplitAcrossGpus().requires_grad_(False)
+    on_fake_device(model.a, "cuda:0", mode)
+    on_fake_device(model.b, "cuda:1", mode)
+    return model

@@ -6,7 +6,7 @@ import pytest
 import torch
 import torch.nn as nn
 
-from helpers import capture, fake, on_fake_device
+from helpers import capture, fake, on_fake_device, split_across_fake_gpus
 from trt_multidev_backend.device import Role, classify_args, device_guard, resolve_device
 from trt_multidev_backend.settings import resolve_settings
 
@@ -77,17 +77,7 @@ def test_setting_overrides_and_marks_relocation(fake_mode):
 
 
 def test_state_on_two_gpus_is_a_problem(fake_mode):
-    class Split(nn.Module):
-        def __init__(self):
-            super().__init__()
-            self.a, self.b = nn.Linear(4, 4), nn.Linear(4, 4)
-
-        def forward(self, x):
-            return self.b(self.a(x).to("cuda:1"))
-
-    net = Split().requires_grad_(False)
-    on_fake_device(net.a, "cuda:0", fake_mode)
-    on_fake_device(net.b, "cuda:1", fake_mode)
+    net = split_across_fake_gpus(fake_mode)
     gm, inputs = capture(net, fake(fake_mode, 2, 4, device="cuda:0"))
     _, plan = plan_for(gm, inputs)
     assert plan.target is None and plan.problem == "module state spans cuda:0, cuda:1"

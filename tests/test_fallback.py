@@ -9,7 +9,7 @@ import torch
 import torch.nn as nn
 
 import trt_multidev_backend as tm
-from helpers import counters, EngineLikeDelegate, capture, fake, on_fake_device
+from helpers import EngineLikeDelegate, capture, counters, fake, on_fake_device, split_across_fake_gpus
 
 needs_no_trt = pytest.mark.skipif(torch.cuda.is_available(), reason="checks the no-GPU fallback path")
 
@@ -112,17 +112,7 @@ def test_bad_option_surfaces_at_first_compile_through_torch_compile():
 
 
 def test_state_on_two_gpus_warns_and_falls_back(caplog, fake_mode):
-    class Split(nn.Module):
-        def __init__(self):
-            super().__init__()
-            self.a, self.b = nn.Linear(4, 4), nn.Linear(4, 4)
-
-        def forward(self, x):
-            return self.b(self.a(x).to("cuda:1"))
-
-    model = Split().requires_grad_(False)
-    on_fake_device(model.a, "cuda:0", fake_mode)
-    on_fake_device(model.b, "cuda:1", fake_mode)
+    model = split_across_fake_gpus(fake_mode)
     delegate = EngineLikeDelegate()
     compiled = torch.compile(model, backend="trt_multidev", options={"delegate": delegate})
     out = compiled(fake(fake_mode, 2, 4, device="cuda:0"))

@@ -17,6 +17,7 @@ from typing import Any, Iterable, Sequence
 import torch
 import torch.fx
 
+from .device import fetch_attr
 from .settings import Settings
 
 __all__ = ["graph_fingerprint", "input_specs", "cache_key", "disk_key", "CompiledCache", "Stats", "COUNTERS"]
@@ -35,9 +36,7 @@ def graph_fingerprint(gm: torch.fx.GraphModule) -> str:
     h = hashlib.sha256(gm.code.encode())
     for node in gm.graph.nodes:
         if node.op == "get_attr":
-            value: Any = gm
-            for part in str(node.target).split("."):
-                value = getattr(value, part, None)
+            value = fetch_attr(gm, str(node.target))
             if isinstance(value, torch.Tensor):
                 version = getattr(value, "_version", 0) if not value.is_inference() else -1
                 h.update(f"{node.target}:{_tensor_meta(value)}:{id(value):x}:{version}".encode())
@@ -107,9 +106,7 @@ def disk_key(
     h = hashlib.sha256(code.encode())
     for node in gm.graph.nodes:
         if node.op == "get_attr":
-            value: Any = gm
-            for part in str(node.target).split("."):
-                value = getattr(value, part, None)
+            value = fetch_attr(gm, str(node.target))
             if isinstance(value, torch.Tensor):
                 h.update(f"{node.target}:{_tensor_meta(value)}:{_content_digest(value)}".encode())
         elif node.op == "call_module":

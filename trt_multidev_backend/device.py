@@ -29,6 +29,7 @@ __all__ = [
     "cuda_usable",
     "check_visible",
     "meta_value",
+    "fetch_attr",
 ]
 
 
@@ -131,12 +132,13 @@ def _attr_tensors(gm: torch.fx.GraphModule) -> Iterator[torch.Tensor]:
     yield from gm.buffers()
     for node in gm.graph.nodes:
         if node.op == "get_attr":
-            value = _fetch_attr(gm, str(node.target))
+            value = fetch_attr(gm, str(node.target))
             if isinstance(value, torch.Tensor):
                 yield value
 
 
-def _fetch_attr(gm: torch.nn.Module, target: str) -> Any:
+def fetch_attr(gm: torch.nn.Module, target: str) -> Any:
+    """The object a get_attr target ("sub.weight") names, or None."""
     obj: Any = gm
     for part in target.split("."):
         obj = getattr(obj, part, None)

@@ -24,7 +24,7 @@ import torch
 import torch.fx
 from torch._subclasses.fake_tensor import FakeTensor
 
-from .device import ArgInfo, DevicePlan, Role, cuda_usable, meta_value
+from .device import ArgInfo, DevicePlan, Role, cuda_usable, fetch_attr, meta_value
 
 __all__ = ["ArgAction", "Placement", "place", "graph_copy"]
 
@@ -337,7 +337,7 @@ class _Placer:
         counter = 0
         for node in list(self.gm.graph.nodes):
             if node.op == "get_attr":
-                value = _fetch(self.gm, str(node.target))
+                value = fetch_attr(self.gm, str(node.target))
                 if not isinstance(value, torch.Tensor) or not self._should_relocate(node, value):
                     continue
                 try:
@@ -401,15 +401,6 @@ def _components(nodes: list[torch.fx.Node]) -> list[list[torch.fx.Node]]:
         order = {n: i for i, n in enumerate(nodes)}
         groups.append(sorted(group, key=order.__getitem__))
     return groups
-
-
-def _fetch(module: torch.nn.Module, target: str) -> Any:
-    obj: Any = module
-    for part in target.split("."):
-        obj = getattr(obj, part, None)
-        if obj is None:
-            return None
-    return obj
 
 
 def place(gm: torch.fx.GraphModule, infos: Sequence[ArgInfo], plan: DevicePlan) -> Placement:
