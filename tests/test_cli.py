@@ -73,3 +73,10 @@ def test_cache_commands_list_stats_prune_clear(tmp_path):
     assert "removed 1 least recently used entries" in pruned
     assert "removed 2 entries" in cli("cache", "clear", env=env).stdout
     assert "(empty)" in cli("cache", "list", env=env).stdout
+
+
+def test_info_says_what_device_cuda_means_under_torchrun():
+    result = cli("info", env={"LOCAL_RANK": "2"})
+    assert result.returncode == 0, result.stderr
+    if not torch.cuda.is_available():
+        assert "device=cuda means: cuda:2 (LOCAL_RANK=2)" in result.stdout

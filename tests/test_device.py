@@ -64,7 +64,7 @@ def test_cpu_graph_stays_cpu():
 def test_graph_without_tensors_uses_current_default_device():
     gm, inputs = capture(lambda n: torch.ones(n) * 2, 3)
     _, plan = plan_for(gm, inputs)
-    assert plan.target == torch.device("cpu") and "current device" in plan.rule
+    assert plan.target == torch.device("cpu") and plan.rule == "default device (the graph holds no tensors)"
 
 
 def test_setting_overrides_and_marks_relocation(fake_mode):
@@ -90,3 +90,15 @@ def test_device_guard_is_a_no_op_without_cuda():
         pass
     with device_guard(torch.device("cpu")):
         pass
+
+
+def test_plain_cuda_under_torchrun_means_the_ranks_gpu(monkeypatch):
+    gm, inputs = capture(Net(), torch.randn(2, 4), [torch.randn(4)])  # a model still on the CPU
+    monkeypatch.setenv("LOCAL_RANK", "3")
+    _, plan = plan_for(gm, inputs, device="cuda")
+    if not torch.cuda.is_available():
+        assert plan.target == torch.device("cuda", 3)
+        assert plan.rule == "setting device=cuda (options) -> cuda:3 (LOCAL_RANK=3)"
+    monkeypatch.delenv("LOCAL_RANK")
+    _, plan = plan_for(gm, inputs, device="cuda")
+    assert plan.rule.endswith("(current device)")

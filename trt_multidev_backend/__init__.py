@@ -11,6 +11,7 @@ from __future__ import annotations
 
 from ._version import __version__
 from .pipeline import BACKEND_NAME, TrtMultidevBackend, backend, register
+from .replicas import Replica, replicate
 from .errors import InputDeviceError, SettingsError, TrtMultidevError
 from .settings import SETTING_SPECS, Settings, resolve_settings
 
@@ -19,6 +20,8 @@ __all__ = [
     "BACKEND_NAME",
     "backend",
     "register",
+    "replicate",
+    "Replica",
     "reset",
     "stats",
     "Settings",

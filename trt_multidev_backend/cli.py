@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import importlib.metadata
 import logging
+import os
 import sys
 import time
 from typing import Sequence
@@ -55,6 +56,11 @@ def cmd_info(_: argparse.Namespace) -> int:
     print("GPUs:")
     for row in _gpus():
         print("  " + row)
+    from .device import current_cuda_device
+
+    if torch.cuda.is_available() or os.environ.get("LOCAL_RANK"):
+        device, why = current_cuda_device()
+        print(f"device=cuda means: {device} ({why})")
     settings = resolve_settings()
     print("Settings in effect (options passed to torch.compile override these per key):")
     print(_table([("setting", "value", "source"), *settings.describe()]))

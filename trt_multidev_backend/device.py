@@ -30,6 +30,7 @@ __all__ = [
     "check_visible",
     "meta_value",
     "fetch_attr",
+    "current_cuda_device",
 ]
 
 
@@ -150,8 +151,26 @@ def fetch_attr(gm: torch.nn.Module, target: str) -> Any:
 def _default_device() -> torch.device:
     device = torch.get_default_device()
     if device.type == "cuda" and device.index is None:
-        device = torch.device("cuda", torch.cuda.current_device() if cuda_usable() else 0)
+        device, _ = current_cuda_device()
     return device
+
+
+def current_cuda_device() -> tuple[torch.device, str]:
+    """What "the current CUDA device" means for this process, and why.
+
+    A process launched by torchrun (or any launcher that sets LOCAL_RANK) means its own GPU,
+    cuda:LOCAL_RANK, when that many GPUs are visible; with one GPU per rank (CUDA_VISIBLE_DEVICES
+    narrowed by the launcher) that is the current device.
+    """
+    import os
+
+    usable = cuda_usable()
+    count = torch.cuda.device_count() if usable else None
+    local_rank = os.environ.get("LOCAL_RANK", "")
+    if local_rank.isdigit() and (count is None or int(local_rank) < count):
+        return torch.device("cuda", int(local_rank)), f"LOCAL_RANK={local_rank}"
+    index = torch.cuda.current_device() if usable else 0
+    return torch.device("cuda", index), "current device"
 
 
 def cuda_usable() -> bool:
@@ -159,12 +178,14 @@ def cuda_usable() -> bool:
     return torch.cuda.is_available()
 
 
-def _setting_device(settings: Settings) -> torch.device | None:
+def _setting_device(settings: Settings) -> tuple[torch.device, str] | None:
     if settings.device is None:
         return None
+    source = settings.sources.get("device", "setting")
     if settings.device == "cuda":
-        return torch.device("cuda", torch.cuda.current_device() if cuda_usable() else 0)
-    return torch.device(settings.device)
+        device, why = current_cuda_device()
+        return device, f"setting device=cuda ({source}) -> {device} ({why})"
+    return torch.device(settings.device), f"setting device={settings.device} ({source})"
 
 
 def _sorted_devices(devices: set[torch.device]) -> list[torch.device]:
@@ -203,13 +224,14 @@ def resolve_device(gm: torch.fx.GraphModule, infos: Sequence[ArgInfo], settings:
         devices = _sorted_devices(state | inputs)
         natural, rule = devices[0], f"graph tensors ({devices[0]})"
     else:
-        natural, rule = _default_device(), "current device (the graph holds no tensors)"
+        natural = _default_device()
+        why = current_cuda_device()[1] if natural.type == "cuda" else "default device"
+        rule = f"{why} (the graph holds no tensors)"
 
     explicit = _setting_device(settings)
     if explicit is not None:
-        source = settings.sources.get("device", "setting")
-        return DevicePlan(explicit, f"setting device={settings.device} ({source})",
-                          natural, state_names, input_names, None)
+        device, rule = explicit
+        return DevicePlan(device, rule, natural, state_names, input_names, None)
     return DevicePlan(natural if problem is None else None, rule, natural, state_names, input_names, problem)
 
 

@@ -18,7 +18,7 @@ import filelock
 from .cache import CompiledCache, Stats, cache_key, disk_key
 from .delegate import TorchTensorRTDelegate, delegate_versions, load_delegate, stable_identity
 from .diskcache import CorruptEntry, DiskCache, identity_of
-from .device import DevicePlan, classify_args, check_visible, cuda_usable, device_guard, resolve_device
+from .device import DevicePlan, Role, classify_args, check_visible, cuda_usable, device_guard, resolve_device
 from .errors import TrtMultidevError
 from .placement import Placement, graph_copy, place
 from .runtime import GuardedCallable, SelectArgs
@@ -71,6 +71,9 @@ class TrtMultidevBackend:
         settings = resolve_settings(options, mode)
         self._report_settings(settings)
         infos = classify_args(gm, example_inputs)
+        ops = sum(1 for n in gm.graph.nodes if n.op in ("call_function", "call_method", "call_module"))
+        gm._trt_multidev_name = (f"graph({', '.join(i.name for i in infos if i.role is Role.INPUT)[:60]}) "
+                                 f"of {ops} ops")
         plan = resolve_device(gm, infos, settings)
         label = str(plan.target) if plan.target is not None else ",".join(plan.state_devices or plan.input_devices)
         self._log(settings, "graph %s: %s", _graph_name(gm), plan.describe())
@@ -93,6 +96,7 @@ class TrtMultidevBackend:
                 self._warn_once(("precision", label), f"trt_multidev: {note}.")
 
         placement = place(gm, infos, plan)
+        placement.gm._trt_multidev_name = gm._trt_multidev_name
         for line in placement.notes:
             self._log(settings, "  placed %s", line)
         key = cache_key(placement.gm, placement.example_inputs, plan.target, settings, identity)
@@ -205,6 +209,7 @@ class TrtMultidevBackend:
             reused = meta.get("device") != str(plan.target)
             self._stats.bump(label, "cross_device_reuses" if reused else "cache_hits")
             return compiled, f"loaded the build made for {meta.get('device')}" if reused else "reused"
+        locked = True
         try:
             lock = disk.store.lock(disk.namespace, disk.key)
             try:
@@ -212,14 +217,24 @@ class TrtMultidevBackend:
             except filelock.Timeout:
                 self._stats.bump(label, "lock_waits")
                 self._log(settings, "waiting for another process building the same graph (%s)", disk.key[:12])
-                lock.acquire()
+                try:
+                    lock.acquire(timeout=settings.cache_lock_timeout)
+                except filelock.Timeout:
+                    # A holder that died on a filesystem that keeps its lock, or a build slower than
+                    # the timeout: build anyway; the entry is written atomically either way.
+                    locked = False
+                    self._warn_once(("lock-timeout", label),
+                                    f"trt_multidev: waited {settings.cache_lock_timeout:.0f} s for the lock on disk "
+                                    f"cache entry {disk.key[:12]}; building without it "
+                                    "(TRT_MULTIDEV_CACHE_LOCK_TIMEOUT sets the wait).")
         except OSError as exc:
             self._disk_broken(disk.store.root, exc, label)
             return self._obtain_without_disk(delegate, placement, plan, settings, label)
         try:
             compiled, how, payload, meta = self._load_or_build(disk, delegate, placement, plan, settings, label)
         finally:
-            lock.release()
+            if locked:
+                lock.release()
         if payload is not None:
             with self._lock:
                 self._blobs[(disk.namespace, disk.key)] = (payload, meta)
@@ -396,13 +411,7 @@ def _original(placement: Placement, index: int) -> Any:
 
 def _graph_name(gm: torch.fx.GraphModule) -> str:
     """A short readable label: the caller inputs and the op count (logs, cache listings)."""
-    name = getattr(gm, "_trt_multidev_name", None)
-    if name:
-        return name
-    inputs = [str(n.target) for n in gm.graph.nodes if n.op == "placeholder"]
-    ops = sum(1 for n in gm.graph.nodes if n.op in ("call_function", "call_method", "call_module"))
-    shown = ", ".join(i for i in inputs if not i.startswith(("L_self", "l_self")))[:60]
-    return f"graph({shown}) of {ops} ops"
+    return getattr(gm, "_trt_multidev_name", None) or type(gm).__name__
 
 
 def _short(identity: str) -> str:

@@ -190,6 +190,19 @@ def _parse_trt(value: Any) -> Mapping[str, Any]:
     return MappingProxyType(dict(value))
 
 
+def _parse_seconds(value: Any) -> float:
+    accepted = "expected a number of seconds >= 0"
+    if isinstance(value, bool):
+        raise _Invalid(accepted)
+    try:
+        seconds = float(value)
+    except (TypeError, ValueError):
+        raise _Invalid(accepted) from None
+    if not seconds >= 0:  # also refuses NaN
+        raise _Invalid(accepted)
+    return seconds
+
+
 def _parse_path(value: Any) -> str | None:
     if value is None or str(value).strip() == "":
         return None
@@ -248,6 +261,9 @@ SETTING_SPECS: tuple[_Spec, ...] = (
           affects_result=False),
     _Spec("cache_size", 10 * 2**30, _parse_size,
           "Disk cache size limit; least recently used entries are evicted beyond it.", affects_result=False),
+    _Spec("cache_lock_timeout", 1800.0, lambda v: _parse_seconds(v),
+          "Seconds to wait for another process building the same entry before building anyway "
+          "(a rank that died holding a lock on a shared filesystem).", affects_result=False),
     _Spec("trt", MappingProxyType({}), _parse_trt,
           "Other Torch-TensorRT CompilationSettings fields, passed through after validation (JSON in the environment)."),
 )
@@ -272,6 +288,7 @@ class Settings:
     cache: bool = _D["cache"]
     cache_dir: str | None = _D["cache_dir"]
     cache_size: int = _D["cache_size"]
+    cache_lock_timeout: float = _D["cache_lock_timeout"]
     trt: Mapping[str, Any] = field(default_factory=lambda: _D["trt"])
     mode: str | None = None
     sources: Mapping[str, str] = field(default_factory=lambda: MappingProxyType({}), compare=False, repr=False)

@@ -53,3 +53,17 @@ def test_reload_in_process_after_reset(tmp_path, monkeypatch):
         again = torch.compile(model, backend="trt_multidev", options={"min_block_size": 1})(x)
     assert tm.stats()[str(DEV)]["disk_hits"] == 1
     assert rel_error(again, first) < 1e-3
+
+
+def test_replicas_on_every_visible_gpu_match_eager():
+    model = Mlp().eval()
+    x = torch.randn(8, 256)
+    replicas = tm.replicate(model, example_inputs=(x,), options={"min_block_size": 1})
+    assert [r.device.index for r in replicas] == list(range(torch.cuda.device_count()))
+    with torch.no_grad():
+        ref = model(x)
+        for replica in replicas:
+            out = replica(x)
+            assert out.device == replica.device and rel_error(out, ref) < 1e-2
+    counts = tm.stats()
+    assert sum(c["compiles"] for c in counts.values()) == 1  # the others load the first build
