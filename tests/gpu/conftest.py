@@ -28,5 +28,5 @@ def pytest_collection_modifyitems(config, items):
         item.add_marker(pytest.mark.gpu)
         if not gpu_ok:
             item.add_marker(pytest.mark.skip(reason="needs a CUDA GPU and torch_tensorrt"))
-        elif item.get_closest_marker("multi_gpu") and gpus < 2:
-            item.add_marker(pytest.mark.skip(reason="needs two or more CUDA GPUs"))
+        elif item.get_closest_marker("multi_gpu") and gpus < 2 and os.environ.get("MULTI_GPU_DRY_RUN") != "1":
+            item.add_marker(pytest.mark.skip(reason="needs two or more CUDA GPUs (MULTI_GPU_DRY_RUN=1: cuda:0 twice)"))
