@@ -91,3 +91,14 @@ def test_dynamo_reset_reaches_backend_reset():
     assert tm.stats()["cpu"]["compiles"] == 1 and len(tm.backend._cache) == 1
     torch._dynamo.reset()
     assert tm.stats() == {} and len(tm.backend._cache) == 0
+
+
+def test_reduce_overhead_says_it_is_not_applied_once(caplog, monkeypatch):
+    monkeypatch.setenv("TRT_MULTIDEV_DELEGATE", "_delegates:run_graph")
+    for width in (2, 3):  # two graphs, two backend calls
+        torch.compile(torch.nn.Linear(width, width), backend="trt_multidev", mode="reduce-overhead")(
+            torch.randn(1, width))
+    warned = [r.getMessage() for r in caplog.records if "reduce-overhead" in r.getMessage() and r.levelname == "WARNING"]
+    assert warned == ["trt_multidev: mode='reduce-overhead' asks for CUDA graphs, which trt_multidev does not "
+                      "capture; it compiles as mode='default'."]
+    assert tm.stats()["cpu"]["compiles"] == 2

@@ -70,6 +70,10 @@ class TrtMultidevBackend:
     ) -> Callable[..., Any]:
         settings = resolve_settings(options, mode)
         self._report_settings(settings)
+        if settings.mode == "reduce-overhead":
+            self._warn_once(("mode", "reduce-overhead"),
+                            "trt_multidev: mode='reduce-overhead' asks for CUDA graphs, which trt_multidev does not "
+                            "capture; it compiles as mode='default'.")
         infos = classify_args(gm, example_inputs)
         ops = sum(1 for n in gm.graph.nodes if n.op in ("call_function", "call_method", "call_module"))
         gm._trt_multidev_name = (f"graph({', '.join(i.name for i in infos if i.role is Role.INPUT)[:60]}) "
