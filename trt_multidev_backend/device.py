@@ -12,7 +12,7 @@ from __future__ import annotations
 import contextlib
 import enum
 from dataclasses import dataclass
-from typing import Any, Iterator, Sequence
+from typing import Any, Callable, Iterator, Sequence
 
 import torch
 import torch.fx
@@ -31,6 +31,9 @@ __all__ = [
     "meta_value",
     "fetch_attr",
     "current_cuda_device",
+    "guard_index",
+    "get_device",
+    "exchange_device",
 ]
 
 
@@ -251,17 +254,29 @@ def check_visible(device: torch.device, origin: str) -> None:
         )
 
 
+# The raw calls behind torch.cuda.device: its Python context manager costs a few µs, which the
+# per-call path of a compiled graph avoids. CPU-only builds lack them and never enter a guard.
+get_device: Callable[[], int] = getattr(torch._C, "_cuda_getDevice", lambda: -1)
+exchange_device: Callable[[int], int] = getattr(torch._C, "_cuda_exchangeDevice", lambda index: -1)
+
+
+def guard_index(device: torch.device | None) -> int:
+    """The CUDA index a guard for `device` makes current, or -1 when there is nothing to guard
+    (CPU targets, FakeTensor devices where CUDA cannot run)."""
+    if device is None or device.type != "cuda" or device.index is None or not cuda_usable():
+        return -1
+    return device.index
+
+
 @contextlib.contextmanager
 def device_guard(device: torch.device | None) -> Iterator[None]:
-    """Make `device` current for the block and restore the caller's device after it.
-
-    A no-op for CPU targets and where CUDA cannot run (FakeTensor devices in CPU tests).
-    """
-    if device is None or device.type != "cuda" or not cuda_usable():
+    """Make `device` current for the block and restore the caller's device after it."""
+    index = guard_index(device)
+    if index < 0 or get_device() == index:
         yield
         return
-    previous = torch.cuda._exchange_device(device.index)
+    previous = exchange_device(index)
     try:
         yield
     finally:
-        torch.cuda._maybe_exchange_device(previous)
+        exchange_device(previous)

@@ -166,20 +166,25 @@ class TrtMultidevBackend:
         disk = None if segmented is not None else self._disk_plan(delegate, placement, plan, settings, label)
         if disk is not None:
             return self._through_disk(disk, delegate, placement, plan, settings, label)
+        if segmented is None:
+            compiled, _, _ = self._build(delegate, placement, plan, settings, label)
+            return compiled, "built"
         with device_guard(plan.target):
-            if segmented is None:
-                compiled, _, _ = _call_delegate(delegate, graph_copy(placement.gm), placement.example_inputs,
-                                                plan.target, settings)
-                how = "built"
-            else:
-                for name, inputs in segmented.target_segments:
-                    part, _, _ = _call_delegate(delegate, getattr(segmented.gm, name), inputs, plan.target, settings)
-                    install(segmented, name, part)
-                compiled = segmented.gm
-                how = (f"built ({len(segmented.target_segments)} device segment(s); host segment(s) "
-                       f"{', '.join(segmented.host_segments)} stay in PyTorch; not disk-cached)")
+            for name, inputs in segmented.target_segments:
+                part, _, _ = _call_delegate(delegate, getattr(segmented.gm, name), inputs, plan.target, settings)
+                install(segmented, name, part)
         self._stats.bump(label, "compiles")
-        return compiled, how
+        return segmented.gm, (f"built ({len(segmented.target_segments)} device segment(s); host segment(s) "
+                              f"{', '.join(segmented.host_segments)} stay in PyTorch; not disk-cached)")
+
+    def _build(self, delegate: Any, placement: Placement, plan: DevicePlan, settings: Settings,
+               label: str) -> tuple[Callable[..., Any], Any, list[int] | None]:
+        """The delegate on a copy of the whole placed graph, under the target's guard; counted."""
+        with device_guard(plan.target):
+            built = _call_delegate(delegate, graph_copy(placement.gm), placement.example_inputs, plan.target,
+                                   settings)
+        self._stats.bump(label, "compiles")
+        return built
 
     # -- disk cache ------------------------------------------------------------------------
     def _disk_plan(self, delegate: Any, placement: Placement, plan: DevicePlan, settings: Settings,
@@ -233,7 +238,8 @@ class TrtMultidevBackend:
                                     "(TRT_MULTIDEV_CACHE_LOCK_TIMEOUT sets the wait).")
         except OSError as exc:
             self._disk_broken(disk.store.root, exc, label)
-            return self._obtain_without_disk(delegate, placement, plan, settings, label)
+            compiled, _, _ = self._build(delegate, placement, plan, settings, label)
+            return compiled, "built (disk cache unavailable)"
         try:
             compiled, how, payload, meta = self._load_or_build(disk, delegate, placement, plan, settings, label)
         finally:
@@ -264,10 +270,7 @@ class TrtMultidevBackend:
             except Exception as exc:  # unreadable despite its checksum: rebuild and replace it
                 log.debug("loading disk cache entry %s failed", disk.key[:12], exc_info=True)
                 self._corrupt(disk, label, f"{type(exc).__name__}: {_first_line(exc)}")
-        with device_guard(plan.target):
-            compiled, inner, kept = _call_delegate(delegate, graph_copy(placement.gm), placement.example_inputs,
-                                                   plan.target, settings)
-        self._stats.bump(label, "compiles")
+        compiled, inner, kept = self._build(delegate, placement, plan, settings, label)
         meta = {"graph": _graph_name(placement.gm), "delegate": disk.delegate, "device": str(plan.target),
                 "versions": disk.versions, "kept": kept}
         try:
@@ -283,14 +286,6 @@ class TrtMultidevBackend:
         except OSError as exc:
             self._disk_broken(disk.store.root, exc, label)
         return compiled, "built and stored in the disk cache", payload, meta
-
-    def _obtain_without_disk(self, delegate: Any, placement: Placement, plan: DevicePlan, settings: Settings,
-                             label: str) -> tuple[Callable[..., Any], str]:
-        with device_guard(plan.target):
-            compiled, _, _ = _call_delegate(delegate, graph_copy(placement.gm), placement.example_inputs,
-                                            plan.target, settings)
-        self._stats.bump(label, "compiles")
-        return compiled, "built (disk cache unavailable)"
 
     def _load(self, delegate: Any, payload: bytes, meta: dict, device: torch.device,
               settings: Settings) -> Callable[..., Any]:
@@ -318,15 +313,13 @@ class TrtMultidevBackend:
     def _wrap(self, compiled: Callable[..., Any], plan: DevicePlan, placement: Placement, settings: Settings,
               label: str, delegate: str, *, serialize: bool, fallback: str | None = None) -> GuardedCallable:
         assert plan.target is not None
-        seed = {}
-        for action, example in ((a, placement.example_inputs[a.index]) for a in placement.actions):
-            if action.kind == "state" and _is_real(example):
-                seed[action.index] = (_original(placement, action.index), example)
+        # State moved at compile time is the first cached copy (real tensors only, not fakes).
+        seed = {i: (source, placement.example_inputs[i]) for i, source in placement.originals.items()
+                if _is_real(placement.example_inputs[i])}
         return GuardedCallable(
             compiled, plan.target, placement.actions, placement.output_moves,
             input_policy=settings.input_policy, serialize=serialize, label=label,
-            delegate=delegate, fallback=fallback, notes=placement.notes,
-            seed_state={i: v for i, v in seed.items() if v[0] is not None},
+            delegate=delegate, fallback=fallback, notes=placement.notes, seed_state=seed,
         )
 
     def _fallback(self, gm: torch.fx.GraphModule, example_inputs: Sequence[Any], settings: Settings,
@@ -407,10 +400,6 @@ def _is_real(value: Any) -> bool:
     from torch._subclasses.fake_tensor import FakeTensor
 
     return isinstance(value, torch.Tensor) and not isinstance(value, FakeTensor)
-
-
-def _original(placement: Placement, index: int) -> Any:
-    return placement.originals.get(index)
 
 
 def _graph_name(gm: torch.fx.GraphModule) -> str:

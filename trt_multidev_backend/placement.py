@@ -26,7 +26,7 @@ from torch._subclasses.fake_tensor import FakeTensor
 
 from .device import ArgInfo, DevicePlan, Role, cuda_usable, fetch_attr, meta_value
 
-__all__ = ["ArgAction", "Placement", "place", "graph_copy"]
+__all__ = ["ArgAction", "Placement", "place", "graph_copy", "is_move"]
 
 log = logging.getLogger("trt_multidev.placement")
 
@@ -123,6 +123,11 @@ def _move_spec(node: torch.fx.Node) -> tuple[str, Any] | None:
         if _as_device(arg) is not None and not isinstance(arg, torch.dtype):
             return ("to-arg", arg)
     return None
+
+
+def is_move(node: torch.fx.Node) -> bool:
+    """True when `node` copies a tensor between devices (to, cuda, cpu, _to_copy...)."""
+    return node.op in ("call_function", "call_method") and _move_spec(node) is not None
 
 
 def _move_destination(node: torch.fx.Node) -> torch.device | None:

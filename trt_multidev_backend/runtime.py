@@ -14,7 +14,7 @@ from typing import Any, Callable, Sequence
 
 import torch
 
-from .device import cuda_usable
+from .device import exchange_device, get_device, guard_index
 from .errors import InputDeviceError
 from .placement import ArgAction
 
@@ -28,12 +28,6 @@ def _replace(values: Sequence[Any], i: int, value: Any) -> list[Any]:
     out = values if isinstance(values, list) else list(values)
     out[i] = value
     return out
-
-
-# The raw device calls behind torch.cuda.device: a Python-level context manager costs a few µs
-# per call, these a fraction of that. CPU-only builds lack them and never enter the guard.
-_get_device: Callable[[], int] = getattr(torch._C, "_cuda_getDevice", lambda: -1)
-_exchange_device: Callable[[int], int] = getattr(torch._C, "_cuda_exchangeDevice", lambda index: -1)
 
 
 def _version(tensor: torch.Tensor) -> int:
@@ -72,9 +66,7 @@ class GuardedCallable:
         self.delegate = delegate
         self.fallback = fallback  # None when the delegate's result runs; else why it does not
         self.notes = tuple(notes)
-        self._index = device.index if device.type == "cuda" and cuda_usable() else -1
-        if self._index is None:
-            self._index = -1
+        self._index = guard_index(device)
         self.actions = tuple(actions)
         self._actions = tuple((_KINDS[a.kind], a.index, a.device, a.name) for a in actions)
         self._move_inputs = input_policy == "move"
@@ -93,12 +85,12 @@ class GuardedCallable:
         if self._actions:
             args = self._prepare(args)
         index = self._index
-        if index >= 0 and _get_device() != index:
-            previous = _exchange_device(index)
+        if index >= 0 and get_device() != index:  # the guard of device.device_guard, inlined
+            previous = exchange_device(index)
             try:
                 out = self._run(args)
             finally:
-                _exchange_device(previous)
+                exchange_device(previous)
         else:
             out = self._run(args)
         if self._outputs:

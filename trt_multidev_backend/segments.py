@@ -19,6 +19,7 @@ from torch._subclasses.fake_tensor import FakeTensor
 from torch.fx.passes.split_module import split_module
 
 from .device import DevicePlan, meta_value
+from .placement import is_move
 
 __all__ = ["Segmented", "split_host_work"]
 
@@ -70,7 +71,7 @@ def split_host_work(gm: torch.fx.GraphModule, examples: Sequence[Any], plan: Dev
         device = _node_device(node, plan)
         if device is not None:
             on_target = device == target
-            if on_target and _is_move(node):
+            if on_target and is_move(node):
                 # A copy from the host belongs to the host side, so device segments only ever
                 # receive device tensors (an engine refuses host inputs).
                 sources = [_node_device(a, plan) for a in node.all_input_nodes]
@@ -109,12 +110,6 @@ def split_host_work(gm: torch.fx.GraphModule, examples: Sequence[Any], plan: Dev
         else:
             hosts.append(name)
     return Segmented(split, targets, hosts)
-
-
-def _is_move(node: torch.fx.Node) -> bool:
-    from .placement import _move_spec
-
-    return node.op in ("call_function", "call_method") and _move_spec(node) is not None
 
 
 def _hint(size: Any) -> int:
