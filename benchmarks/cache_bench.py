@@ -17,6 +17,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -98,6 +99,8 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--out", required=True)
     parser.add_argument("--models", default="resnet50_fp16_b32,attention_fp16_b16")
+    parser.add_argument("--repeats", type=int, default=3,
+                        help="fresh processes per trt_multidev row (cold: each with an empty directory)")
     args = parser.parse_args()
     os.makedirs(args.out, exist_ok=True)
     import gpu_bench
@@ -106,10 +109,13 @@ def main() -> int:
     run_child("torch_tensorrt", "tiny_mlp_b1", tempfile.mkdtemp())  # discarded: loads libraries into the page cache
     rows = []
     for model in args.models.split(","):
-        ours, theirs = tempfile.mkdtemp(prefix="tm-cache-"), tempfile.mkdtemp(prefix="tt-cache-")
-        plan = [("torch_tensorrt", theirs), ("trt_multidev cold", ours), ("trt_multidev warm", ours),
-                ("torch_tensorrt cache cold", theirs), ("torch_tensorrt cache warm", theirs),
-                ("trt_multidev warm", ours)]
+        theirs = tempfile.mkdtemp(prefix="tt-cache-")
+        # Interleaved so that drift in the machine touches every row alike; every cold run of
+        # ours starts from an empty directory, every warm run reads the last cold run's entry.
+        plan = [("torch_tensorrt", theirs), ("torch_tensorrt cache cold", theirs)]
+        for _ in range(args.repeats):
+            ours = tempfile.mkdtemp(prefix="tm-cache-")
+            plan += [("trt_multidev cold", ours), ("trt_multidev warm", ours), ("torch_tensorrt cache warm", theirs)]
         for mode, directory in plan:
             result = {"model": model, "mode": mode, **run_child(mode, model, directory)}
             print(json.dumps(result), flush=True)
@@ -126,19 +132,24 @@ def main() -> int:
         rest = f"{r['first_call_s'] - r['backend_s']:.2f}" if "backend_s" in r else "–"
         err = f"{r['rel_error_vs_eager']:.1e}" if "rel_error_vs_eager" in r else r.get("error", "")
         lines.append(f"| {r['model']} | {r['mode']} | {first} | {inside} | {rest} | {err} | {short} |")
-    lines += ["", "| model | first call: cold / warm | in the backend: cold / warm | "
-              "torch_tensorrt cache warm / trt_multidev warm (first call) |", "|---|---:|---:|---:|"]
+    lines += ["", "Medians over the runs of each row (first call, seconds; n = runs):", "",
+              "| model | trt_multidev cold | trt_multidev warm | torch_tensorrt cache warm | cold / warm "
+              "| in the backend: cold / warm | torch_tensorrt cache warm / trt_multidev warm |",
+              "|---|---:|---:|---:|---:|---:|---:|"]
     for model in args.models.split(","):
         by: dict[str, list[dict]] = {}
         for r in rows:
             if r["model"] == model and "first_call_s" in r:
                 by.setdefault(r["mode"], []).append(r)
         if "trt_multidev cold" in by and "trt_multidev warm" in by:
-            cold = by["trt_multidev cold"][0]
-            warm = min(by["trt_multidev warm"], key=lambda r: r["first_call_s"])
-            theirs = by.get("torch_tensorrt cache warm", [{"first_call_s": float("nan")}])[0]["first_call_s"]
-            lines.append(f"| {model} | {cold['first_call_s'] / warm['first_call_s']:.2f}× | "
-                         f"{cold['backend_s'] / warm['backend_s']:.1f}× | {theirs / warm['first_call_s']:.2f}× |")
+            def med(mode: str, key: str = "first_call_s") -> float:
+                return statistics.median(r[key] for r in by.get(mode, [{key: float("nan")}]))
+
+            cold, warm, theirs = med("trt_multidev cold"), med("trt_multidev warm"), med("torch_tensorrt cache warm")
+            n = len(by["trt_multidev warm"])
+            lines.append(f"| {model} | {cold:.2f} | {warm:.2f} (n={n}) | {theirs:.2f} | {cold / warm:.2f}× | "
+                         f"{med('trt_multidev cold', 'backend_s') / med('trt_multidev warm', 'backend_s'):.1f}× | "
+                         f"{theirs / warm:.2f}× |")
     text = "\n".join(lines) + "\n"
     with open(os.path.join(args.out, "cache.md"), "w") as f:
         f.write(text)

@@ -100,6 +100,7 @@ def test_precision_lists_are_normalised():
     ("fallback", "INDUCTOR", "tvm", "eager, inductor"),
     ("input_policy", "move", "copy", "error, move"),
     ("log_level", "debug", "verbose", "debug, info, warning, error"),
+    ("engine_runtime", "Torch_TensorRT", "python", "auto, torch_tensorrt"),
 ])
 def test_choices(key, good, bad, accepted):
     assert getattr(resolve_settings({key: good}, environ={}), key) == good.lower()

@@ -8,17 +8,20 @@ on ``device``. The default is Torch-TensorRT's dynamo path with ``device`` set e
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import difflib
 import importlib
 import importlib.util
 import logging
+import threading
 from dataclasses import dataclass
-from typing import Any, Callable, Protocol, Sequence
+from typing import Any, Callable, Iterator, Protocol, Sequence
 
 import torch
 import torch.fx
 
+from . import engine as _engine
 from .device import cuda_usable
 from .settings import Settings, SettingsError
 
@@ -39,7 +42,12 @@ INSTALL_HINT = 'pip install "trt-multidev-backend[tensorrt]"'
 _PRECISION_DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
 # Options Torch-TensorRT's torch.compile path reads besides CompilationSettings fields.
 _EXTRA_TRT_KEYS = ("engine_cache_dir", "engine_cache_size", "custom_engine_cache", "debug")
-_ENGINE_MODULES = ("TorchTensorRTModule", "PythonTorchTensorRTModule")
+_ENGINE_MODULES = ("TorchTensorRTModule", "PythonTorchTensorRTModule", "TensorRTEngine")
+# Torch-TensorRT settings under which its own runtime keeps the engines (trt_multidev's runner,
+# engine.py, does not take over): the user asked for a runtime feature or a different lifecycle.
+_OWN_RUNTIME_KEYS = ("use_python_runtime", "lazy_engine_init", "enable_cross_compile_for_windows", "dryrun",
+                     "enable_weight_streaming", "debug", "cache_built_engines", "reuse_cached_engines")
+_DEFERRAL = threading.local()
 
 
 class Delegate(Protocol):
@@ -125,6 +133,7 @@ class TorchTensorRTDelegate:
     def __init__(self) -> None:
         self._module: Any = None
         self._import_error: str | None = None
+        self._runner_supported: bool | None = None
 
     # -- availability ----------------------------------------------------------------------
     def unavailable(self, device: torch.device) -> Unavailable | None:
@@ -158,8 +167,9 @@ class TorchTensorRTDelegate:
         return Unavailable("torch-tensorrt-missing", self._import_error, "install it: " + INSTALL_HINT)
 
     # -- compile ---------------------------------------------------------------------------
-    def options_for(self, device: torch.device, settings: Settings) -> dict[str, Any]:
-        """The options handed to Torch-TensorRT: validated pass-through plus our own keys."""
+    def options_for(self, device: torch.device, settings: Settings, *, runner: bool = False) -> dict[str, Any]:
+        """The options handed to Torch-TensorRT: validated pass-through plus our own keys. With
+        `runner`, engines come back as Python modules whose setup trt_multidev does itself."""
         from torch_tensorrt.dynamo import CompilationSettings
 
         fields = {f.name for f in dataclasses.fields(CompilationSettings)}
@@ -186,6 +196,8 @@ class TorchTensorRTDelegate:
             if settings.precision != ("fp32",) and "use_explicit_typing" in fields and "use_explicit_typing" not in settings.trt:
                 options["use_explicit_typing"] = False  # precision flags only act on weakly typed networks
         options.update(settings.trt)
+        if runner:
+            options.update(use_python_runtime=True, lazy_engine_init=True)
         return {k: v for k, v in options.items() if k in fields or k in _EXTRA_TRT_KEYS}
 
     def precision_note(self, settings: Settings) -> str | None:
@@ -203,6 +215,20 @@ class TorchTensorRTDelegate:
             )
         return None
 
+    def runner_applies(self, settings: Settings, example_inputs: Sequence[Any]) -> bool:
+        """Whether trt_multidev's engine runner (engine.py) runs this graph's engines: asked for
+        (engine_runtime=auto), useful (TensorRT keeps JIT kernels: TensorRT-RTX), all shapes static,
+        and no Torch-TensorRT setting that wants Torch-TensorRT's own runtime."""
+        if settings.engine_runtime != "auto" or any(settings.trt.get(k) for k in _OWN_RUNTIME_KEYS):
+            return False
+        for x in example_inputs:
+            if isinstance(x, torch.SymInt) or (
+                    isinstance(x, torch.Tensor) and not all(isinstance(d, int) for d in x.shape)):
+                return False
+        if self._runner_supported is None:
+            self._runner_supported = _engine.runtime_cache_supported()
+        return self._runner_supported
+
     def __call__(
         self, gm: torch.fx.GraphModule, example_inputs: Sequence[Any], *, device: torch.device, settings: Settings
     ) -> Callable[..., Any]:
@@ -210,19 +236,25 @@ class TorchTensorRTDelegate:
         from torch._subclasses.fake_tensor import FakeTensor, FakeTensorMode
         from torch_tensorrt.dynamo.backend.backends import torch_tensorrt_backend
 
-        options = self.options_for(device, settings)
+        runner = self.runner_applies(settings, example_inputs)
+        options = self.options_for(device, settings, runner=runner)
         inputs = [_materialize(x, device) if isinstance(x, FakeTensor) else x for x in example_inputs]
         output = next(n for n in gm.graph.nodes if n.op == "output")
         single = not isinstance(output.args[0], (tuple, list))
         if single:  # Torch-TensorRT's export step wants a tuple of outputs
             output.args = ((output.args[0],),)
             gm.recompile()
-        if detect_fake_mode(inputs) is None:
-            # Called outside dynamo (aot tools, direct use): Torch-TensorRT needs a fake mode.
-            with tracing(TracingContext(FakeTensorMode(allow_non_fake_inputs=True))):
+        if runner:
+            from torch_tensorrt.dynamo.runtime import PythonTorchTensorRTModule
+        with _deferring_setup(PythonTorchTensorRTModule) if runner else contextlib.nullcontext():
+            if detect_fake_mode(inputs) is None:
+                # Called outside dynamo (aot tools, direct use): Torch-TensorRT needs a fake mode.
+                with tracing(TracingContext(FakeTensorMode(allow_non_fake_inputs=True))):
+                    compiled = torch_tensorrt_backend(gm, inputs, options=options)
+            else:
                 compiled = torch_tensorrt_backend(gm, inputs, options=options)
-        else:
-            compiled = torch_tensorrt_backend(gm, inputs, options=options)
+        if runner:
+            compiled = _adopt_engines(compiled)
         # Intermediate engines keep their outputs in buffers reused across calls; callers on
         # different streams or threads would race on them, so every engine allocates its outputs.
         if isinstance(compiled, torch.nn.Module):
@@ -271,6 +303,59 @@ class _First(torch.nn.Module):
 
     def forward(self, *args: Any) -> Any:
         return self.inner(*args)[0]
+
+
+@contextlib.contextmanager
+def _deferring_setup(cls: type) -> Iterator[None]:
+    """While active on this thread, `cls.setup_engine` (Torch-TensorRT's Python engine module)
+    does nothing: trt_multidev sets those engines up itself, once, with a kernel cache
+    (`_adopt_engines`). Without it Torch-TensorRT would compile every engine's kernels once for
+    nothing (about 4 s for ResNet-50 with TensorRT-RTX). Other threads are unaffected, and
+    outside the block the method behaves as Torch-TensorRT wrote it."""
+    original = cls.setup_engine
+    if not getattr(original, "_trt_multidev_deferral", False):
+        def setup_engine(self: Any) -> None:
+            if getattr(_DEFERRAL, "active", False):
+                return
+            original(self)
+
+        setup_engine._trt_multidev_deferral = True  # type: ignore[attr-defined]
+        setup_engine.__doc__ = original.__doc__
+        cls.setup_engine = setup_engine
+    previous = getattr(_DEFERRAL, "active", False)
+    _DEFERRAL.active = True
+    try:
+        yield
+    finally:
+        _DEFERRAL.active = previous
+
+
+def _adopt_engines(compiled: Any) -> Any:
+    """Swap the (not yet set up) Python engine modules for trt_multidev's runner, or, where it
+    cannot run an engine, for Torch-TensorRT's C++ engine module, as Torch-TensorRT would have."""
+    if not isinstance(compiled, torch.nn.Module):
+        return compiled
+    if type(compiled).__name__ == "PythonTorchTensorRTModule":
+        return _adopt(compiled)
+    for parent in list(compiled.modules()):
+        for child_name, child in list(parent.named_children()):
+            if type(child).__name__ == "PythonTorchTensorRTModule" and getattr(child, "engine", None) is None:
+                setattr(parent, child_name, _adopt(child))
+    return compiled
+
+
+def _adopt(module: Any) -> torch.nn.Module:
+    try:
+        return _engine.TensorRTEngine(module.serialized_engine, module.input_names, module.output_names,
+                                      name=module.name)
+    except ValueError as exc:  # a shape tensor, a data-dependent shape: Torch-TensorRT's runtime runs it
+        log.debug("engine %r stays with Torch-TensorRT's runtime: %s", module.name, exc)
+    settings = dataclasses.replace(module.settings, use_python_runtime=False, lazy_engine_init=False)
+    kwargs = {"name": module.name, "settings": settings, "weight_name_map": module.weight_name_map,
+              "requires_output_allocator": module.requires_output_allocator,
+              "symbolic_shape_expressions": module.symbolic_shape_expressions}
+    return _rebuild_engine_module("torch_tensorrt.dynamo.runtime", bytes(module.serialized_engine),
+                                  list(module.input_names), list(module.output_names), kwargs, True)
 
 
 class _EnginePickle:

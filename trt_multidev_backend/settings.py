@@ -252,6 +252,10 @@ SETTING_SPECS: tuple[_Spec, ...] = (
           "TensorRT builder workspace in bytes (0: TensorRT decides); 1GiB-style sizes accepted."),
     _Spec("optimization_level", None, _parse_optional_level,
           "TensorRT builder optimization level 0-5 (unset: TensorRT's default; max-autotune: 5)."),
+    _Spec("engine_runtime", "auto", _parse_choice("auto", "torch_tensorrt"),
+          "Who runs static-shape engines: auto (trt_multidev's runner, which keeps TensorRT-RTX's "
+          "JIT-compiled kernels in the disk cache, where TensorRT offers that; else Torch-TensorRT) "
+          "or torch_tensorrt (always Torch-TensorRT's runtime)."),
     _Spec("log_level", "info", _parse_log_level,
           "Level at which trt_multidev reports settings, device plans and cache hits.", affects_result=False),
     _Spec("cache", True, _parse_bool,
@@ -284,6 +288,7 @@ class Settings:
     min_block_size: int = _D["min_block_size"]
     workspace_size: int = _D["workspace_size"]
     optimization_level: int | None = _D["optimization_level"]
+    engine_runtime: str = _D["engine_runtime"]
     log_level: str = _D["log_level"]
     cache: bool = _D["cache"]
     cache_dir: str | None = _D["cache_dir"]

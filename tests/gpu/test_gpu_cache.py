@@ -22,7 +22,10 @@ CHILD = textwrap.dedent("""
     x = torch.randn(16, 256, device="cuda:0")
     with torch.no_grad():
         out = torch.compile(model, backend="trt_multidev", options={"min_block_size": 1})(x)
-        print("RESULT", json.dumps({"err": rel_error(out, model(x)), "stats": tm.stats()["cuda:0"]}))
+        import gc
+        kernels = [m.runtime_cache_loaded for m in gc.get_objects() if type(m).__name__ == "TensorRTEngine"]
+        print("RESULT", json.dumps({"err": rel_error(out, model(x)), "stats": tm.stats()["cuda:0"],
+                                    "kernels_from_cache": kernels}))
 """)
 
 
@@ -41,6 +44,11 @@ def test_engines_round_trip_through_a_new_process(tmp_path):
     assert cold["stats"]["compiles"] == 1 and cold["err"] < 1e-2
     assert warm["stats"]["compiles"] == 0 and warm["stats"]["disk_hits"] == 1
     assert warm["err"] < 1e-2
+    from trt_multidev_backend.engine import runtime_cache_supported
+
+    if runtime_cache_supported():  # TensorRT-RTX: the entry carries the JIT-compiled kernels
+        assert cold["kernels_from_cache"] and not any(cold["kernels_from_cache"])
+        assert warm["kernels_from_cache"] and all(warm["kernels_from_cache"])
 
 
 def test_reload_in_process_after_reset(tmp_path, monkeypatch):

@@ -1,0 +1,99 @@
+"""trt_multidev's engine runner (engine.py) on a real GPU: it runs static-shape engines with
+TensorRT-RTX's kernel cache, matches eager and Torch-TensorRT's runtime, binds inputs by address."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+import trt_multidev_backend as tm
+from scenarios import DEV, Mlp, rel_error
+from trt_multidev_backend.engine import TensorRTEngine, runtime_cache_supported
+
+pytestmark = pytest.mark.skipif(not runtime_cache_supported(),
+                                reason="this TensorRT keeps no JIT kernels: Torch-TensorRT's runtime runs every engine")
+
+
+def compiled_modules(model, x, **options):
+    """Compile through trt_multidev and return (output, the engine modules of the compiled graph)."""
+    graphs = []
+
+    def capture(gm, example_inputs, **kwargs):
+        fn = tm.backend(gm, example_inputs, **kwargs)
+        graphs.append(fn)
+        return fn
+
+    compiled = torch.compile(model, backend=capture, options={"min_block_size": 1, **options})
+    with torch.no_grad():
+        out = compiled(x)
+    engines = [m for g in graphs if isinstance(g.fn, torch.nn.Module) for m in g.fn.modules()
+               if type(m).__name__ in ("TensorRTEngine", "TorchTensorRTModule", "PythonTorchTensorRTModule")]
+    return compiled, out, engines
+
+
+def test_static_engines_run_in_the_runner_or_where_asked_in_torch_tensorrts():
+    model = Mlp().eval().to(DEV)
+    x = torch.randn(16, 256, device=DEV)
+    ref = model(x)
+    _, out, engines = compiled_modules(model, x)
+    assert engines and {type(m).__name__ for m in engines} == {"TensorRTEngine"}
+    assert all(m.device == DEV and not m.runtime_cache_loaded for m in engines)
+    torch._dynamo.reset()
+    _, out_tt, engines_tt = compiled_modules(model, x, engine_runtime="torch_tensorrt", cache=False)
+    assert engines_tt and {type(m).__name__ for m in engines_tt} == {"TorchTensorRTModule"}
+    assert rel_error(out, ref) < 1e-2 and rel_error(out_tt, ref) < 1e-2
+    assert rel_error(out, out_tt) < 1e-3
+
+
+def test_runner_rebinds_inputs_when_their_addresses_change_and_sees_in_place_updates():
+    model = Mlp().eval().to(DEV)
+    compiled, _, _ = compiled_modules(model, torch.randn(16, 256, device=DEV))
+    with torch.no_grad():
+        for _ in range(4):
+            x = torch.randn(16, 256, device=DEV)  # new address each time
+            assert rel_error(compiled(x), model(x)) < 1e-2
+        x.mul_(3)  # same address, new values
+        assert rel_error(compiled(x), model(x)) < 1e-2
+        model.net[0].weight.mul_(0.5)  # a parameter changed in place: engines read it, nothing baked in
+        assert rel_error(compiled(x), model(x)) < 1e-2
+
+
+def test_runner_checks_what_it_binds():
+    model = Mlp().eval().to(DEV)
+    _, _, engines = compiled_modules(model, torch.randn(16, 256, device=DEV))
+    engine = engines[0]
+    shapes = [tuple(s) for s, _ in engine._inputs]
+    args = [torch.randn(s, device=DEV) for s in shapes]
+    good = engine(*args)
+    square = [i for i, s in enumerate(shapes) if len(s) == 2 and s[0] == s[1]]
+    if square:  # a transposed view: same shape, other strides, must be copied, not misread
+        i = square[0]
+        args_t = list(args)
+        args_t[i] = args[i].t().contiguous().t()
+        assert not args_t[i].is_contiguous()
+        out = engine(*args_t)
+        first = good[0] if isinstance(good, tuple) else good
+        again = out[0] if isinstance(out, tuple) else out
+        assert torch.equal(first, again)
+    with pytest.raises(RuntimeError, match=r"expected torch.float32 .* on cuda:0, got torch.float32 .* on cpu"):
+        engine(*[a.cpu() if i == 0 else a for i, a in enumerate(args)])
+    with pytest.raises(TypeError, match="takes"):
+        engine(*args[:-1])
+    assert engine(*args) is not None  # a refused call leaves the engine usable
+
+
+def test_runner_pickles_with_its_kernels():
+    from trt_multidev_backend.delegate import TorchTensorRTDelegate
+    from trt_multidev_backend.settings import resolve_settings
+
+    model = Mlp().eval().to(DEV)
+    x = torch.randn(16, 256, device=DEV)
+    _, _, engines = compiled_modules(model, x)
+    delegate = TorchTensorRTDelegate()
+    blob = delegate.dumps(engines[0])
+    with torch.cuda.device(DEV):
+        loaded = delegate.loads(blob, device=DEV, settings=resolve_settings({}, environ={}))
+    assert isinstance(loaded, TensorRTEngine) and loaded.runtime_cache_loaded
+    args = [torch.randn(tuple(s), device=DEV) for s, _ in engines[0]._inputs]
+    a, b = engines[0](*args), loaded(*args)
+    assert torch.equal(a[0] if isinstance(a, tuple) else a, b[0] if isinstance(b, tuple) else b)
