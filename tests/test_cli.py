@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import importlib.util
 import os
 import subprocess
 import sys
@@ -29,6 +30,10 @@ def test_info_shows_versions_gpus_and_setting_sources():
     assert lines["trt.hardware_compatible"] == ["True", "env", "TRT_MULTIDEV_TRT"]
     assert lines["fallback"] == ["eager", "default"]
     assert "TRT_MULTIDEV_DEVCE is not a trt_multidev setting" in out
+    if importlib.util.find_spec("torch_tensorrt") is None:
+        assert "engines run by: nothing yet: torch_tensorrt is not installed" in out
+    asked = cli("info", env={"TRT_MULTIDEV_ENGINE_RUNTIME": "torch_tensorrt"})
+    assert "engines run by: Torch-TensorRT's runtime (engine_runtime=torch_tensorrt)" in asked.stdout
 
 
 def test_info_rejects_a_bad_environment_clearly():

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import importlib.util
 import importlib.metadata
 import logging
 import os
@@ -64,9 +65,23 @@ def cmd_info(_: argparse.Namespace) -> int:
     settings = resolve_settings()
     print("Settings in effect (options passed to torch.compile override these per key):")
     print(_table([("setting", "value", "source"), *settings.describe()]))
+    print(f"engines run by: {_engine_runner(settings.engine_runtime)}")
     for name in unknown_env_vars():
         print(f"warning: {name} is not a trt_multidev setting (a typo?)")
     return 0
+
+
+def _engine_runner(choice: str) -> str:
+    if choice == "torch_tensorrt":
+        return "Torch-TensorRT's runtime (engine_runtime=torch_tensorrt)"
+    if importlib.util.find_spec("torch_tensorrt") is None:
+        return "nothing yet: torch_tensorrt is not installed"
+    from .engine import runtime_cache_supported
+
+    if runtime_cache_supported():
+        return ("trt_multidev's runner for static shapes, JIT kernels kept with disk-cache entries "
+                "(TensorRT-RTX runtime cache); Torch-TensorRT's runtime for dynamic shapes")
+    return "Torch-TensorRT's runtime (this TensorRT keeps no JIT kernels)"
 
 
 class _Demo(torch.nn.Module):

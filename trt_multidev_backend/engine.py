@@ -143,8 +143,12 @@ class TensorRTEngine(torch.nn.Module):
     def forward(self, *inputs: Any) -> Any:
         if len(inputs) != len(self._inputs):
             raise TypeError(f"engine {self.name!r} takes {len(self._inputs)} inputs, got {len(inputs)}")
-        inputs = tuple(x if isinstance(x, torch.Tensor) else torch.tensor(x, device=self.device) for x in inputs)
-        if not all(map(_is_contiguous, inputs)):
+        try:
+            contiguous = all(map(_is_contiguous, inputs))
+        except TypeError:  # a Python number where the engine takes a 0-d tensor
+            inputs = tuple(x if isinstance(x, torch.Tensor) else torch.tensor(x, device=self.device) for x in inputs)
+            contiguous = all(map(_is_contiguous, inputs))
+        if not contiguous:
             inputs = tuple(x.contiguous() for x in inputs)
         ptrs = list(map(_data_ptr, inputs))
         device = self.device
