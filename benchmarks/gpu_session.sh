@@ -21,7 +21,10 @@ case "$phase" in
     bash "$0" tests; bash "$0" bench; exit 0
     ;;
   cache)
-    timeout 500 python3 benchmarks/cache_bench.py --out "$out/cache" 2>&1 | tee "$out/cache.log" | grep -v "^{" | tail -25
+    # Three runs per row take ~5 min per model: one model per device call, e.g.
+    # CACHE_MODELS=attention_fp16_b16 bash benchmarks/gpu_session.sh cache
+    timeout 560 python3 benchmarks/cache_bench.py --out "$out/cache" --models "${CACHE_MODELS:-resnet50_fp16_b32}" \
+      --repeats "${CACHE_REPEATS:-3}" 2>&1 | tee "$out/cache.log" | grep -v "^{" | tail -25
     ;;
   resnet-fp32)
     timeout 300 python3 benchmarks/gpu_bench.py --out "$out/resnet-fp32" --models resnet50_fp32_b32 \
