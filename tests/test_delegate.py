@@ -6,10 +6,6 @@ from __future__ import annotations
 import threading
 
 import pytest
-import torch
-from torch._subclasses.fake_tensor import FakeTensorMode
-from torch._dynamo.source import ConstantSource
-from torch.fx.experimental.symbolic_shapes import DimDynamic, ShapeEnv, StatelessSymbolicContext
 
 from trt_multidev_backend import delegate as d
 from trt_multidev_backend.settings import resolve_settings
@@ -23,24 +19,6 @@ def runner_ready() -> d.TorchTensorRTDelegate:
     return delegate
 
 
-def static_and_symbolic():
-    with FakeTensorMode(shape_env=ShapeEnv()) as mode:
-        static = torch.empty(4, 8, device="cuda:1")
-    ctx = StatelessSymbolicContext(dynamic_sizes=[DimDynamic.DYNAMIC, DimDynamic.STATIC])
-    symbolic = mode.from_tensor(torch.empty(4, 8), source=ConstantSource("x"), symbolic_context=ctx)
-    return static, symbolic
-
-
-def test_runner_takes_static_graphs_only():
-    static, symbolic = static_and_symbolic()
-    assert not isinstance(symbolic.shape[0], int)
-    settings = resolve_settings({}, environ={})
-    delegate = runner_ready()
-    assert delegate.runner_applies(settings, [static])
-    assert not delegate.runner_applies(settings, [symbolic])
-    assert not delegate.runner_applies(settings, [static, symbolic.shape[0]])
-
-
 @pytest.mark.parametrize("options", [
     {"engine_runtime": "torch_tensorrt"},
     {"trt": {"use_python_runtime": True}},
@@ -48,15 +26,14 @@ def test_runner_takes_static_graphs_only():
     {"trt": {"enable_weight_streaming": True}},
 ])
 def test_runner_stands_aside_when_asked(options):
-    static, _ = static_and_symbolic()
-    assert not runner_ready().runner_applies(resolve_settings(options, environ={}), [static])
+    assert runner_ready().runner_applies(resolve_settings({}, environ={}))
+    assert not runner_ready().runner_applies(resolve_settings(options, environ={}))
 
 
 def test_runner_needs_a_tensorrt_that_keeps_kernels():
-    static, _ = static_and_symbolic()
     delegate = d.TorchTensorRTDelegate()
     delegate._runner_supported = False
-    assert not delegate.runner_applies(resolve_settings({}, environ={}), [static])
+    assert not delegate.runner_applies(resolve_settings({}, environ={}))
 
 
 def test_setup_deferral_is_scoped_to_the_block_and_the_thread():

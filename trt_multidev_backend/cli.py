@@ -79,8 +79,8 @@ def _engine_runner(choice: str) -> str:
     from .engine import runtime_cache_supported
 
     if runtime_cache_supported():
-        return ("trt_multidev's runner for static shapes, JIT kernels kept with disk-cache entries "
-                "(TensorRT-RTX runtime cache); Torch-TensorRT's runtime for dynamic shapes")
+        return ("trt_multidev's runner, JIT kernels kept with disk-cache entries (TensorRT-RTX runtime "
+                "cache); Torch-TensorRT's runtime for engines with shape tensors or data-dependent shapes")
     return "Torch-TensorRT's runtime (this TensorRT keeps no JIT kernels)"
 
 

@@ -215,16 +215,13 @@ class TorchTensorRTDelegate:
             )
         return None
 
-    def runner_applies(self, settings: Settings, example_inputs: Sequence[Any]) -> bool:
+    def runner_applies(self, settings: Settings) -> bool:
         """Whether trt_multidev's engine runner (engine.py) runs this graph's engines: asked for
-        (engine_runtime=auto), useful (TensorRT keeps JIT kernels: TensorRT-RTX), all shapes static,
-        and no Torch-TensorRT setting that wants Torch-TensorRT's own runtime."""
+        (engine_runtime=auto), useful (TensorRT keeps JIT kernels: TensorRT-RTX), and no
+        Torch-TensorRT setting that wants Torch-TensorRT's own runtime. Engines it cannot run
+        (shape tensors, data-dependent shapes) still go to Torch-TensorRT's runtime, one by one."""
         if settings.engine_runtime != "auto" or any(settings.trt.get(k) for k in _OWN_RUNTIME_KEYS):
             return False
-        for x in example_inputs:
-            if isinstance(x, torch.SymInt) or (
-                    isinstance(x, torch.Tensor) and not all(isinstance(d, int) for d in x.shape)):
-                return False
         if self._runner_supported is None:
             self._runner_supported = _engine.runtime_cache_supported()
         return self._runner_supported
@@ -236,7 +233,7 @@ class TorchTensorRTDelegate:
         from torch._subclasses.fake_tensor import FakeTensor, FakeTensorMode
         from torch_tensorrt.dynamo.backend.backends import torch_tensorrt_backend
 
-        runner = self.runner_applies(settings, example_inputs)
+        runner = self.runner_applies(settings)
         options = self.options_for(device, settings, runner=runner)
         inputs = [_materialize(x, device) if isinstance(x, FakeTensor) else x for x in example_inputs]
         output = next(n for n in gm.graph.nodes if n.op == "output")
@@ -347,7 +344,7 @@ def _adopt_engines(compiled: Any) -> Any:
 def _adopt(module: Any) -> torch.nn.Module:
     try:
         return _engine.TensorRTEngine(module.serialized_engine, module.input_names, module.output_names,
-                                      name=module.name)
+                                      name=module.name, data_dependent=bool(module.requires_output_allocator))
     except ValueError as exc:  # a shape tensor, a data-dependent shape: Torch-TensorRT's runtime runs it
         log.debug("engine %r stays with Torch-TensorRT's runtime: %s", module.name, exc)
     settings = dataclasses.replace(module.settings, use_python_runtime=False, lazy_engine_init=False)

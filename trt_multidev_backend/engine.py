@@ -3,15 +3,16 @@
 TensorRT-RTX compiles an engine's kernels for the GPU when an execution context is created: about
 4 s for ResNet-50 on an H100, i.e. most of a warm start (benchmarks/engine_load_probe.py). Its
 runtime cache (``IRuntimeCache``) keeps those kernels; loaded back, the context takes 0.1-0.2 s.
-Torch-TensorRT 2.11's engine modules create their contexts without one, so for engines whose
-shapes are all static trt_multidev runs them itself: this module deserializes the engine on the
-current device, creates the context with the runtime cache, and pickles as (engine, names, cache),
-so a disk-cache entry carries its kernels. Everything else stays with Torch-TensorRT's runtime.
+Torch-TensorRT 2.11's engine modules create their contexts without one, so trt_multidev runs
+engines itself: this module deserializes the engine on the current device, creates the context
+with the runtime cache, and pickles as (engine, names, cache), so a disk-cache entry carries the
+kernels compiled by then (for dynamic shapes, kernels TensorRT specializes later for particular
+shapes are not stored). Shape tensors and data-dependent output shapes stay with Torch-TensorRT.
 
-Calls: inputs are bound by address only when an address changed (parameters keep theirs), outputs
-are allocated per call on the caller's stream, and the engine runs on its own stream, ordered
-after the caller's work and before the caller's next (as Torch-TensorRT's C++ runtime does). One
-lock per engine: an execution context's scratch memory serves one enqueue at a time.
+Calls: inputs are bound by address only when an address changed (parameters keep theirs), dynamic
+dimensions are set only when they changed, outputs are allocated per call on the caller's stream,
+and the engine runs on its own stream, ordered after the caller's work and before the caller's
+next. One lock per engine: an execution context's scratch memory serves one enqueue at a time.
 """
 
 from __future__ import annotations
@@ -71,14 +72,16 @@ def _torch_dtype(trt_dtype: Any) -> torch.dtype:
     return table[trt_dtype]
 
 
-def unsupported_reason(engine: Any, input_names: Sequence[str], output_names: Sequence[str]) -> str | None:
-    """Why this runner cannot run a deserialized engine (then Torch-TensorRT's runtime does), or None."""
+def unsupported_reason(engine: Any, input_names: Sequence[str], output_names: Sequence[str],
+                       *, data_dependent: bool = False) -> str | None:
+    """Why this runner cannot run a deserialized engine (then Torch-TensorRT's runtime does), or None.
+    `data_dependent`: outputs whose shapes depend on values (Torch-TensorRT's output allocator)."""
+    if data_dependent:
+        return "its output shapes depend on the data"
     names = [engine.get_tensor_name(i) for i in range(engine.num_io_tensors)]
     if sorted(names) != sorted([*input_names, *output_names]):
         return "its bindings differ from the names Torch-TensorRT recorded"
     for name in names:
-        if any(int(d) < 0 for d in engine.get_tensor_shape(name)):
-            return f"binding {name!r} has a dynamic shape"
         if engine.is_shape_inference_io(name):
             return f"binding {name!r} is a shape tensor"
         try:
@@ -89,10 +92,11 @@ def unsupported_reason(engine: Any, input_names: Sequence[str], output_names: Se
 
 
 class TensorRTEngine(torch.nn.Module):
-    """Runs one static-shape TensorRT engine on the device current at construction."""
+    """Runs one TensorRT engine on the device current at construction. Dynamic dimensions (an
+    optimization profile) are set per call when they change; output shapes follow from them."""
 
     def __init__(self, serialized_engine: bytes, input_names: Sequence[str], output_names: Sequence[str],
-                 *, name: str = "", runtime_cache: bytes = b"") -> None:
+                 *, name: str = "", runtime_cache: bytes = b"", data_dependent: bool = False) -> None:
         super().__init__()
         self.name = name
         self.serialized_engine = bytes(serialized_engine)
@@ -104,7 +108,7 @@ class TensorRTEngine(torch.nn.Module):
         engine = _runtime().deserialize_cuda_engine(self.serialized_engine)
         if engine is None:
             raise RuntimeError(f"TensorRT could not deserialize engine {name!r} on {self.device}")
-        reason = unsupported_reason(engine, self.input_names, self.output_names)
+        reason = unsupported_reason(engine, self.input_names, self.output_names, data_dependent=data_dependent)
         if reason is not None:
             raise ValueError(f"engine {name!r}: {reason}")
         config = engine.create_runtime_config()
@@ -123,10 +127,16 @@ class TensorRTEngine(torch.nn.Module):
                         for n in self.input_names]
         self._outputs = [(tuple(engine.get_tensor_shape(n)), _torch_dtype(engine.get_tensor_dtype(n)))
                          for n in self.output_names]
-        for n, (shape, _) in zip(self.input_names, self._inputs):
-            context.set_input_shape(n, shape)
+        # Dynamic inputs (a -1 in the engine's shape) get their shape per call; the others once.
+        self._dynamic = [i for i, (shape, _) in enumerate(self._inputs) if any(d < 0 for d in shape)]
+        for i, (n, (shape, _)) in enumerate(zip(self.input_names, self._inputs)):
+            if i not in self._dynamic:
+                context.set_input_shape(n, shape)
+        self._shapes: tuple = ()  # the dynamic inputs' shapes the context holds now
+        self._output_shapes = {(): [shape for shape, _ in self._outputs]} if not self._dynamic else {}
         self._bound: list[int] = []
         self._stream = torch.cuda.Stream(self.device)
+        self._placeholder = torch.empty(1, device=self.device)  # an address for empty tensors
 
     def kernel_cache(self) -> bytes:
         """The kernels this engine's context compiled or loaded, as TensorRT serializes them."""
@@ -151,15 +161,19 @@ class TensorRTEngine(torch.nn.Module):
         if not contiguous:
             inputs = tuple(x.contiguous() for x in inputs)
         ptrs = list(map(_data_ptr, inputs))
+        shapes = tuple(tuple(inputs[i].shape) for i in self._dynamic)
         device = self.device
-        outputs = [torch.empty(shape, dtype=dtype, device=device) for shape, dtype in self._outputs]
         caller = torch.cuda.current_stream(device)
         context = self._context
         with self._lock:
+            if shapes != self._shapes:
+                self._set_shapes(shapes)
             if ptrs != self._bound:
                 self._bind(inputs, ptrs)
+            outputs = [torch.empty(shape, dtype=dtype, device=device)
+                       for shape, (_, dtype) in zip(self._output_shapes[shapes], self._outputs)]
             for n, out in zip(self.output_names, outputs):
-                context.set_tensor_address(n, out.data_ptr())
+                context.set_tensor_address(n, out.data_ptr() or self._placeholder.data_ptr())
             self._stream.wait_stream(caller)
             ok = context.execute_async_v3(self._stream.cuda_stream)
             caller.wait_stream(self._stream)
@@ -167,17 +181,36 @@ class TensorRTEngine(torch.nn.Module):
             raise RuntimeError(f"TensorRT failed to run engine {self.name!r} on {device}")
         return outputs[0] if len(outputs) == 1 else tuple(outputs)
 
+    def _set_shapes(self, shapes: tuple) -> None:
+        self._shapes = ()  # a failure below leaves the shapes to be set again
+        for i, shape in zip(self._dynamic, shapes):
+            name = self.input_names[i]
+            if len(shape) != len(self._inputs[i][0]) or not self._context.set_input_shape(name, shape):
+                low, _, high = self._engine.get_tensor_profile_shape(name, 0)
+                raise RuntimeError(f"engine {self.name!r} input {name!r}: shape {list(shape)} is outside the "
+                                   f"range it was built for, {list(low)} to {list(high)}")
+        if shapes not in self._output_shapes:
+            if len(self._output_shapes) >= 4096:  # bounded: shapes seen by a long-running server
+                self._output_shapes.clear()
+            found = [tuple(self._context.get_tensor_shape(n)) for n in self.output_names]
+            if any(d < 0 for shape in found for d in shape):
+                raise RuntimeError(f"engine {self.name!r}: TensorRT cannot tell its output shapes "
+                                   f"for input shapes {[list(x) for x in shapes]}")
+            self._output_shapes[shapes] = found
+        self._shapes = shapes
+
     def _bind(self, inputs: Sequence[torch.Tensor], ptrs: list[int]) -> None:
         old = self._bound
         self._bound = []  # a failure below leaves nothing half-bound
         for i, (n, x, (shape, dtype)) in enumerate(zip(self.input_names, inputs, self._inputs)):
             if old and old[i] == ptrs[i]:
                 continue
-            if x.device != self.device or x.dtype != dtype or tuple(x.shape) != shape:
+            if (x.device != self.device or x.dtype != dtype or x.dim() != len(shape)
+                    or any(d >= 0 and d != e for d, e in zip(shape, x.shape))):
                 raise RuntimeError(
                     f"engine {self.name!r} input {n!r}: expected {dtype} {list(shape)} on {self.device}, "
                     f"got {x.dtype} {list(x.shape)} on {x.device}")
-            self._context.set_tensor_address(n, ptrs[i])
+            self._context.set_tensor_address(n, ptrs[i] or self._placeholder.data_ptr())
         self._bound = ptrs
 
 

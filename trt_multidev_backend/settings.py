@@ -253,7 +253,7 @@ SETTING_SPECS: tuple[_Spec, ...] = (
     _Spec("optimization_level", None, _parse_optional_level,
           "TensorRT builder optimization level 0-5 (unset: TensorRT's default; max-autotune: 5)."),
     _Spec("engine_runtime", "auto", _parse_choice("auto", "torch_tensorrt"),
-          "Who runs static-shape engines: auto (trt_multidev's runner, which keeps TensorRT-RTX's "
+          "Who runs engines: auto (trt_multidev's runner, which keeps TensorRT-RTX's "
           "JIT-compiled kernels in the disk cache, where TensorRT offers that; else Torch-TensorRT) "
           "or torch_tensorrt (always Torch-TensorRT's runtime)."),
     _Spec("log_level", "info", _parse_log_level,

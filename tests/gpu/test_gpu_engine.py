@@ -97,3 +97,34 @@ def test_runner_pickles_with_its_kernels():
     args = [torch.randn(tuple(s), device=DEV) for s, _ in engines[0]._inputs]
     a, b = engines[0](*args), loaded(*args)
     assert torch.equal(a[0] if isinstance(a, tuple) else a, b[0] if isinstance(b, tuple) else b)
+
+
+def test_runner_runs_dynamic_batches_and_keeps_their_kernels():
+    from trt_multidev_backend.delegate import TorchTensorRTDelegate
+    from trt_multidev_backend.settings import resolve_settings
+
+    model = Mlp().eval().to(DEV)
+    base = torch.randn(40, 256, device=DEV)
+    x = base[:8].clone()
+    torch._dynamo.mark_dynamic(x, 0, min=1, max=40)
+    compiled, _, engines = compiled_modules(model, x)
+    assert engines and {type(m).__name__ for m in engines} == {"TensorRTEngine"}
+    assert any(m._dynamic for m in engines)
+    with torch.no_grad():
+        for n in (2, 5, 33, 5, 40):  # views of one buffer: same address, other shapes
+            view = base[:n]
+            assert rel_error(compiled(view), model(view)) < 1e-2, n
+    engine = next(m for m in engines if m._dynamic)
+    shapes = [tuple(4 if d < 0 else d for d in s) for s, _ in engine._inputs]
+    args = [torch.randn(s, device=DEV) for s in shapes]
+    expected = engine(*args)
+    too_big = [torch.randn(tuple(41 if d < 0 else d for d in s), device=DEV) for s, _ in engine._inputs]
+    with pytest.raises(RuntimeError, match="outside the range it was built for"):
+        engine(*too_big)
+    delegate = TorchTensorRTDelegate()
+    with torch.cuda.device(DEV):
+        loaded = delegate.loads(delegate.dumps(engine), device=DEV, settings=resolve_settings({}, environ={}))
+    assert loaded.runtime_cache_loaded
+    again = loaded(*args)
+    first = expected[0] if isinstance(expected, tuple) else expected
+    assert torch.equal(first, again[0] if isinstance(again, tuple) else again)
