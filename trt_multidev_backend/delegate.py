@@ -347,6 +347,10 @@ def _adopt(module: Any) -> torch.nn.Module:
                                       name=module.name, data_dependent=bool(module.requires_output_allocator))
     except ValueError as exc:  # a shape tensor, a data-dependent shape: Torch-TensorRT's runtime runs it
         log.debug("engine %r stays with Torch-TensorRT's runtime: %s", module.name, exc)
+    features = getattr(importlib.import_module("torch_tensorrt._features"), "ENABLED_FEATURES", None)
+    if not getattr(features, "torch_tensorrt_runtime", True):  # no C++ runtime: its Python one
+        module.setup_engine()
+        return module
     settings = dataclasses.replace(module.settings, use_python_runtime=False, lazy_engine_init=False)
     kwargs = {"name": module.name, "settings": settings, "weight_name_map": module.weight_name_map,
               "requires_output_allocator": module.requires_output_allocator,
