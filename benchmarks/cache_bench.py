@@ -1,7 +1,10 @@
 """Disk cache on the GPU: first-call seconds in fresh processes, cold against warm, and against
 Torch-TensorRT's own engine cache.
 
-    python benchmarks/cache_bench.py --out DIR [--models resnet50_fp16_b32,attention_fp16_b16]
+    python benchmarks/cache_bench.py --out DIR [--models resnet50_fp16_b32,attention_fp16_b16] [--repeats 3]
+
+A model name with the suffix `:dynamic` (e.g. resnet50_fp16_b32:dynamic) marks the batch dimension
+dynamic (1 to the batch size), so the engines have an optimization profile.
 
 Every figure comes from its own fresh process (one child per measurement), so a warm start pays
 what a real restart pays: imports aside, dynamo tracing plus loading. Rows:
@@ -36,11 +39,14 @@ def child(mode: str, model_name: str, cache_dir: str) -> None:
     import gpu_bench
 
     imports_s = time.perf_counter() - start_process
-    build, shape, dtype = gpu_bench.MODELS[model_name]
+    name, _, variant = model_name.partition(":")
+    build, shape, dtype = gpu_bench.MODELS[name]
     torch.manual_seed(0)
     dev = torch.device("cuda", 0)
     model = build().eval().to(dev).to(dtype)
     x = torch.randn(*shape, device=dev).to(dtype)
+    if variant == "dynamic":  # a batch range: one TensorRT optimization profile
+        torch._dynamo.mark_dynamic(x, 0, min=1, max=shape[0])
     backend_s: list[float] = []
 
     def timed(inner):
