@@ -285,6 +285,22 @@ class TorchTensorRTDelegate:
         return torch.load(io.BytesIO(blob), map_location=device, weights_only=False)
 
     @staticmethod
+    def describe(compiled: Any) -> str:
+        """Who runs the engines of a compiled graph, for the build/load log line."""
+        if not isinstance(compiled, torch.nn.Module):
+            return "no engine"
+        runners = [m for m in compiled.modules() if type(m).__name__ == "TensorRTEngine"]
+        others = sum(1 for m in compiled.modules() if type(m).__name__ in _ENGINE_MODULES) - len(runners)
+        parts = []
+        if runners:
+            cached = sum(1 for m in runners if m.runtime_cache_loaded)
+            parts.append(f"{len(runners)} by trt_multidev's runner"
+                         + (f", kernels of {cached} loaded from the cache" if cached else ", kernels compiled"))
+        if others:
+            parts.append(f"{others} by Torch-TensorRT's runtime")
+        return "engines: " + "; ".join(parts) if parts else "no engine"
+
+    @staticmethod
     def count_engines(compiled: Any) -> int:
         if not isinstance(compiled, torch.nn.Module):
             return 0

@@ -136,6 +136,8 @@ class TensorRTEngine(torch.nn.Module):
         self._output_shapes = {(): [shape for shape, _ in self._outputs]} if not self._dynamic else {}
         self._bound: list[int] = []
         self._stream = torch.cuda.Stream(self.device)
+        # Reused under the lock: a wait is enqueued against the event's latest record.
+        self._ready, self._done = torch.cuda.Event(), torch.cuda.Event()
         self._placeholder = torch.empty(1, device=self.device)  # an address for empty tensors
 
     def kernel_cache(self) -> bytes:
@@ -174,9 +176,11 @@ class TensorRTEngine(torch.nn.Module):
                        for shape, (_, dtype) in zip(self._output_shapes[shapes], self._outputs)]
             for n, out in zip(self.output_names, outputs):
                 context.set_tensor_address(n, out.data_ptr() or self._placeholder.data_ptr())
-            self._stream.wait_stream(caller)
+            self._ready.record(caller)
+            self._stream.wait_event(self._ready)
             ok = context.execute_async_v3(self._stream.cuda_stream)
-            caller.wait_stream(self._stream)
+            self._done.record(self._stream)
+            caller.wait_event(self._done)
         if not ok:
             raise RuntimeError(f"TensorRT failed to run engine {self.name!r} on {device}")
         return outputs[0] if len(outputs) == 1 else tuple(outputs)

@@ -130,8 +130,10 @@ class TrtMultidevBackend:
                             f"trt_multidev: Torch-TensorRT built no engine for a graph on {label} "
                             f"(too few supported ops for min_block_size={settings.min_block_size}); "
                             "it runs in PyTorch. Lower min_block_size to convert small graphs.")
-        self._log(settings, "graph %s: %s on %s by %s in %.2f s", _graph_name(gm), how, label,
-                  _short(identity), time.perf_counter() - start)
+        describe = getattr(delegate, "describe", None)
+        self._log(settings, "graph %s: %s on %s by %s in %.2f s%s", _graph_name(gm), how, label,
+                  _short(identity), time.perf_counter() - start,
+                  f" ({describe(compiled)})" if callable(describe) else "")
         wrapper = self._wrap(compiled, plan, placement, settings, label, _short(identity),
                              serialize=not getattr(delegate, "thread_safe", True))
         self._cache.put(key, wrapper)

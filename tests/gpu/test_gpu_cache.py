@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import logging
 import os
 import subprocess
 import sys
@@ -51,7 +52,8 @@ def test_engines_round_trip_through_a_new_process(tmp_path):
         assert warm["kernels_from_cache"] and all(warm["kernels_from_cache"])
 
 
-def test_reload_in_process_after_reset(tmp_path, monkeypatch):
+def test_reload_in_process_after_reset(tmp_path, monkeypatch, caplog):
+    caplog.set_level(logging.INFO, logger="trt_multidev")
     monkeypatch.setenv("TRT_MULTIDEV_CACHE_DIR", str(tmp_path))
     model = Mlp().eval().to(DEV)
     x = torch.randn(8, 256, device=DEV)
@@ -61,6 +63,12 @@ def test_reload_in_process_after_reset(tmp_path, monkeypatch):
         again = torch.compile(model, backend="trt_multidev", options={"min_block_size": 1})(x)
     assert tm.stats()[str(DEV)]["disk_hits"] == 1
     assert rel_error(again, first) < 1e-3
+    from trt_multidev_backend.engine import runtime_cache_supported
+
+    if runtime_cache_supported():  # the log line says who runs the engines and where kernels came from
+        lines = [r.getMessage() for r in caplog.records if "by trt_multidev's runner" in r.getMessage()]
+        assert any("kernels compiled" in m for m in lines), lines
+        assert any("loaded from the cache" in m for m in lines), lines
 
 
 def test_replicas_on_every_visible_gpu_match_eager():
