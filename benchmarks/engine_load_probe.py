@@ -131,13 +131,12 @@ def load(engine_path: str, mode: str, runtime_cache: str) -> None:
 
 
 def _tensor(engine, name):
-    import tensorrt as trt
     import torch
 
-    dtypes = {trt.float16: torch.float16, trt.float32: torch.float32, trt.int32: torch.int32,
-              trt.int64: torch.int64, trt.bool: torch.bool, trt.bfloat16: torch.bfloat16}
+    from trt_multidev_backend.engine import _torch_dtype
+
     shape = tuple(max(int(d), 1) for d in engine.get_tensor_shape(name))
-    return torch.zeros(shape, dtype=dtypes[engine.get_tensor_dtype(name)], device="cuda")
+    return torch.zeros(shape, dtype=_torch_dtype(engine.get_tensor_dtype(name)), device="cuda")
 
 
 def main() -> int:

@@ -143,11 +143,13 @@ def cmd_demo(args: argparse.Namespace) -> int:
 
 
 def _human(size: float) -> str:
-    for unit in ("B", "KiB", "MiB", "GiB"):
-        if size < 1024 or unit == "GiB":
-            return f"{size:.0f} {unit}" if unit == "B" else f"{size:.1f} {unit}"
+    if size < 1024:
+        return f"{size:.0f} B"
+    for unit in ("KiB", "MiB", "GiB"):
         size /= 1024
-    return f"{size:.1f} GiB"
+        if size < 1024 or unit == "GiB":
+            break
+    return f"{size:.1f} {unit}"
 
 
 def _store(args: argparse.Namespace):
@@ -162,7 +164,8 @@ def _store(args: argparse.Namespace):
 
 def cmd_cache(args: argparse.Namespace) -> int:
     store = _store(args)
-    entries = sorted(store.entries(), key=lambda e: (e.namespace, -e.last_used))
+    if args.action in ("list", "stats"):
+        entries = sorted(store.entries(), key=lambda e: (e.namespace, -e.last_used))
     if args.action == "list":
         print(f"disk cache: {store.root}")
         if not entries:

@@ -289,8 +289,9 @@ class TorchTensorRTDelegate:
         """Who runs the engines of a compiled graph, for the build/load log line."""
         if not isinstance(compiled, torch.nn.Module):
             return "no engine"
-        runners = [m for m in compiled.modules() if type(m).__name__ == "TensorRTEngine"]
-        others = sum(1 for m in compiled.modules() if type(m).__name__ in _ENGINE_MODULES) - len(runners)
+        engines = [m for m in compiled.modules() if type(m).__name__ in _ENGINE_MODULES]
+        runners = [m for m in engines if isinstance(m, _engine.TensorRTEngine)]
+        others = len(engines) - len(runners)
         parts = []
         if runners:
             cached = sum(1 for m in runners if m.runtime_cache_loaded)
@@ -372,12 +373,13 @@ def _adopt(module: Any) -> torch.nn.Module:
               "requires_output_allocator": module.requires_output_allocator,
               "symbolic_shape_expressions": module.symbolic_shape_expressions}
     return _rebuild_engine_module("torch_tensorrt.dynamo.runtime", bytes(module.serialized_engine),
-                                  list(module.input_names), list(module.output_names), kwargs, True)
+                                  list(module.input_names), list(module.output_names), kwargs,
+                                  False)  # the delegate marks every engine's outputs unowned after this
 
 
 class _EnginePickle:
-    """A pickle module for torch.save that stores Torch-TensorRT engine modules by their
-    serialized state (get_extra_state) and rebuilds them with set_extra_state on load."""
+    """A pickle module for torch.save that stores Torch-TensorRT's C++ engine modules by their
+    constructor arguments and rebuilds them on load (trt_multidev's runner pickles itself)."""
 
     import pickle as _pickle
 

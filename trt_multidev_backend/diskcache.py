@@ -85,7 +85,7 @@ class DiskCache:
     def lock(self, namespace: str, key: str, timeout: float = -1) -> filelock.BaseFileLock:
         path = self._path(namespace, key)
         path.parent.mkdir(parents=True, exist_ok=True)
-        return filelock.FileLock(str(path.with_suffix(".lock")), timeout=timeout)
+        return _lock_for(path, timeout)
 
     # -- entries ---------------------------------------------------------------------------
     def read(self, namespace: str, key: str) -> tuple[bytes, dict] | None:
@@ -149,9 +149,8 @@ class DiskCache:
                 break
             if keep and entry.path in keep:
                 continue
-            lock = filelock.FileLock(str(entry.path.with_suffix(".lock")), timeout=0)
             try:
-                with lock:
+                with _lock_for(entry.path, 0):
                     entry.path.unlink(missing_ok=True)
             except filelock.Timeout:
                 continue  # another process is building or loading it
@@ -165,6 +164,10 @@ class DiskCache:
             entry.path.unlink(missing_ok=True)
             count += 1
         return count
+
+
+def _lock_for(entry_path: Path, timeout: float) -> filelock.BaseFileLock:
+    return filelock.FileLock(str(entry_path.with_suffix(".lock")), timeout=timeout)
 
 
 def _encode(payload: bytes, meta: dict) -> bytes:

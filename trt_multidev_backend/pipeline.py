@@ -125,15 +125,16 @@ class TrtMultidevBackend:
                                      remedy, placement=placement, cause=exc)
             self._cache.put(key, wrapper)
             return wrapper
-        if isinstance(delegate, TorchTensorRTDelegate) and delegate.count_engines(compiled) == 0:
-            self._warn_once(("no-engine", label),
-                            f"trt_multidev: Torch-TensorRT built no engine for a graph on {label} "
-                            f"(too few supported ops for min_block_size={settings.min_block_size}); "
-                            "it runs in PyTorch. Lower min_block_size to convert small graphs.")
-        describe = getattr(delegate, "describe", None)
+        engines = ""
+        if isinstance(delegate, TorchTensorRTDelegate):
+            if delegate.count_engines(compiled) == 0:
+                self._warn_once(("no-engine", label),
+                                f"trt_multidev: Torch-TensorRT built no engine for a graph on {label} "
+                                f"(too few supported ops for min_block_size={settings.min_block_size}); "
+                                "it runs in PyTorch. Lower min_block_size to convert small graphs.")
+            engines = f" ({delegate.describe(compiled)})"
         self._log(settings, "graph %s: %s on %s by %s in %.2f s%s", _graph_name(gm), how, label,
-                  _short(identity), time.perf_counter() - start,
-                  f" ({describe(compiled)})" if callable(describe) else "")
+                  _short(identity), time.perf_counter() - start, engines)
         wrapper = self._wrap(compiled, plan, placement, settings, label, _short(identity),
                              serialize=not getattr(delegate, "thread_safe", True))
         self._cache.put(key, wrapper)

@@ -389,6 +389,7 @@ class _Placer:
 def _components(nodes: list[torch.fx.Node]) -> list[list[torch.fx.Node]]:
     """Connected groups of `nodes` (edges between them in either direction), in graph order."""
     members = set(nodes)
+    order = {n: i for i, n in enumerate(nodes)}
     seen: set[torch.fx.Node] = set()
     groups = []
     for start in nodes:
@@ -403,7 +404,6 @@ def _components(nodes: list[torch.fx.Node]) -> list[list[torch.fx.Node]]:
                 if other in members and other not in seen:
                     seen.add(other)
                     stack.append(other)
-        order = {n: i for i, n in enumerate(nodes)}
         groups.append(sorted(group, key=order.__getitem__))
     return groups
 
