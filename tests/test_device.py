@@ -7,7 +7,9 @@ import torch
 import torch.nn as nn
 
 from helpers import capture, fake, on_fake_device, split_across_fake_gpus
-from trt_multidev_backend.device import Role, classify_args, device_guard, resolve_device
+from trt_multidev_backend.device import resolve_device
+from trt_multidev_backend.graphinfo import Role, classify_args
+from trt_multidev_backend.guard import device_guard
 from trt_multidev_backend.settings import resolve_settings
 
 

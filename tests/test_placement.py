@@ -17,7 +17,8 @@ from torch._subclasses.fake_tensor import FakeTensor
 
 import trt_multidev_backend as tm
 from helpers import counters, EngineLikeDelegate, capture, fake, on_fake_device
-from trt_multidev_backend.device import classify_args, resolve_device
+from trt_multidev_backend.device import resolve_device
+from trt_multidev_backend.graphinfo import classify_args
 from trt_multidev_backend.placement import place
 from trt_multidev_backend.settings import resolve_settings
 

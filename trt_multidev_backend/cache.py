@@ -17,7 +17,7 @@ from typing import Any, Iterable, Sequence
 import torch
 import torch.fx
 
-from .device import fetch_attr
+from .graphinfo import fetch_attr
 from .settings import Settings
 
 __all__ = ["graph_fingerprint", "input_specs", "cache_key", "disk_key", "CompiledCache", "Stats", "COUNTERS"]

@@ -22,7 +22,7 @@ import torch
 import torch.fx
 
 from . import engine as _engine
-from .device import cuda_usable
+from .guard import Releaser, cuda_usable, real_device, watch_collections
 from .settings import Settings, SettingsError
 
 __all__ = [
@@ -251,7 +251,8 @@ class TorchTensorRTDelegate:
             else:
                 compiled = torch_tensorrt_backend(gm, inputs, options=options)
         if runner:
-            compiled = _adopt_engines(compiled)
+            compiled = _adopt_engines(compiled, device)
+        own_engines(compiled, device)
         # Intermediate engines keep their outputs in buffers reused across calls; callers on
         # different streams or threads would race on them, so every engine allocates its outputs.
         if isinstance(compiled, torch.nn.Module):
@@ -282,14 +283,20 @@ class TorchTensorRTDelegate:
         """Rebuild a compiled graph on `device` (called under its guard, so engines bind there)."""
         import io
 
-        return torch.load(io.BytesIO(blob), map_location=device, weights_only=False)
+        compiled = torch.load(io.BytesIO(blob), map_location=device, weights_only=False)
+        own_engines(compiled, device)
+        return compiled
+
+    @staticmethod
+    def engine_devices(compiled: Any) -> list[tuple[str, torch.device | None]]:
+        """(name, device) of every engine in a compiled graph: the device it really runs on,
+        as its runtime recorded it (None where that cannot be read)."""
+        return [(name, engine_device(m)) for name, m in _engine_modules(compiled)]
 
     @staticmethod
     def describe(compiled: Any) -> str:
         """Who runs the engines of a compiled graph, for the build/load log line."""
-        if not isinstance(compiled, torch.nn.Module):
-            return "no engine"
-        engines = [m for m in compiled.modules() if type(m).__name__ in _ENGINE_MODULES]
+        engines = [m for _, m in _engine_modules(compiled)]
         runners = [m for m in engines if isinstance(m, _engine.TensorRTEngine)]
         others = len(engines) - len(runners)
         parts = []
@@ -303,9 +310,7 @@ class TorchTensorRTDelegate:
 
     @staticmethod
     def count_engines(compiled: Any) -> int:
-        if not isinstance(compiled, torch.nn.Module):
-            return 0
-        return sum(1 for m in compiled.modules() if type(m).__name__ in _ENGINE_MODULES)
+        return len(_engine_modules(compiled))
 
 
 class _First(torch.nn.Module):
@@ -344,24 +349,78 @@ def _deferring_setup(cls: type) -> Iterator[None]:
         _DEFERRAL.active = previous
 
 
-def _adopt_engines(compiled: Any) -> Any:
+def _engine_modules(compiled: Any) -> list[tuple[str, torch.nn.Module]]:
+    if not isinstance(compiled, torch.nn.Module):
+        return []
+    return [(name or "engine", m) for name, m in compiled.named_modules() if type(m).__name__ in _ENGINE_MODULES]
+
+
+def engine_device(module: Any) -> torch.device | None:
+    """The CUDA device an engine module is bound to, read from the engine itself."""
+    if isinstance(module, _engine.TensorRTEngine):
+        return module.device
+    engine = getattr(module, "engine", None)
+    if engine is None:
+        return None
+    if type(module).__name__ == "PythonTorchTensorRTModule":
+        index = getattr(module, "device", None)  # set from the current device when it was set up
+        return torch.device("cuda", index) if isinstance(index, int) else None
+    return _cpp_engine_device(engine)
+
+
+def _cpp_engine_device(engine: Any) -> torch.device | None:
+    """The device Torch-TensorRT's C++ engine chose (and switched to) when it was made: it
+    prefers the runtime's current device to the one it was asked for. Its description says
+    "Device: Device(ID: <n>, ...)" (no getter exists in 2.11)."""
+    import re
+
+    try:
+        found = re.search(r"Device\(ID: (\d+)", str(engine))
+    except Exception:
+        found = None
+    if found is None:
+        log.debug("could not read the device of a Torch-TensorRT engine")
+        return None
+    return torch.device("cuda", int(found.group(1)))
+
+
+# Torch-TensorRT engine modules' TensorRT objects, released on their device in this order.
+_RELEASED_ATTRS = ("context", "engine", "runtime")
+
+
+def own_engines(compiled: Any, device: torch.device) -> None:
+    """Make every Torch-TensorRT engine module in `compiled` release its TensorRT objects on
+    `device` when it is collected (its C++ engine switches the current device when it goes).
+    trt_multidev's runner releases itself."""
+    for _, module in _engine_modules(compiled):
+        held = module.__dict__
+        if isinstance(module, _engine.TensorRTEngine) or "_trt_multidev_releaser" in held:
+            continue
+        names = tuple(n for n in _RELEASED_ATTRS if held.get(n) is not None)
+        if names:
+            held["_trt_multidev_releaser"] = Releaser(device, held, names)
+    watch_collections()
+
+
+def _adopt_engines(compiled: Any, device: torch.device) -> Any:
     """Swap the (not yet set up) Python engine modules for trt_multidev's runner, or, where it
     cannot run an engine, for Torch-TensorRT's C++ engine module, as Torch-TensorRT would have."""
     if not isinstance(compiled, torch.nn.Module):
         return compiled
     if type(compiled).__name__ == "PythonTorchTensorRTModule":
-        return _adopt(compiled)
+        return _adopt(compiled, device)
     for parent in list(compiled.modules()):
         for child_name, child in list(parent.named_children()):
             if type(child).__name__ == "PythonTorchTensorRTModule" and getattr(child, "engine", None) is None:
-                setattr(parent, child_name, _adopt(child))
+                setattr(parent, child_name, _adopt(child, device))
     return compiled
 
 
-def _adopt(module: Any) -> torch.nn.Module:
+def _adopt(module: Any, device: torch.device) -> torch.nn.Module:
     try:
         return _engine.TensorRTEngine(module.serialized_engine, module.input_names, module.output_names,
-                                      name=module.name, data_dependent=bool(module.requires_output_allocator))
+                                      name=module.name, data_dependent=bool(module.requires_output_allocator),
+                                      device=device)
     except ValueError as exc:  # a shape tensor, a data-dependent shape: Torch-TensorRT's runtime runs it
         log.debug("engine %r stays with Torch-TensorRT's runtime: %s", module.name, exc)
     features = getattr(importlib.import_module("torch_tensorrt._features"), "ENABLED_FEATURES", None)
@@ -420,7 +479,7 @@ def _rebuild_engine_module(module_name: str, engine: bytes, inputs: list, output
 
     settings = kwargs["settings"]
     if torch.cuda.is_available():
-        settings = dataclasses.replace(settings, device=Device(gpu_id=torch.cuda.current_device()))
+        settings = dataclasses.replace(settings, device=Device(gpu_id=real_device()))
     module = importlib.import_module(module_name)
     rebuilt = module.TorchTensorRTModule(engine, inputs, outputs, **{**kwargs, "settings": settings})
     if unowned:

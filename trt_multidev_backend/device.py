@@ -1,60 +1,24 @@
-"""Device resolution and guards.
+"""Device resolution: which device a captured graph runs on, and why.
 
 The target is decided from, in order: the ``device`` setting; the one CUDA device holding the
 graph's module state; the CUDA device of the example inputs; the graph's own device (CPU graphs
 stay CPU); the current (default) device for graphs with no tensors at all. The current CUDA device
-is never used when the graph says otherwise. Guards are scoped (``torch.cuda.device``-style
-exchange and restore), never a global ``set_device``.
+is never used when the graph says otherwise. Making the target current is guard.py's job.
 """
 
 from __future__ import annotations
 
-import contextlib
-import enum
 from dataclasses import dataclass
-from typing import Any, Callable, Iterator, Sequence
+from typing import Sequence
 
 import torch
 import torch.fx
 
+from .graphinfo import ArgInfo, Role, attr_tensors
+from .guard import cuda_usable
 from .settings import Settings
 
-__all__ = [
-    "Role",
-    "ArgInfo",
-    "DevicePlan",
-    "classify_args",
-    "resolve_device",
-    "device_guard",
-    "cuda_usable",
-    "check_visible",
-    "meta_value",
-    "fetch_attr",
-    "current_cuda_device",
-    "guard_index",
-    "get_device",
-    "exchange_device",
-]
-
-
-class Role(enum.Enum):
-    INPUT = "input"   # passed by the caller on every call
-    STATE = "state"   # module state (parameters, buffers, tensor attributes) or globals
-
-
-@dataclass(frozen=True)
-class ArgInfo:
-    """One placeholder of the graph with the example value dynamo (or a caller) gave for it."""
-
-    index: int
-    node: torch.fx.Node
-    role: Role
-    name: str
-    example: Any
-
-    @property
-    def device(self) -> torch.device | None:
-        return self.example.device if isinstance(self.example, torch.Tensor) else None
+__all__ = ["DevicePlan", "resolve_device", "check_visible", "current_cuda_device"]
 
 
 @dataclass(frozen=True)
@@ -82,75 +46,6 @@ class DevicePlan:
         return text
 
 
-def meta_value(node: torch.fx.Node) -> Any:
-    """The FakeTensor (or SymInt) recorded for a node: 'val' (aot/export) or 'example_value' (dynamo)."""
-    meta = node.meta
-    return meta["val"] if "val" in meta else meta.get("example_value")
-
-
-def _source_of(node: torch.fx.Node) -> Any:
-    grapharg = node.meta.get("grapharg")
-    return getattr(grapharg, "source", None)
-
-
-def _pretty_source(name: str) -> str:
-    """L['self']._modules['fc']._parameters['weight'] -> self.fc.weight; L['x'] -> x."""
-    import re
-
-    text = re.sub(r"^[LG]\['([^']+)'\]", r"\1", name)
-    text = re.sub(r"\._(?:modules|parameters|buffers)\['([^']+)'\]", r".\1", text)
-    return text
-
-
-def classify_args(gm: torch.fx.GraphModule, example_inputs: Sequence[Any]) -> list[ArgInfo]:
-    """Pair placeholders with example inputs and tell caller inputs from module state.
-
-    Dynamo records where each placeholder came from (``meta['grapharg'].source``): locals are
-    inputs, attributes of modules and globals are state. Graphs without that record (aot tools,
-    hand-built graphs) count ``nn.Parameter`` examples as state and everything else as input.
-    """
-    placeholders = [n for n in gm.graph.nodes if n.op == "placeholder"]
-    infos = []
-    for index, node in enumerate(placeholders):
-        example = example_inputs[index] if index < len(example_inputs) else meta_value(node)
-        source = _source_of(node)
-        role = Role.INPUT
-        name = str(node.target)
-        if source is not None:
-            try:
-                name = _pretty_source(source.name)
-            except Exception:  # a source kind without a printable name
-                pass
-            guard_source = getattr(source, "guard_source", None)
-            kind = getattr(guard_source() if callable(guard_source) else guard_source, "name", "")
-            if "NN_MODULE" in kind or kind.startswith("GLOBAL") or kind == "CONSTANT":
-                role = Role.STATE
-        elif isinstance(example, torch.nn.Parameter):
-            role = Role.STATE
-        infos.append(ArgInfo(index, node, role, name, example))
-    return infos
-
-
-def _attr_tensors(gm: torch.fx.GraphModule) -> Iterator[torch.Tensor]:
-    yield from gm.parameters()
-    yield from gm.buffers()
-    for node in gm.graph.nodes:
-        if node.op == "get_attr":
-            value = fetch_attr(gm, str(node.target))
-            if isinstance(value, torch.Tensor):
-                yield value
-
-
-def fetch_attr(gm: torch.nn.Module, target: str) -> Any:
-    """The object a get_attr target ("sub.weight") names, or None."""
-    obj: Any = gm
-    for part in target.split("."):
-        obj = getattr(obj, part, None)
-        if obj is None:
-            return None
-    return obj
-
-
 def _default_device() -> torch.device:
     device = torch.get_default_device()
     if device.type == "cuda" and device.index is None:
@@ -176,11 +71,6 @@ def current_cuda_device() -> tuple[torch.device, str]:
     return torch.device("cuda", index), "current device"
 
 
-def cuda_usable() -> bool:
-    """True when real CUDA work can run here (a CUDA build that sees at least one GPU)."""
-    return torch.cuda.is_available()
-
-
 def _setting_device(settings: Settings) -> tuple[torch.device, str] | None:
     if settings.device is None:
         return None
@@ -202,7 +92,7 @@ def resolve_device(gm: torch.fx.GraphModule, infos: Sequence[ArgInfo], settings:
     for info in infos:
         if info.device is not None and info.device.type != "meta":
             (state if info.role is Role.STATE else inputs).add(info.device)
-    for tensor in _attr_tensors(gm):
+    for tensor in attr_tensors(gm):
         if tensor.device.type != "meta":
             state.add(tensor.device)
     state_cuda = _sorted_devices({d for d in state if d.type == "cuda"})
@@ -252,31 +142,3 @@ def check_visible(device: torch.device, origin: str) -> None:
             f"(cuda:0..cuda:{count - 1})"
             + (f"; CUDA_VISIBLE_DEVICES={visible!r} renumbers them from 0" if visible is not None else "")
         )
-
-
-# The raw calls behind torch.cuda.device: its Python context manager costs a few µs, which the
-# per-call path of a compiled graph avoids. CPU-only builds lack them and never enter a guard.
-get_device: Callable[[], int] = getattr(torch._C, "_cuda_getDevice", lambda: -1)
-exchange_device: Callable[[int], int] = getattr(torch._C, "_cuda_exchangeDevice", lambda index: -1)
-
-
-def guard_index(device: torch.device | None) -> int:
-    """The CUDA index a guard for `device` makes current, or -1 when there is nothing to guard
-    (CPU targets, FakeTensor devices where CUDA cannot run)."""
-    if device is None or device.type != "cuda" or device.index is None or not cuda_usable():
-        return -1
-    return device.index
-
-
-@contextlib.contextmanager
-def device_guard(device: torch.device | None) -> Iterator[None]:
-    """Make `device` current for the block and restore the caller's device after it."""
-    index = guard_index(device)
-    if index < 0 or get_device() == index:
-        yield
-        return
-    previous = exchange_device(index)
-    try:
-        yield
-    finally:
-        exchange_device(previous)

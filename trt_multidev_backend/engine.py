@@ -23,6 +23,8 @@ from typing import Any, Sequence
 
 import torch
 
+from .guard import device_guard, real_device, release_on, track, watch_collections
+
 __all__ = ["TensorRTEngine", "runtime_cache_supported", "unsupported_reason"]
 
 log = logging.getLogger("trt_multidev.engine")
@@ -48,6 +50,7 @@ def runtime_cache_supported() -> bool:
         getattr(trt, "IRuntimeConfig", None), "create_runtime_cache")
 
 
+_TRT_OBJECTS = ("_context", "_cache", "_engine")  # released in this order
 _RUNTIME: dict[str, Any] = {}
 _RUNTIME_LOCK = threading.Lock()
 
@@ -96,16 +99,31 @@ class TensorRTEngine(torch.nn.Module):
     optimization profile) are set per call when they change; output shapes follow from them."""
 
     def __init__(self, serialized_engine: bytes, input_names: Sequence[str], output_names: Sequence[str],
-                 *, name: str = "", runtime_cache: bytes = b"", data_dependent: bool = False) -> None:
+                 *, name: str = "", runtime_cache: bytes = b"", data_dependent: bool = False,
+                 device: torch.device | None = None) -> None:
         super().__init__()
         self.name = name
         self.serialized_engine = bytes(serialized_engine)
         self.input_names = list(input_names)
         self.output_names = list(output_names)
-        self.device = torch.device("cuda", torch.cuda.current_device())
+        # Without a device: the one the caller's guard made current (for TensorRT: the runtime's).
+        self.device = torch.device("cuda", real_device() if device is None else device.index)
         self.runtime_cache_loaded = False  # True when this context's kernels came from a runtime cache
         self._lock = threading.Lock()
-        engine = _runtime().deserialize_cuda_engine(self.serialized_engine)
+        watch_collections()
+        with device_guard(self.device):
+            try:
+                self._setup(runtime_cache, data_dependent)
+            except BaseException:
+                self.release()  # what was made so far goes on its own device, now
+                raise
+        track(self)
+
+    def _setup(self, runtime_cache: bytes, data_dependent: bool) -> None:
+        name = self.name
+        if real_device() != self.device.index:
+            raise RuntimeError(f"engine {name!r}: the CUDA runtime is on cuda:{real_device()}, not {self.device}")
+        engine = self._engine = _runtime().deserialize_cuda_engine(self.serialized_engine)
         if engine is None:
             raise RuntimeError(f"TensorRT could not deserialize engine {name!r} on {self.device}")
         reason = unsupported_reason(engine, self.input_names, self.output_names, data_dependent=data_dependent)
@@ -119,10 +137,10 @@ class TensorRTEngine(torch.nn.Module):
                 log.warning("engine %r: TensorRT refused its stored kernel cache (%d bytes); "
                             "compiling the kernels again", name, len(runtime_cache))
         config.set_runtime_cache(self._cache)
-        context = engine.create_execution_context(config)
+        context = self._context = engine.create_execution_context(config)
+        del config
         if context is None:
             raise RuntimeError(f"TensorRT could not create an execution context for {name!r} on {self.device}")
-        self._engine, self._context = engine, context
         self._inputs = [(tuple(engine.get_tensor_shape(n)), _torch_dtype(engine.get_tensor_dtype(n)))
                         for n in self.input_names]
         self._outputs = [(tuple(engine.get_tensor_shape(n)), _torch_dtype(engine.get_tensor_dtype(n)))
@@ -139,6 +157,21 @@ class TensorRTEngine(torch.nn.Module):
         # Reused under the lock: a wait is enqueued against the event's latest record.
         self._ready, self._done = torch.cuda.Event(), torch.cuda.Event()
         self._placeholder = torch.empty(1, device=self.device)  # an address for empty tensors
+
+    def release(self) -> None:
+        """Release the TensorRT objects (context, kernel cache, engine, in that order) on this
+        engine's own device; the caller's device stays current. Runs when the engine is
+        collected and at interpreter exit; idempotent. A released engine cannot run."""
+        held = self.__dict__
+        objects = [held.pop(n) for n in _TRT_OBJECTS if n in held]
+        if objects:
+            release_on(self.device, objects)
+
+    def __del__(self) -> None:
+        try:
+            self.release()
+        except Exception:  # a half-built engine, or interpreter shutdown
+            pass
 
     def kernel_cache(self) -> bytes:
         """The kernels this engine's context compiled or loaded, as TensorRT serializes them."""
@@ -220,5 +253,6 @@ class TensorRTEngine(torch.nn.Module):
 
 def _rebuild(serialized_engine: bytes, input_names: list, output_names: list, name: str,
              runtime_cache: bytes) -> TensorRTEngine:
-    """Unpickling: rebuilds the engine on the current device (callers hold the target's guard)."""
+    """Unpickling: rebuilds the engine on the current device (callers hold the target's guard,
+    which makes it current for PyTorch and the CUDA runtime alike)."""
     return TensorRTEngine(serialized_engine, input_names, output_names, name=name, runtime_cache=runtime_cache)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from .settings import SettingsError
 
-__all__ = ["TrtMultidevError", "InputDeviceError", "SettingsError"]
+__all__ = ["TrtMultidevError", "InputDeviceError", "EngineDeviceError", "SettingsError"]
 
 
 class TrtMultidevError(RuntimeError):
@@ -13,3 +13,7 @@ class TrtMultidevError(RuntimeError):
 
 class InputDeviceError(TrtMultidevError):
     """A caller's tensor arrived on another device than the one its graph was compiled for."""
+
+
+class EngineDeviceError(TrtMultidevError):
+    """A delegate produced (or loaded) an engine on another GPU than the graph's target."""

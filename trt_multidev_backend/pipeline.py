@@ -7,6 +7,7 @@ from __future__ import annotations
 import logging
 import threading
 import time
+import traceback
 from dataclasses import dataclass
 from typing import Any, Callable, Mapping, Sequence
 
@@ -18,8 +19,10 @@ import filelock
 from .cache import CompiledCache, Stats, cache_key, disk_key
 from .delegate import TorchTensorRTDelegate, delegate_versions, load_delegate, stable_identity
 from .diskcache import CorruptEntry, DiskCache, identity_of
-from .device import DevicePlan, Role, classify_args, check_visible, cuda_usable, device_guard, resolve_device
-from .errors import TrtMultidevError
+from .device import DevicePlan, check_visible, resolve_device
+from .graphinfo import Role, classify_args
+from .guard import cuda_usable, device_guard
+from .errors import EngineDeviceError, TrtMultidevError
 from .placement import Placement, graph_copy, place
 from .runtime import GuardedCallable, SelectArgs
 from .segments import install, split_host_work
@@ -113,6 +116,7 @@ class TrtMultidevBackend:
         start = time.perf_counter()
         try:
             compiled, how = self._obtain(delegate, identity, placement, plan, settings, label)
+            _check_engine_devices(delegate, compiled, plan.target)
         except SettingsError:
             raise
         except Exception as exc:
@@ -121,6 +125,7 @@ class TrtMultidevBackend:
                       "set strict=1 (TRT_MULTIDEV_STRICT=1) to raise instead, with the full traceback")
             wrapper = self._fallback(gm, example_inputs, settings, plan, label,
                                      f"delegate-error:{type(exc).__name__}",
+                                     _first_line(exc) if isinstance(exc, EngineDeviceError) else
                                      f"the {_short(identity)} delegate raised {type(exc).__name__}: {_first_line(exc)}",
                                      remedy, placement=placement, cause=exc)
             self._cache.put(key, wrapper)
@@ -152,8 +157,10 @@ class TrtMultidevBackend:
             self._broken_roots.clear()
 
     def stats(self) -> dict[str, dict[str, int]]:
-        """Counters per device: compiles (delegate builds), cache_hits (in memory), disk_hits,
-        cross_device_reuses, fallbacks, corrupt_entries, lock_waits."""
+        """Counters per device: compiles (delegate builds in this process), cache_hits (reused
+        from memory, built for this device), disk_hits (read from the disk cache),
+        cross_device_reuses (a build made for another GPU, loaded here from memory or disk),
+        fallbacks, corrupt_entries, lock_waits."""
         return self._stats.snapshot()
 
     # -- pieces --------------------------------------------------------------------------
@@ -269,6 +276,8 @@ class TrtMultidevBackend:
             try:
                 compiled = self._load(delegate, payload, meta, plan.target, settings)
                 self._stats.bump(label, "disk_hits")
+                if meta.get("device") != str(plan.target):
+                    self._stats.bump(label, "cross_device_reuses")
                 return compiled, "loaded from the disk cache", payload, meta
             except Exception as exc:  # unreadable despite its checksum: rebuild and replace it
                 log.debug("loading disk cache entry %s failed", disk.key[:12], exc_info=True)
@@ -384,6 +393,19 @@ class TrtMultidevBackend:
         log.log(_LEVELS[settings.log_level], msg, *args)
 
 
+def _check_engine_devices(delegate: Any, compiled: Any, target: torch.device | None) -> None:
+    """Every engine a delegate made or loaded must be on the target: one built on another GPU
+    would read the wrong memory (an illegal access) or compute nothing useful."""
+    report = getattr(delegate, "engine_devices", None)
+    if report is None or target is None or target.type != "cuda":
+        return
+    wrong = [(name, device) for name, device in report(compiled) if device is not None and device != target]
+    if wrong:
+        names = ", ".join(f"{name!r} on {device}" for name, device in wrong)
+        raise EngineDeviceError(f"engine(s) {names}, but this graph was compiled for {target}; "
+                                "something switched the CUDA device during the build")
+
+
 def _call_delegate(delegate: Any, gm: torch.fx.GraphModule, inputs: Sequence[Any], device: torch.device,
                    settings: Settings) -> tuple[Callable[..., Any], Any, list[int] | None]:
     """Call a delegate on a graph it may mutate. Torch-TensorRT drops unused SymInt placeholders
@@ -391,7 +413,13 @@ def _call_delegate(delegate: Any, gm: torch.fx.GraphModule, inputs: Sequence[Any
     adapted to take exactly the arguments that survived. Returns (callable, the delegate's own
     result, the kept indices or None)."""
     before = [n for n in gm.graph.nodes if n.op == "placeholder"]
-    inner = delegate(gm, list(inputs), device=device, settings=settings)
+    try:
+        inner = delegate(gm, list(inputs), device=device, settings=settings)
+    except BaseException as exc:
+        # What the failed build made (engines, builders) dies with its frames: now, while the
+        # caller holds the target's guard, rather than whenever the traceback is dropped.
+        traceback.clear_frames(exc.__traceback__)
+        raise
     after = {n for n in gm.graph.nodes if n.op == "placeholder"}
     kept = [i for i, node in enumerate(before) if node in after]
     if len(kept) == len(before):

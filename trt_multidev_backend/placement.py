@@ -24,7 +24,9 @@ import torch
 import torch.fx
 from torch._subclasses.fake_tensor import FakeTensor
 
-from .device import ArgInfo, DevicePlan, Role, cuda_usable, fetch_attr, meta_value
+from .device import DevicePlan
+from .graphinfo import ArgInfo, Role, fetch_attr, meta_value
+from .guard import cuda_usable
 
 __all__ = ["ArgAction", "Placement", "place", "graph_copy", "is_move"]
 

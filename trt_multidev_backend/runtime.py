@@ -14,7 +14,8 @@ from typing import Any, Callable, Sequence
 
 import torch
 
-from .device import exchange_device, get_device, guard_index
+from . import guard as _guard
+from .guard import guard_index
 from .errors import InputDeviceError
 from .placement import ArgAction
 
@@ -85,12 +86,16 @@ class GuardedCallable:
         if self._actions:
             args = self._prepare(args)
         index = self._index
-        if index >= 0 and get_device() != index:  # the guard of device.device_guard, inlined
-            previous = exchange_device(index)
+        if index >= 0:  # guard.device_guard, inlined: a call is on the hot path
+            cuda = _guard.CUDA
+            view, real = cuda.view(), cuda.real()
+            if view != index or real != index:
+                cuda.enter(index)
             try:
                 out = self._run(args)
             finally:
-                exchange_device(previous)
+                if cuda.real() != real or cuda.view() != view:
+                    cuda.restore(view, real)
         else:
             out = self._run(args)
         if self._outputs:

@@ -18,7 +18,8 @@ import torch.fx
 from torch._subclasses.fake_tensor import FakeTensor
 from torch.fx.passes.split_module import split_module
 
-from .device import DevicePlan, meta_value
+from .device import DevicePlan
+from .graphinfo import meta_value
 from .placement import is_move
 
 __all__ = ["Segmented", "split_host_work"]

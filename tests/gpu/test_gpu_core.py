@@ -60,7 +60,7 @@ def test_out_of_range_device_is_a_clear_error():
 
 
 def test_guard_restores_the_callers_device_even_on_error():
-    from trt_multidev_backend.device import device_guard
+    from trt_multidev_backend.guard import device_guard
 
     before = torch.cuda.current_device()
     with pytest.raises(RuntimeError):
