@@ -28,6 +28,7 @@ import tempfile
 import threading
 import time
 import traceback
+from typing import Any
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, os.path.join(HERE, ".."))
@@ -125,6 +126,8 @@ class Soak:
         self.device_changes = 0
         self.counts: dict[str, int] = {}
         self.children = 0
+        self.done = 0
+        self.on_progress: Any = None
 
     # -- steps ---------------------------------------------------------------------------
     def compile(self) -> None:
@@ -246,8 +249,11 @@ class Soak:
                 self.failures.append(f"step {step} {name}: {type(exc).__name__}: {str(exc).splitlines()[0][:300]}")
                 traceback.print_exc()
             self.check_device(f"step {step} {name}")
+            self.done = step + 1
             if step % 25 == 0:
                 print(f"step {step}: {len(self.live)} live, {len(self.failures)} failures", flush=True)
+                if self.on_progress is not None:
+                    self.on_progress()  # a run cut short still leaves its figures
 
 
 def main() -> int:
@@ -266,22 +272,30 @@ def main() -> int:
     logging.getLogger("trt_multidev").addHandler(recorder)
     soak = Soak(gpus, args.seed, caller)
     start = time.perf_counter()
-    soak.run(args.steps)
     import torch_tensorrt
 
     commit = subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True, cwd=HERE).stdout.strip()
-    result = {
-        "gpus": gpus, "steps": args.steps, "failures": len(soak.failures), "device_changes": soak.device_changes,
-        "wrong_device_engines": recorder.wrong_device, "fallbacks": len(recorder.fallbacks), "seed": args.seed,
-        "step_counts": soak.counts, "second_processes": soak.children,
-        "failure_messages": soak.failures[:50], "fallback_messages": recorder.fallbacks[:20],
-        "stats": tm.stats(), "seconds": round(time.perf_counter() - start, 1),
-        "gpu_names": [torch.cuda.get_device_name(i) for i in range(gpus)],
-        "versions": {"torch": torch.__version__, "torch_tensorrt": torch_tensorrt.__version__},
-        "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"), "commit": commit or None,
-    }
-    with open(os.path.join(args.out, "multi_gpu_soak.json"), "w") as f:
-        json.dump(result, f, indent=1)
+
+    def write() -> dict:
+        result = {
+            "gpus": gpus, "steps": soak.done, "steps_asked": args.steps, "failures": len(soak.failures),
+            "device_changes": soak.device_changes, "wrong_device_engines": recorder.wrong_device,
+            "fallbacks": len(recorder.fallbacks), "seed": args.seed, "step_counts": soak.counts,
+            "second_processes": soak.children, "failure_messages": soak.failures[:50],
+            "fallback_messages": recorder.fallbacks[:20], "stats": tm.stats(),
+            "seconds": round(time.perf_counter() - start, 1),
+            "gpu_names": [torch.cuda.get_device_name(i) for i in range(gpus)],
+            "versions": {"torch": torch.__version__, "torch_tensorrt": torch_tensorrt.__version__},
+            "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+            "commit": commit or None,
+        }
+        with open(os.path.join(args.out, "multi_gpu_soak.json"), "w") as f:
+            json.dump(result, f, indent=1)
+        return result
+
+    soak.on_progress = write
+    soak.run(args.steps)
+    result = write()
     print(json.dumps({k: result[k] for k in ("gpus", "steps", "failures", "device_changes", "wrong_device_engines",
                                              "fallbacks", "seconds")}))
     return 0 if not soak.failures and not recorder.wrong_device else 1

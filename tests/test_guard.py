@@ -174,10 +174,18 @@ def test_compiled_call_runs_on_its_device_and_restores_the_callers_after_a_switc
         return x
 
     call = GuardedCallable(engine, torch.device("cuda", 1))
-    cuda.runtime, cuda.noted, cuda.contexts = 1, 0, {1, 3}  # PyTorch only noted cuda:0
     call(torch.zeros(1))
     assert seen == [(1, 1)]
-    assert cuda.state() == (0, 1)
+    assert cuda.state() == (0, 0)
+
+
+def test_compiled_call_keeps_a_device_pytorch_only_noted(cuda):
+    seen = []
+    call = GuardedCallable(lambda x: seen.append(cuda.state()), torch.device("cuda", 1))
+    cuda.runtime, cuda.noted, cuda.contexts = 1, 0, {1}  # a process that only ever used cuda:1
+    call(torch.zeros(1))
+    assert seen == [(1, 1)]
+    assert cuda.state() == (0, 1) and cuda.contexts == {1}  # no context made on cuda:0
 
 
 def test_compiled_call_restores_the_callers_device_on_error(cuda):
@@ -220,8 +228,9 @@ def test_an_engine_on_another_gpu_is_a_clear_error_with_strict(fake_mode):
 
 
 def test_an_engine_on_another_gpu_warns_once_and_runs_the_fallback(fake_mode, caplog):
-    compile_on(fake_mode, "cuda:0", WrongDeviceDelegate("cuda:1"))
-    compile_on(fake_mode, "cuda:0", WrongDeviceDelegate("cuda:1"))
+    delegate = WrongDeviceDelegate("cuda:1")
+    compile_on(fake_mode, "cuda:0", delegate)
+    compile_on(fake_mode, "cuda:0", delegate, strict=False, min_block_size=2)  # another key, same warning
     warnings = [r.getMessage() for r in caplog.records if r.levelname == "WARNING"]
     assert len(warnings) == 1 and "'_run_on_acc_0' on cuda:1" in warnings[0] and "fallback" in warnings[0]
     assert tm.stats()["cuda:0"]["fallbacks"] == 2 and tm.stats()["cuda:0"]["compiles"] == 2

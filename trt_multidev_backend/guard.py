@@ -81,6 +81,17 @@ class CudaDevices:
         the runtime on `index`, also when PyTorch had only noted another device)."""
         self._exchange(index)
 
+    def swap(self, index: int) -> int:
+        """The per-call guard's entry (a compiled graph's every call): make `index` current for
+        PyTorch and the runtime (c10 checks the runtime's device); returns PyTorch's previous view."""
+        return self._exchange(index)
+
+    def swap_back(self, previous: int) -> None:
+        """The per-call guard's exit, as leaving ``torch.cuda.device``: the runtime goes back to
+        `previous` if that GPU has a context, else PyTorch notes it. Two calls in all, no
+        ctypes: calls are the hot path, and engines do not switch devices while they run."""
+        self._maybe_exchange(previous)
+
     def restore(self, view: int, real: int) -> None:
         """Give back the runtime's device, then PyTorch's view, as they were. Like leaving
         ``torch.cuda.device``, this creates no CUDA context on a GPU that had none. (When PyTorch

@@ -86,16 +86,13 @@ class GuardedCallable:
         if self._actions:
             args = self._prepare(args)
         index = self._index
-        if index >= 0:  # guard.device_guard, inlined: a call is on the hot path
+        if index >= 0:  # a light guard.device_guard: a call is on the hot path
             cuda = _guard.CUDA
-            view, real = cuda.view(), cuda.real()
-            if view != index or real != index:
-                cuda.enter(index)
+            previous = cuda._exchange(index)  # CudaDevices.swap, without a Python frame
             try:
                 out = self._run(args)
             finally:
-                if cuda.real() != real or cuda.view() != view:
-                    cuda.restore(view, real)
+                cuda._maybe_exchange(previous)  # CudaDevices.swap_back
         else:
             out = self._run(args)
         if self._outputs:
