@@ -44,8 +44,8 @@ import statistics
 import subprocess
 import sys
 import time
-from dataclasses import dataclass, field
-from typing import Any, Callable, Iterable, Sequence
+from dataclasses import dataclass
+from typing import Any, Callable, Collection, Sequence
 
 import torch
 import torch.fx
@@ -379,17 +379,18 @@ def time_rounds(calls: dict[str, Callable[[], Any]], dev: torch.device, iters: i
 
 def run_model(name: str, dev: torch.device, backends: Sequence[str], trt_options: dict[str, Any],
               iters: int, rounds: int, generate: bool) -> dict[str, Any]:
-    result: dict[str, Any] = {"backends": {}}
     started = time.perf_counter()
     seed_everything()
     try:
         case = MODELS[name](dev)
     except Exception as exc:
-        result["error"] = f"building the model: {first_line(exc)}"
-        return result
-    result["config"] = case.config
-    result["inputs"] = [f"{tuple(t.shape)} {str(t.dtype).removeprefix('torch.')}" for t in case.inputs]
-    rows: dict[str, dict[str, Any]] = result["backends"]
+        return {"error": f"building the model: {first_line(exc)}"}
+    rows: dict[str, dict[str, Any]] = {}
+    result: dict[str, Any] = {
+        "config": case.config,
+        "inputs": [f"{tuple(t.shape)} {str(t.dtype).removeprefix('torch.')}" for t in case.inputs],
+        "backends": rows,
+    }
     graphs: list[dict[str, Any]] = []
     with torch.no_grad():
         calls = compile_all(case, dev, backends, trt_options, graphs, rows)
@@ -402,6 +403,7 @@ def run_model(name: str, dev: torch.device, backends: Sequence[str], trt_options
         free_memory()  # the latency phase's compiled graphs and engines go first
         result["generate"] = run_generate(case.lm, case.vocab, dev, [b for b in backends if b in GENERATE_BACKENDS],
                                           trt_options)
+    result["current_device_after"] = f"cuda:{torch.cuda.current_device()}"  # did anything leave it switched?
     result["wall_s"] = round(time.perf_counter() - started, 1)
     return result
 
@@ -514,29 +516,30 @@ def table(models: dict[str, dict[str, Any]]) -> str:
     def fmt(value: Any, spec: str) -> str:
         return format(value, spec) if isinstance(value, (int, float)) and not isinstance(value, bool) else "-"
 
-    lines = [f"{'model':<14} {'backend':<18} {'first s':>8} {'ms':>10} {'rel err':>8} {'share':>6}  note"]
+    lines = [f"{'model':<14} {'backend':<22} {'first s':>8} {'ms':>10} {'rel err':>8} {'share':>6}  note"]
     for model, result in models.items():
         if "error" in result:
-            lines.append(f"{model:<14} {'-':<18} {'-':>8} {'-':>10} {'-':>8} {'-':>6}  {result['error']}")
+            lines.append(f"{model:<14} {'-':<22} {'-':>8} {'-':>10} {'-':>8} {'-':>6}  {result['error']}")
         for backend, row in result.get("backends", {}).items():
             ops, counters = row.get("ops", {}), row.get("stats")
             note = row.get("error") or (ops.get("fallback") and f"fallback: {ops['fallback']}") or (
                 f"engines {ops.get('engines')}, compiles {counters.get('compiles', 0)}, "
                 f"fallbacks {counters.get('fallbacks', 0)}" if counters is not None else "")
-            lines.append(f"{model:<14} {backend:<18} {fmt(row.get('first_call_s'), '.2f'):>8} "
+            lines.append(f"{model:<14} {backend:<22} {fmt(row.get('first_call_s'), '.2f'):>8} "
                          f"{fmt(row.get('median_ms'), '.3f'):>10} {fmt(row.get('rel_error'), '.1e'):>8} "
                          f"{fmt(ops.get('share_in_trt'), '.2f'):>6}  {note}")
         for backend, row in result.get("generate", {}).get("backends", {}).items():
             ops = row.get("ops", {})
-            note = row.get("error") or (f"same_tokens {row.get('same_tokens')}, matching {row.get('matching_prefix')}"
-                                        f"/{NEW_TOKENS}" + (f"; fallback: {ops['fallback']}" if ops.get("fallback") else ""))
-            lines.append(f"{model:<14} {'generate:' + backend:<18} {fmt(row.get('first_run_s'), '.2f'):>8} "
+            fallback = f"; fallback: {ops['fallback']}" if ops.get("fallback") else ""
+            note = row.get("error") or (f"same_tokens {row.get('same_tokens')}, "
+                                        f"matching {row.get('matching_prefix')}/{NEW_TOKENS}{fallback}")
+            lines.append(f"{model:<14} {'generate:' + backend:<22} {fmt(row.get('first_run_s'), '.2f'):>8} "
                          f"{fmt(row.get('ms_per_token'), '.3f'):>10} {'ms/tok':>8} "
                          f"{fmt(ops.get('share_in_trt'), '.2f'):>6}  {note}")
     return "\n".join(lines)
 
 
-def parse_list(text: str, known: Iterable[str], what: str) -> list[str]:
+def parse_list(text: str, known: Collection[str], what: str) -> list[str]:
     names = [n for n in (s.strip() for s in text.split(",")) if n]
     unknown = [n for n in names if n not in known]
     if unknown:
@@ -563,11 +566,12 @@ def main() -> int:
     trt_options = {"min_block_size": args.min_block_size, "cache": False}
     os.makedirs(args.out, exist_ok=True)
     path = os.path.join(args.out, "real_models.json")
+    status = git("status", "--porcelain")
     doc: dict[str, Any] = {
         "environment": environment(dev),
         "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
         "git_commit": git("rev-parse", "HEAD"),
-        "git_dirty": None if (status := git("status", "--porcelain")) is None else bool(status),
+        "git_dirty": None if status is None else bool(status),
         "placement": placement,
         "settings": {"backends": backends, "iters": args.iters, "rounds": args.rounds, "warmup": WARMUP,
                      "trt_multidev_options": trt_options, "torch_tensorrt_options":
@@ -587,7 +591,7 @@ def main() -> int:
         free_memory()
         with open(path, "w") as f:
             json.dump(doc, f, indent=1)
-        print(json.dumps({name: doc["models"][name]}, default=str)[:2000], flush=True)
+        print(table({name: doc["models"][name]}) + f"\n({doc['models'][name].get('wall_s', '-')} s)", flush=True)
     print(table(doc["models"]))
     print(f"wrote {path}")
     return 0

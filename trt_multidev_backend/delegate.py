@@ -34,6 +34,9 @@ __all__ = [
     "load_delegate",
     "delegate_identity",
     "INSTALL_HINT",
+    "ENGINE_MODULES",
+    "engine_device",
+    "own_engines",
 ]
 
 log = logging.getLogger("trt_multidev.delegate")
@@ -42,7 +45,7 @@ INSTALL_HINT = 'pip install "trt-multidev-backend[tensorrt]"'
 _PRECISION_DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
 # Options Torch-TensorRT's torch.compile path reads besides CompilationSettings fields.
 _EXTRA_TRT_KEYS = ("engine_cache_dir", "engine_cache_size", "custom_engine_cache", "debug")
-_ENGINE_MODULES = ("TorchTensorRTModule", "PythonTorchTensorRTModule", "TensorRTEngine")
+ENGINE_MODULES = ("TorchTensorRTModule", "PythonTorchTensorRTModule", "TensorRTEngine")
 # Torch-TensorRT settings under which its own runtime keeps the engines (trt_multidev's runner,
 # engine.py, does not take over): the user asked for a runtime feature or a different lifecycle.
 _OWN_RUNTIME_KEYS = ("use_python_runtime", "lazy_engine_init", "enable_cross_compile_for_windows", "dryrun",
@@ -196,6 +199,8 @@ class TorchTensorRTDelegate:
             if settings.precision != ("fp32",) and "use_explicit_typing" in fields and "use_explicit_typing" not in settings.trt:
                 options["use_explicit_typing"] = False  # precision flags only act on weakly typed networks
         options.update(settings.trt)
+        if settings.excluded_ops:  # ops an earlier attempt could not convert (build.py): PyTorch runs them
+            options["torch_executed_ops"] = {*settings.trt.get("torch_executed_ops", ()), *settings.excluded_ops}
         if runner:
             options.update(use_python_runtime=True, lazy_engine_init=True)
         return {k: v for k, v in options.items() if k in fields or k in _EXTRA_TRT_KEYS}
@@ -257,9 +262,31 @@ class TorchTensorRTDelegate:
         # different streams or threads would race on them, so every engine allocates its outputs.
         if isinstance(compiled, torch.nn.Module):
             for module in compiled.modules():
-                if type(module).__name__ in _ENGINE_MODULES and hasattr(module, "set_output_tensors_as_unowned"):
+                if type(module).__name__ in ENGINE_MODULES and hasattr(module, "set_output_tensors_as_unowned"):
                     module.set_output_tensors_as_unowned(True)
         return _First(compiled) if single else compiled
+
+    @staticmethod
+    def failing_op(exc: BaseException) -> str | None:
+        """The op whose conversion raised `exc`, as Torch-TensorRT's torch_executed_ops names it
+        ("torch.ops.aten.embedding.default"), or None when no node was being converted (then the
+        failure is not one op's). Torch-TensorRT attaches nothing to the exception, but its
+        interpreter's frame in the traceback holds the node it was converting."""
+        from torch.fx.node import _get_qualified_name
+
+        node = None
+        tb = exc.__traceback__
+        while tb is not None:
+            current = getattr(tb.tb_frame.f_locals.get("self"), "_cur_node", None)
+            if isinstance(current, torch.fx.Node):
+                node = current
+            tb = tb.tb_next
+        if node is None or node.op != "call_function":
+            return None
+        try:
+            return _get_qualified_name(node.target)
+        except Exception:
+            return None
 
     # -- disk cache protocol -----------------------------------------------------------------
     def versions(self) -> dict[str, str]:
@@ -352,7 +379,7 @@ def _deferring_setup(cls: type) -> Iterator[None]:
 def _engine_modules(compiled: Any) -> list[tuple[str, torch.nn.Module]]:
     if not isinstance(compiled, torch.nn.Module):
         return []
-    return [(name or "engine", m) for name, m in compiled.named_modules() if type(m).__name__ in _ENGINE_MODULES]
+    return [(name or "engine", m) for name, m in compiled.named_modules() if type(m).__name__ in ENGINE_MODULES]
 
 
 def engine_device(module: Any) -> torch.device | None:

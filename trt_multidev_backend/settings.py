@@ -297,6 +297,9 @@ class Settings:
     trt: Mapping[str, Any] = field(default_factory=lambda: _D["trt"])
     mode: str | None = None
     sources: Mapping[str, str] = field(default_factory=lambda: MappingProxyType({}), compare=False, repr=False)
+    # Not a user setting: ops the delegate could not convert in an earlier attempt at this graph
+    # (qualified names, e.g. "torch.ops.aten.embedding.default"); they run in PyTorch (build.py).
+    excluded_ops: tuple[str, ...] = ()
 
     def describe(self) -> list[tuple[str, str, str]]:
         """(name, value, source) rows, for logs and the CLI."""

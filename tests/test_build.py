@@ -1,0 +1,163 @@
+"""Fail small (a delegate that cannot convert some ops gets them excluded, not the whole graph
+sent to the fallback) and the exact rewrites for TensorRT, with CPU test delegates."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+import torch.nn as nn
+from torch.fx.node import _get_qualified_name
+
+import trt_multidev_backend as tm
+from trt_multidev_backend.build import MAX_EXCLUDED
+
+
+class Refused(RuntimeError):
+    def __init__(self, op: str) -> None:
+        super().__init__(f"no converter for {op}")
+        self.op = op
+
+
+class Refusing:
+    """Stands in for Torch-TensorRT: raises on the first node whose op it refuses, unless the
+    pipeline excluded that op (then, like torch_executed_ops, those nodes run in PyTorch)."""
+
+    def __init__(self, refuses: set, *, same_op_forever: bool = False) -> None:
+        self.refuses = {_get_qualified_name(op) for op in refuses}
+        self.same_op_forever = same_op_forever
+        self.calls: list[tuple[str, ...]] = []
+
+    def __call__(self, gm, example_inputs, *, device, settings):
+        self.calls.append(settings.excluded_ops)
+        for node in gm.graph.nodes:
+            if node.op != "call_function":
+                continue
+            name = _get_qualified_name(node.target)
+            if name in self.refuses and (self.same_op_forever or name not in settings.excluded_ops):
+                raise Refused(name)
+        return gm
+
+    @staticmethod
+    def failing_op(exc):
+        return exc.op if isinstance(exc, Refused) else None
+
+
+class Net(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.fc = nn.Linear(8, 8)
+
+    def forward(self, x):
+        return torch.sigmoid(torch.relu(self.fc(x)) * 2) + torch.tanh(x)
+
+
+def warnings_of(caplog) -> list[str]:
+    return [r.getMessage() for r in caplog.records if r.name.startswith("trt_multidev") and r.levelname == "WARNING"]
+
+
+def test_only_the_refused_ops_leave_the_delegate_and_the_result_is_cached(caplog):
+    delegate = Refusing({torch.relu, torch.tanh})
+    model, x = Net().eval(), torch.randn(4, 8)
+    compiled = torch.compile(model, backend="trt_multidev", options={"delegate": delegate})
+    with torch.no_grad():
+        assert torch.allclose(compiled(x), model(x))
+    assert delegate.calls == [(), ("torch.relu",), ("torch.relu", "torch.tanh")]
+    messages = warnings_of(caplog)
+    assert len(messages) == 2 and all("fallback" not in m for m in messages)
+    assert "could not convert torch.relu on cpu (Refused: no converter for torch.relu)" in messages[0]
+    assert "run in PyTorch on cpu and the rest in TensorRT engines" in messages[0]
+    assert "op(s) of the compiled graph run in PyTorch (the graph had" in messages[0]
+    assert tm.stats()["cpu"]["compiles"] == 1 and tm.stats()["cpu"]["fallbacks"] == 0
+    # The same graph again (another model of the same architecture): the final partition is reused.
+    torch.compile(Net().eval(), backend="trt_multidev", options={"delegate": delegate})(x)
+    assert len(delegate.calls) == 3 and tm.stats()["cpu"]["cache_hits"] == 1
+    assert len(warnings_of(caplog)) == 2  # once per op and device
+
+
+def test_strict_raises_at_the_first_refused_op():
+    delegate = Refusing({torch.relu})
+    with pytest.raises(tm.TrtMultidevError, match="no converter for torch.relu"):
+        tm.backend(*_captured(), options={"delegate": delegate, "strict": True})
+    assert delegate.calls == [()]
+
+
+def test_an_op_refused_again_ends_the_search_in_the_fallback(caplog):
+    delegate = Refusing({torch.relu}, same_op_forever=True)
+    compiled = tm.backend(*_captured(), options={"delegate": delegate})
+    assert delegate.calls == [(), ("torch.relu",)]
+    assert compiled.fallback is not None and tm.stats()["cpu"]["fallbacks"] == 1
+    assert any("running the eager fallback" in m for m in warnings_of(caplog))
+
+
+class Chain(nn.Module):
+    def forward(self, x):
+        for op in (torch.relu, torch.sigmoid, torch.tanh, torch.sin, torch.cos, torch.exp, torch.abs,
+                   torch.neg, torch.square, torch.sqrt):
+            x = op(x)
+        return x
+
+
+def test_the_search_is_bounded():
+    ops = {torch.relu, torch.sigmoid, torch.tanh, torch.sin, torch.cos, torch.exp, torch.abs, torch.neg,
+           torch.square, torch.sqrt}
+    delegate = Refusing(ops)
+    compiled = tm.backend(*_captured(Chain()), options={"delegate": delegate})
+    assert len(delegate.calls) == MAX_EXCLUDED + 1 and len(delegate.calls[-1]) == MAX_EXCLUDED
+    assert compiled.fallback is not None
+
+
+def test_a_failure_that_names_no_op_goes_to_the_fallback_at_once():
+    delegate = Refusing(set())
+    delegate.failing_op = lambda exc: None
+
+    def broken(gm, example_inputs, *, device, settings):
+        delegate.calls.append(settings.excluded_ops)
+        raise RuntimeError("builder ran out of memory")
+
+    broken.failing_op = delegate.failing_op
+    compiled = tm.backend(*_captured(), options={"delegate": broken})
+    assert delegate.calls == [()] and compiled.fallback is not None
+
+
+def _captured(model: nn.Module | None = None):
+    from helpers import capture
+
+    return capture(model or Net().eval(), torch.randn(4, 8))
+
+
+# -- exact rewrites ---------------------------------------------------------------------------
+class Positions(nn.Module):
+    """GPT-2's pattern: position ids from arange (int64) into a position embedding."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.tokens, self.positions = nn.Embedding(50, 16), nn.Embedding(32, 16)
+
+    def forward(self, ids):
+        pos = torch.arange(ids.shape[1], device=ids.device).unsqueeze(0)
+        return self.tokens(ids) + self.positions(pos)
+
+
+class Recording:
+    def __init__(self) -> None:
+        self.code = ""
+
+    def __call__(self, gm, example_inputs, *, device, settings):
+        self.code = gm.code
+        return gm
+
+
+def test_int64_embedding_indices_reach_the_delegate_as_int32_and_results_are_exact():
+    delegate, model = Recording(), Positions().eval()
+    ids = torch.randint(0, 50, (2, 12))
+    with torch.no_grad():
+        out = torch.compile(model, backend="trt_multidev", options={"delegate": delegate})(ids)
+        assert torch.equal(out, model(ids))
+    assert delegate.code.count("torch.int32") == 2  # token ids and position ids
+
+
+def test_int32_indices_are_left_alone():
+    delegate, model = Recording(), Positions().eval()
+    ids = torch.randint(0, 50, (2, 12), dtype=torch.int32)
+    torch.compile(model, backend="trt_multidev", options={"delegate": delegate})(ids)
+    assert delegate.code.count("torch.int32") == 1  # only the positions, built as int64 by arange

@@ -1,0 +1,196 @@
+"""Compiled graphs kept for later: on disk for other processes, and in this process for other
+GPUs of the same model (a build made for cuda:0 is loaded on cuda:1 instead of rebuilt).
+
+The pipeline asks for a `DiskPlan` (where the entry lives) and then for the compiled graph:
+this process's copy of the entry, the entry on disk, or a build, made once across processes
+under the entry's lock and stored. Damaged entries are counted, removed and rebuilt; an unusable
+directory is warned about once and left alone for the rest of the process.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from dataclasses import dataclass
+from typing import Any, Callable
+
+import filelock
+import torch
+
+from .build import Built
+from .cache import Stats, disk_key
+from .delegate import delegate_versions, stable_identity
+from .device import DevicePlan
+from .diskcache import CorruptEntry, DiskCache, identity_of
+from .guard import cuda_usable, device_guard
+from .placement import Placement
+from .runtime import SelectArgs
+from .settings import Settings
+
+__all__ = ["DiskPlan", "Reuse", "graph_name", "first_line"]
+
+log = logging.getLogger("trt_multidev.reuse")
+
+
+@dataclass(frozen=True)
+class DiskPlan:
+    store: DiskCache
+    namespace: str
+    key: str
+    delegate: str
+    versions: dict
+
+
+class Reuse:
+    """The disk cache and this process's copies of its entries, for one backend instance."""
+
+    def __init__(self, stats: Stats, warn_once: Callable[..., None], log_at: Callable[..., None]) -> None:
+        self._stats = stats
+        self._warn_once = warn_once
+        self._log = log_at
+        self._lock = threading.Lock()
+        self._blobs: dict[tuple[str, str], tuple[bytes, dict]] = {}  # serialized results, for other GPUs
+        self._broken_roots: set[str] = set()
+
+    def clear(self) -> None:
+        """Forget this process's copies and broken directories (reset()); the disk stays."""
+        with self._lock:
+            self._blobs.clear()
+            self._broken_roots.clear()
+
+    def plan(self, delegate: Any, placement: Placement, plan: DevicePlan, settings: Settings) -> DiskPlan | None:
+        """Where this graph's entry lives, or None when the disk cache does not apply."""
+        assert plan.target is not None
+        if not settings.cache or not (hasattr(delegate, "dumps") and hasattr(delegate, "loads")):
+            return None
+        stable = stable_identity(settings.delegate, delegate)
+        if stable is None:
+            return None  # a lambda or closure: no name that means the same thing in another process
+        if plan.target.type == "cuda" and not cuda_usable():
+            return None  # FakeTensor devices: no GPU to identify
+        root = str(settings.cache_dir)
+        with self._lock:
+            if root in self._broken_roots:
+                return None
+        versions = delegate_versions(delegate)
+        store = DiskCache(root, settings.cache_size)
+        namespace = store.namespace(versions, identity_of(plan.target))
+        key, _ = disk_key(placement.gm, placement.example_inputs, plan.target, settings, stable, versions)
+        return DiskPlan(store, namespace, key, stable, versions)
+
+    def obtain(self, disk: DiskPlan, delegate: Any, build: Callable[[], Built], placement: Placement,
+               plan: DevicePlan, settings: Settings, label: str) -> tuple[Built, str]:
+        """The compiled graph from this process's copy of the entry (another GPU's build), from
+        disk, or built (once across processes: under the entry's lock) and stored."""
+        assert plan.target is not None
+        with self._lock:
+            known = self._blobs.get((disk.namespace, disk.key))
+        if known is not None:
+            payload, meta = known
+            loaded = self.load(delegate, payload, meta, plan.target, settings)
+            reused = meta.get("device") != str(plan.target)
+            self._stats.bump(label, "cross_device_reuses" if reused else "cache_hits")
+            return loaded, f"loaded the build made for {meta.get('device')}" if reused else "reused"
+        locked = True
+        try:
+            lock = disk.store.lock(disk.namespace, disk.key)
+            try:
+                lock.acquire(timeout=0)
+            except filelock.Timeout:
+                self._stats.bump(label, "lock_waits")
+                self._log(settings, "waiting for another process building the same graph (%s)", disk.key[:12])
+                try:
+                    lock.acquire(timeout=settings.cache_lock_timeout)
+                except filelock.Timeout:
+                    # A holder that died on a filesystem that keeps its lock, or a build slower than
+                    # the timeout: build anyway; the entry is written atomically either way.
+                    locked = False
+                    self._warn_once(("lock-timeout", label),
+                                    f"trt_multidev: waited {settings.cache_lock_timeout:.0f} s for the lock on disk "
+                                    f"cache entry {disk.key[:12]}; building without it "
+                                    "(TRT_MULTIDEV_CACHE_LOCK_TIMEOUT sets the wait).")
+        except OSError as exc:
+            self._disk_broken(disk.store.root, exc, label)
+            return build(), "built (disk cache unavailable)"
+        try:
+            built, how, payload, meta = self._load_or_build(disk, delegate, build, placement, plan, settings, label)
+        finally:
+            if locked:
+                lock.release()
+        if payload is not None:
+            with self._lock:
+                self._blobs[(disk.namespace, disk.key)] = (payload, meta)
+        return built, how
+
+    def _load_or_build(self, disk: DiskPlan, delegate: Any, build: Callable[[], Built], placement: Placement,
+                       plan: DevicePlan, settings: Settings, label: str) -> tuple[Built, str, bytes | None, dict]:
+        assert plan.target is not None
+        try:
+            found = disk.store.read(disk.namespace, disk.key)
+        except CorruptEntry as exc:
+            self._corrupt(disk, label, str(exc))
+            found = None
+        except OSError as exc:
+            self._disk_broken(disk.store.root, exc, label)
+            found = None
+        if found is not None:
+            payload, meta = found
+            try:
+                loaded = self.load(delegate, payload, meta, plan.target, settings)
+                self._stats.bump(label, "disk_hits")
+                if meta.get("device") != str(plan.target):
+                    self._stats.bump(label, "cross_device_reuses")
+                return loaded, "loaded from the disk cache", payload, meta
+            except Exception as exc:  # unreadable despite its checksum: rebuild and replace it
+                log.debug("loading disk cache entry %s failed", disk.key[:12], exc_info=True)
+                self._corrupt(disk, label, f"{type(exc).__name__}: {first_line(exc)}")
+        built = build()
+        meta = {"graph": graph_name(placement.gm), "delegate": disk.delegate, "device": str(plan.target),
+                "versions": disk.versions, "kept": built.kept, "excluded": built.excluded}
+        try:
+            payload = delegate.dumps(built.inner)
+        except Exception as exc:
+            self._warn_once((f"dumps-error:{type(exc).__name__}", label),
+                            f"trt_multidev: could not serialize a compiled graph for the disk cache "
+                            f"({type(exc).__name__}: {first_line(exc)}); it stays in memory only.", exc_info=True)
+            return built, "built (not disk-cached)", None, meta
+        try:
+            path = disk.store.write(disk.namespace, disk.key, payload, meta)
+            disk.store.evict(keep={path})
+        except OSError as exc:
+            self._disk_broken(disk.store.root, exc, label)
+        return built, "built and stored in the disk cache", payload, meta
+
+    def load(self, delegate: Any, payload: bytes, meta: dict, device: torch.device, settings: Settings) -> Built:
+        """An entry's compiled graph, rebuilt on `device` under its guard."""
+        with device_guard(device):
+            inner = delegate.loads(payload, device=device, settings=settings)
+        kept = meta.get("kept")
+        excluded = [tuple(pair) for pair in meta.get("excluded", [])]
+        return Built(SelectArgs(inner, kept) if kept is not None else inner, inner, kept, excluded)
+
+    def _corrupt(self, disk: DiskPlan, label: str, why: str) -> None:
+        self._stats.bump(label, "corrupt_entries")
+        log.warning("trt_multidev: disk cache entry %s is damaged (%s); rebuilding it", disk.key[:12], why)
+        try:
+            disk.store.remove(disk.namespace, disk.key)
+        except OSError:
+            pass
+
+    def _disk_broken(self, root: Any, exc: OSError, label: str) -> None:
+        with self._lock:
+            self._broken_roots.add(str(root))
+        self._warn_once(("disk-cache", str(root)),
+                        f"trt_multidev: the disk cache at {root} cannot be used ({type(exc).__name__}: {exc}); "
+                        "compiling without it. Set TRT_MULTIDEV_CACHE_DIR to a writable directory, "
+                        "or TRT_MULTIDEV_CACHE=0.")
+
+
+def graph_name(gm: torch.fx.GraphModule) -> str:
+    """A short readable label: the caller inputs and the op count (logs, cache listings)."""
+    return getattr(gm, "_trt_multidev_name", None) or type(gm).__name__
+
+
+def first_line(exc: BaseException) -> str:
+    text = str(exc).strip().splitlines()
+    return text[0][:300] if text else "(no message)"

@@ -1,0 +1,65 @@
+"""Exact rewrites of a placed graph for what TensorRT refuses.
+
+Each rewrite changes how a value is represented, never what is computed:
+
+- embedding indices in int64 become int32. An index is below `num_embeddings` (or embedding
+  raises), and a table has fewer than 2**31 rows, so the cast is exact. Torch-TensorRT 2.11-2.13
+  refuse int64 indices that are constants (``RuntimeError: The embedding op has indices_tensor
+  dtype=int64``): the position ids of GPT-2-style models, folded from ``arange``.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+import torch.fx
+
+from .graphinfo import meta_value
+
+__all__ = ["rewrite_for_tensorrt"]
+
+_INT32_ROWS = 2**31 - 1
+# embedding call -> (position of the indices, position of the table) among its arguments
+_EMBEDDINGS = {
+    torch.nn.functional.embedding: (0, 1),
+    torch.embedding: (1, 0),
+    torch.ops.aten.embedding.default: (1, 0),
+}
+
+
+def rewrite_for_tensorrt(gm: torch.fx.GraphModule) -> list[str]:
+    """Apply the rewrites to `gm` in place (a placed copy); returns a note per rewrite."""
+    notes = []
+    for node in list(gm.graph.nodes):
+        if node.op != "call_function" or node.target not in _EMBEDDINGS:
+            continue
+        at, table_at = _EMBEDDINGS[node.target]
+        if len(node.args) <= max(at, table_at):
+            continue
+        indices, table = node.args[at], node.args[table_at]
+        index_value, table_value = _value(indices), _value(table)
+        if not isinstance(index_value, torch.Tensor) or index_value.dtype != torch.int64:
+            continue
+        if not isinstance(table_value, torch.Tensor) or table_value.dim() < 1 or table_value.shape[0] > _INT32_ROWS:
+            continue
+        with gm.graph.inserting_before(node):
+            cast = gm.graph.call_method("to", (indices, torch.int32))
+        cast.meta["example_value"] = _as_int32(index_value)
+        node.update_arg(at, cast)
+        notes.append(f"embedding {node.name}: int64 indices cast to int32 (exact: below {table_value.shape[0]} rows)")
+    if notes:
+        gm.recompile()
+    return notes
+
+
+def _value(arg: Any) -> Any:
+    return meta_value(arg) if isinstance(arg, torch.fx.Node) else arg
+
+
+def _as_int32(value: torch.Tensor) -> Any:
+    mode = getattr(value, "fake_mode", None)
+    if mode is None:
+        return None
+    with mode:
+        return value.to(torch.int32)
