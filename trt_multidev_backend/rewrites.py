@@ -2,10 +2,12 @@
 
 Each rewrite changes how a value is represented, never what is computed:
 
-- embedding indices in int64 become int32. An index is below `num_embeddings` (or embedding
-  raises), and a table has fewer than 2**31 rows, so the cast is exact. Torch-TensorRT 2.11-2.13
-  refuse int64 indices that are constants (``RuntimeError: The embedding op has indices_tensor
-  dtype=int64``): the position ids of GPT-2-style models, folded from ``arange``.
+- embedding indices in int64 that the graph computes from constants only (the position ids of
+  GPT-2-style models, from ``arange``) become int32. Torch-TensorRT 2.11-2.13 fold them into a
+  constant and refuse it (``RuntimeError: The embedding op has indices_tensor dtype=int64``);
+  indices fed by inputs or state reach TensorRT as tensors, where int64 is accepted, and stay as
+  they are. An index is below `num_embeddings` (or embedding raises), and a table has fewer than
+  2**31 rows, so the cast is exact.
 """
 
 from __future__ import annotations
@@ -43,6 +45,8 @@ def rewrite_for_tensorrt(gm: torch.fx.GraphModule) -> list[str]:
             continue
         if not isinstance(table_value, torch.Tensor) or table_value.dim() < 1 or table_value.shape[0] > _INT32_ROWS:
             continue
+        if not isinstance(indices, torch.fx.Node) or _reads_placeholders(indices):
+            continue  # indices fed by the graph's inputs or state reach TensorRT as tensors: int64 is fine
         with gm.graph.inserting_before(node):
             cast = gm.graph.call_method("to", (indices, torch.int32))
         cast.meta["example_value"] = _as_int32(index_value)
@@ -51,6 +55,21 @@ def rewrite_for_tensorrt(gm: torch.fx.GraphModule) -> list[str]:
     if notes:
         gm.recompile()
     return notes
+
+
+def _reads_placeholders(node: torch.fx.Node) -> bool:
+    """Whether a value depends on the graph's inputs or state, or only on constants and factory
+    calls (which Torch-TensorRT folds into constants)."""
+    seen, todo = set(), [node]
+    while todo:
+        current = todo.pop()
+        if current in seen:
+            continue
+        seen.add(current)
+        if current.op in ("placeholder", "get_attr"):
+            return True
+        todo.extend(current.all_input_nodes)
+    return False
 
 
 def _value(arg: Any) -> Any:
