@@ -7,6 +7,7 @@ import torch
 import torch.nn as nn
 
 from helpers import capture, fake, on_fake_device, split_across_fake_gpus
+from trt_multidev_backend import device
 from trt_multidev_backend.device import Role, classify_args, device_guard, resolve_device
 from trt_multidev_backend.settings import resolve_settings
 
@@ -83,22 +84,53 @@ def test_state_on_two_gpus_is_a_problem(fake_mode):
     assert plan.target is None and plan.problem == "module state spans cuda:0, cuda:1"
 
 
-def test_device_guard_is_a_no_op_without_cuda():
-    if torch.cuda.is_available():
-        pytest.skip("covered by tests/gpu")
+class Exchanges:
+    """Stands in for the CUDA runtime's current device: records every exchange."""
+
+    def __init__(self, current: int):
+        self.current, self.calls = current, []
+
+    def __call__(self, index: int) -> int:
+        self.calls.append(index)
+        previous, self.current = self.current, index
+        return previous
+
+
+def test_device_guard_is_a_no_op_without_cuda(monkeypatch):
+    exchanges = Exchanges(0)
+    monkeypatch.setattr(device, "cuda_usable", lambda: False)
+    monkeypatch.setattr(device, "exchange_device", exchanges)
+    ran = []
+    for target in (torch.device("cuda", 5), torch.device("cpu"), None):
+        with device_guard(target):
+            ran.append(target)
+    assert len(ran) == 3 and exchanges.calls == []  # FakeTensor devices: nothing to make current
+
+
+def test_device_guard_makes_the_target_current_and_restores_the_callers(monkeypatch):
+    exchanges = Exchanges(0)
+    monkeypatch.setattr(device, "cuda_usable", lambda: True)
+    monkeypatch.setattr(device, "exchange_device", exchanges)
+    monkeypatch.setattr(device, "get_device", lambda: exchanges.current)
     with device_guard(torch.device("cuda", 5)):
+        assert exchanges.current == 5
+    assert exchanges.calls == [5, 0]
+    with pytest.raises(RuntimeError, match="boom"), device_guard(torch.device("cuda", 2)):
+        raise RuntimeError("boom")
+    assert exchanges.current == 0 and exchanges.calls == [5, 0, 2, 0]  # restored on errors too
+    with device_guard(torch.device("cuda", 0)), device_guard(torch.device("cpu")):
         pass
-    with device_guard(torch.device("cpu")):
-        pass
+    assert exchanges.calls == [5, 0, 2, 0]  # already current / a CPU target: no exchange
 
 
 def test_plain_cuda_under_torchrun_means_the_ranks_gpu(monkeypatch):
+    monkeypatch.setattr(device, "cuda_usable", lambda: False)  # the same answer on any machine
     gm, inputs = capture(Net(), torch.randn(2, 4), [torch.randn(4)])  # a model still on the CPU
     monkeypatch.setenv("LOCAL_RANK", "3")
     _, plan = plan_for(gm, inputs, device="cuda")
-    if not torch.cuda.is_available():
-        assert plan.target == torch.device("cuda", 3)
-        assert plan.rule == "setting device=cuda (options) -> cuda:3 (LOCAL_RANK=3)"
+    assert plan.target == torch.device("cuda", 3)
+    assert plan.rule == "setting device=cuda (options) -> cuda:3 (LOCAL_RANK=3)"
     monkeypatch.delenv("LOCAL_RANK")
     _, plan = plan_for(gm, inputs, device="cuda")
-    assert plan.rule.endswith("(current device)")
+    assert plan.target == torch.device("cuda", 0)
+    assert plan.rule == "setting device=cuda (options) -> cuda:0 (current device)"
