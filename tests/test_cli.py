@@ -8,6 +8,8 @@ import sys
 import pytest
 import torch
 
+from trt_multidev_backend import __version__
+
 
 def cli(*args: str, env: dict | None = None) -> subprocess.CompletedProcess:
     full_env = {k: v for k, v in os.environ.items() if not k.startswith("TRT_MULTIDEV_")}
@@ -58,7 +60,8 @@ def test_console_script_is_installed():
     exe = shutil.which("trt-multidev", path=os.path.dirname(sys.executable))
     assert exe is not None
     result = subprocess.run([exe, "--version"], capture_output=True, text=True)
-    assert result.returncode == 0 and result.stdout.startswith("trt-multidev ")
+    assert result.returncode == 0 and result.stdout == f"trt-multidev {__version__}\n"
+    assert "Failed to initialize NumPy" not in result.stderr
 
 
 def test_cache_commands_list_stats_prune_clear(tmp_path):
@@ -78,6 +81,18 @@ def test_cache_commands_list_stats_prune_clear(tmp_path):
     assert "removed 1 least recently used entries" in pruned
     assert "removed 2 entries" in cli("cache", "clear", env=env).stdout
     assert "(empty)" in cli("cache", "list", env=env).stdout
+
+
+@pytest.mark.skipif(importlib.util.find_spec("numpy") is not None,
+                    reason="numpy is installed: torch has no NumPy warning to silence")
+def test_cli_is_silent_about_missing_numpy_and_only_that():
+    result = cli("info")
+    assert result.returncode == 0, result.stderr
+    assert "Failed to initialize NumPy" not in result.stderr
+    assert result.stderr == ""
+    other = subprocess.run([sys.executable, "-c", "import trt_multidev_backend.cli, warnings; warnings.warn('other')"],
+                           capture_output=True, text=True, timeout=300)
+    assert "UserWarning: other" in other.stderr  # every other warning still shows
 
 
 def test_info_says_what_device_cuda_means_under_torchrun():

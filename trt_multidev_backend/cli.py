@@ -9,12 +9,17 @@ import logging
 import os
 import sys
 import time
+import warnings
 from typing import Sequence
 
-import torch
+# torch warns at import when numpy is missing; no command needs numpy, so the warning is noise
+# here. Only this message is filtered, and only in the command-line process.
+warnings.filterwarnings("ignore", message="Failed to initialize NumPy", category=UserWarning)
 
-from ._version import __version__
-from .settings import SettingsError, resolve_settings, unknown_env_vars
+import torch  # noqa: E402  (after the filter above)
+
+from ._version import __version__  # noqa: E402
+from .settings import SettingsError, resolve_settings, unknown_env_vars  # noqa: E402
 
 __all__ = ["main"]
 
