@@ -4,10 +4,11 @@
 from __future__ import annotations
 
 import contextlib
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import torch
+import torch.fx
 import torch.nn as nn
 from torch._subclasses.fake_tensor import FakeTensor, FakeTensorMode
 
@@ -45,6 +46,20 @@ class Call:
     input_devices: list
     code: str
     settings: Any
+    state_devices: dict = field(default_factory=dict)  # the graph's own tensors: name -> device
+
+
+def graph_tensor_devices(gm: torch.fx.GraphModule) -> dict[str, torch.device]:
+    """Where the tensors a graph holds itself are: parameters, buffers, tensor attributes."""
+    found = {name: t.device for name, t in [*gm.named_parameters(), *gm.named_buffers()]}
+    for node in gm.graph.nodes:
+        if node.op == "get_attr":
+            value = gm
+            for part in str(node.target).split("."):
+                value = getattr(value, part)
+            if isinstance(value, torch.Tensor):
+                found[str(node.target)] = value.device
+    return found
 
 
 class EngineLikeDelegate:
@@ -62,7 +77,7 @@ class EngineLikeDelegate:
 
     def __call__(self, gm, example_inputs, *, device, settings):
         devices = [x.device if isinstance(x, torch.Tensor) else None for x in example_inputs]
-        self.calls.append(Call(device, devices, gm.code, settings))
+        self.calls.append(Call(device, devices, gm.code, settings, graph_tensor_devices(gm)))
         if self.fail is not None:
             raise self.fail
         if not self.allow_host:

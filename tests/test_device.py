@@ -7,6 +7,7 @@ import torch
 import torch.nn as nn
 
 from helpers import capture, fake, on_fake_device, split_across_fake_gpus
+from trt_multidev_backend import device, guard
 from trt_multidev_backend.device import resolve_device
 from trt_multidev_backend.graphinfo import Role, classify_args
 from trt_multidev_backend.guard import device_guard
@@ -85,22 +86,29 @@ def test_state_on_two_gpus_is_a_problem(fake_mode):
     assert plan.target is None and plan.problem == "module state spans cuda:0, cuda:1"
 
 
-def test_device_guard_is_a_no_op_without_cuda():
-    if torch.cuda.is_available():
-        pytest.skip("covered by tests/gpu")
-    with device_guard(torch.device("cuda", 5)):
-        pass
-    with device_guard(torch.device("cpu")):
-        pass
+def test_device_guard_is_a_no_op_without_cuda(monkeypatch):
+    """FakeTensor devices: nothing to make current. (Guards with CUDA: tests/test_guard.py.)"""
+    from test_guard import FakeCuda
+
+    cuda, calls = FakeCuda(), []
+    cuda.available = lambda: False
+    cuda._exchange = cuda._maybe_exchange = calls.append
+    monkeypatch.setattr(guard, "CUDA", cuda)
+    ran = []
+    for target in (torch.device("cuda", 5), torch.device("cpu"), None):
+        with device_guard(target):
+            ran.append(target)
+    assert len(ran) == 3 and calls == [] and cuda.state() == (0, 0)
 
 
 def test_plain_cuda_under_torchrun_means_the_ranks_gpu(monkeypatch):
+    monkeypatch.setattr(device, "cuda_usable", lambda: False)  # the same answer on any machine
     gm, inputs = capture(Net(), torch.randn(2, 4), [torch.randn(4)])  # a model still on the CPU
     monkeypatch.setenv("LOCAL_RANK", "3")
     _, plan = plan_for(gm, inputs, device="cuda")
-    if not torch.cuda.is_available():
-        assert plan.target == torch.device("cuda", 3)
-        assert plan.rule == "setting device=cuda (options) -> cuda:3 (LOCAL_RANK=3)"
+    assert plan.target == torch.device("cuda", 3)
+    assert plan.rule == "setting device=cuda (options) -> cuda:3 (LOCAL_RANK=3)"
     monkeypatch.delenv("LOCAL_RANK")
     _, plan = plan_for(gm, inputs, device="cuda")
-    assert plan.rule.endswith("(current device)")
+    assert plan.target == torch.device("cuda", 0)
+    assert plan.rule == "setting device=cuda (options) -> cuda:0 (current device)"

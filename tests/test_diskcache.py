@@ -6,6 +6,7 @@ import os
 import subprocess
 import sys
 import textwrap
+import time
 from pathlib import Path
 
 import pytest
@@ -147,8 +148,12 @@ def test_eviction_skips_an_entry_another_process_holds(tmp_path):
 def test_reads_check_the_checksum(tmp_path):
     store = DiskCache(tmp_path, size_limit=10**6)
     ns = store.namespace({"torch": "x"}, "cpu")
+    before = time.time()
     path = store.write(ns, "d" * 64, b"payload", {"graph": "g"})
-    assert store.read(ns, "d" * 64) == (b"payload", {**store.read(ns, "d" * 64)[1]})
+    payload, meta = store.read(ns, "d" * 64)
+    assert payload == b"payload"
+    assert meta.pop("created") >= before - 1  # the write adds the key and when it was made
+    assert meta == {"graph": "g", "key": "d" * 64}
     path.write_bytes(path.read_bytes()[:-1] + b"X")
     with pytest.raises(CorruptEntry, match="checksum"):
         store.read(ns, "d" * 64)

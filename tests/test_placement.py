@@ -272,3 +272,102 @@ def test_placeholders_a_delegate_drops_are_not_passed():
     compiled = tm.backend(gm, [torch.ones(3), torch.zeros(2)], options={"delegate": drop_unused})
     assert torch.equal(compiled(torch.ones(3), torch.zeros(2)), torch.full((3,), 2.0))
     assert compiled.fn.kept == (0,)
+
+
+# --- devices computed inside the graph ------------------------------------------------------
+# torch.fx.symbolic_trace (and other tools that hand graphs straight to the backend) records
+# `t.device` as a getattr(t, "device") node and `torch.device(...)` as a call, where dynamo
+# writes the device itself. Placement resolves both as it resolves a literal device.
+
+
+def on_target(call, target=CUDA1) -> bool:
+    """Everything the delegate received is on `target`: example inputs and the graph's tensors."""
+    return all(d == target for d in call.input_devices) and all(
+        d == target for d in call.state_devices.values())
+
+
+@pytest.mark.parametrize("kind", ["move", "state"])
+def test_input_or_state_moved_to_a_computed_device_reaches_the_target(fake_mode, kind):
+    def f(x, scale):
+        return x * scale.to(x.device)
+
+    gm = torch.fx.symbolic_trace(f)
+    scale = torch.arange(4.0) if kind == "move" else nn.Parameter(torch.arange(4.0), requires_grad=False)
+    delegate = EngineLikeDelegate()
+    compiled = tm.backend(gm, [fake(fake_mode, 2, 4, device="cuda:1"), scale], options={"delegate": delegate})
+    (call,) = delegate.calls
+    assert call.input_devices == [CUDA1, CUDA1]  # before: scale reached the engine on the CPU
+    assert [(a.kind, a.name, a.device) for a in compiled.actions] == [("check", "x", CUDA1), (kind, "scale", CUDA1)]
+    assert tm.stats() == {"cuda:1": counters(compiles=1)}
+    assert compiled(fake(fake_mode, 2, 4, device="cuda:1"), scale).device == CUDA1
+
+
+class ComputedDevices(nn.Module):
+    """CPU module state moved with devices the graph computes, and factories on them."""
+
+    def __init__(self):
+        super().__init__()
+        self.weight = nn.Parameter(torch.randn(4, 4), requires_grad=False)
+        self.table = torch.arange(4.0)                  # a plain tensor attribute: get_attr
+        self.register_buffer("bias", torch.ones(4))
+
+    def forward(self, x):
+        y = nn.functional.linear(x, self.weight.to(x.device))
+        y = y + self.table.to(x) + self.bias.to(torch.device(x.device.type, x.device.index))
+        return y + torch.zeros(4, device=torch.device(x.device.type))  # "cuda": the current device
+
+
+def test_module_state_and_factories_follow_devices_computed_in_the_graph(fake_mode):
+    gm = torch.fx.symbolic_trace(ComputedDevices())
+    before = gm.code
+    computed = [n for n in gm.graph.nodes if n.target is getattr and n.args[1] == "device"]
+    assert len(computed) == 4 and any(n.target is torch.device for n in gm.graph.nodes)
+    delegate = EngineLikeDelegate()
+    compiled = tm.backend(gm, [fake(fake_mode, 2, 4, device="cuda:1")], options={"delegate": delegate})
+    (call,) = delegate.calls
+    assert call.device == CUDA1 and on_target(call), call.state_devices
+    assert len(call.state_devices) == 3  # weight, table, bias: each copied to cuda:1 once
+    assert "zeros(4, device = device(type='cuda', index=1))" in call.code  # not cuda:0
+    assert tm.stats() == {"cuda:1": counters(compiles=1)}
+    assert compiled(fake(fake_mode, 2, 4, device="cuda:1")).device == CUDA1
+    assert gm.code == before and gm.table.device.type == "cpu"  # the caller's graph is untouched
+
+
+def test_device_override_moves_everything_computed_devices_name(fake_mode):
+    class OnGpu0(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.weight = nn.Parameter(fake(fake_mode, 4, 4, device="cuda:0"), requires_grad=False)
+            self.table = torch.arange(4.0)  # CPU, moved to wherever x is
+            self.offset = torch.ones(4)
+
+        def forward(self, x, scale):
+            y = nn.functional.linear(x, self.weight) + self.table.to(x.device) + self.offset.to(x)
+            return y * scale.to(x.device) + torch.zeros(4, device=x.device)
+
+    gm = torch.fx.symbolic_trace(OnGpu0())
+    delegate = EngineLikeDelegate()
+    x = fake(fake_mode, 2, 4, device="cuda:0")
+    compiled = tm.backend(gm, [x, torch.arange(4.0)], options={"delegate": delegate, "device": "cuda:1"})
+    (call,) = delegate.calls
+    assert on_target(call), (call.input_devices, call.state_devices)
+    assert len(call.state_devices) == 3  # weight, table and offset, each copied to cuda:1 once
+    assert "index=0" not in call.code and ".device" not in call.code  # x.device now names cuda:1
+    assert [(a.kind, a.name) for a in compiled.actions] == [("move", "x"), ("move", "scale")]
+    assert tm.stats() == {"cuda:1": counters(compiles=1)}
+
+
+def test_torch_device_calls_with_literal_arguments_resolve_like_literals(fake_mode):
+    graph = torch.fx.Graph()
+    x, y = graph.placeholder("x"), graph.placeholder("y")
+    here = graph.call_function(torch.device, ("cuda",))  # the current device: the target
+    ones = graph.call_function(torch.ones, (4,), {"device": here})
+    moved = graph.call_method("to", (y, here))
+    graph.output((graph.call_function(operator.add, (graph.call_function(operator.add, (x, ones)), moved)),))
+    gm = torch.fx.GraphModule(nn.Module(), graph)
+    placed = place_for(gm, [fake(fake_mode, 4, device="cuda:1"), torch.randn(4)])
+    assert [(a.kind, a.name, a.device) for a in placed.actions] == [("check", "x", CUDA1), ("move", "y", CUDA1)]
+    assert placed.example_inputs[1].device == CUDA1
+    (result,) = placed.gm(*placed.example_inputs)  # before: "cuda" became cuda:0, a device mismatch
+    assert result.device == CUDA1
+    assert not any(n.target is torch.device for n in placed.gm.graph.nodes)

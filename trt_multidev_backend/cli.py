@@ -3,18 +3,29 @@
 from __future__ import annotations
 
 import argparse
+import errno
 import importlib.util
 import importlib.metadata
 import logging
 import os
+import stat
 import sys
 import time
-from typing import Sequence
+import warnings
+from pathlib import Path
+from typing import TYPE_CHECKING, Sequence
 
-import torch
+# torch warns at import when numpy is missing; no command needs numpy, so the warning is noise
+# here. Only this message is filtered, and only in the command-line process.
+warnings.filterwarnings("ignore", message="Failed to initialize NumPy", category=UserWarning)
 
-from ._version import __version__
-from .settings import SettingsError, resolve_settings, unknown_env_vars
+import torch  # noqa: E402  (after the filter above)
+
+from ._version import __version__  # noqa: E402
+from .settings import SettingsError, resolve_settings, unknown_env_vars  # noqa: E402
+
+if TYPE_CHECKING:
+    from .diskcache import DiskCache
 
 __all__ = ["main"]
 
@@ -96,6 +107,49 @@ class _Demo(torch.nn.Module):
         return self.body(x) + x
 
 
+def _demo_device(text: str) -> torch.device:
+    """--device: a device this process can run on, else an argparse error that says why not."""
+    from .settings import _parse_device
+
+    try:
+        device = torch.device(_parse_device(text))
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(f"invalid value {text!r}: {exc}") from None
+    if device.type != "cuda":
+        return device
+    if not torch.cuda.is_available():
+        why = ("this torch is a CPU-only build" if torch.version.cuda is None
+               else f"this torch is built for CUDA {torch.version.cuda}, but no GPU is visible")
+        raise argparse.ArgumentTypeError(f"invalid value {text!r}: no CUDA device here: {why}")
+    count = torch.cuda.device_count()
+    if device.index is not None and device.index >= count:
+        raise argparse.ArgumentTypeError(
+            f"invalid value {text!r}: {count} CUDA device(s) visible here (cuda:0..cuda:{count - 1})")
+    return device
+
+
+def _at_least_one(text: str) -> int:
+    """--batch / --iters: an integer >= 1 (a batch of 0 has no relative error to report)."""
+    try:
+        value = int(text)
+    except ValueError:
+        value = 0
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"invalid value {text!r}: expected an integer >= 1")
+    return value
+
+
+def _size(text: str) -> int:
+    """--max-size: bytes or a size with a unit, as TRT_MULTIDEV_CACHE_SIZE accepts."""
+    from .settings import _parse_size
+
+    try:
+        return _parse_size(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(
+            f"invalid value {text!r}: expected bytes, or sizes like 20GB / 512MiB") from None
+
+
 def _best_device() -> torch.device:
     if not torch.cuda.is_available():
         return torch.device("cpu")
@@ -119,7 +173,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
     from . import backend, stats
 
     logging.basicConfig(level=logging.INFO, format="  [%(name)s] %(message)s")
-    device = torch.device(args.device) if args.device else _best_device()
+    device = args.device or _best_device()
     print(f"demo: a 6-layer MLP on {device}, current device: "
           f"{'cuda:%d' % torch.cuda.current_device() if torch.cuda.is_available() else 'none (no CUDA)'}")
     if device.type != "cuda":
@@ -152,21 +206,46 @@ def _human(size: float) -> str:
     return f"{size:.1f} {unit}"
 
 
-def _store(args: argparse.Namespace):
+def _store(args: argparse.Namespace) -> tuple[DiskCache, str]:
+    """The disk cache the command works on, and where its directory came from."""
     from .diskcache import DiskCache
-    from .settings import _parse_size
 
     settings = resolve_settings()
     root = args.dir or settings.cache_dir
-    limit = _parse_size(args.max_size) if getattr(args, "max_size", None) else settings.cache_size
-    return DiskCache(root, limit)
+    origin = "--dir" if args.dir else settings.sources.get("cache_dir", "default")
+    limit = args.max_size if args.max_size is not None else settings.cache_size
+    return DiskCache(root, limit), origin
+
+
+def _unusable(root: Path) -> OSError | None:
+    """Why `root` cannot hold the disk cache, or None. An absent directory is an empty cache."""
+    try:
+        if not stat.S_ISDIR(os.stat(root).st_mode):
+            return NotADirectoryError(errno.ENOTDIR, os.strerror(errno.ENOTDIR), str(root))
+        os.listdir(root)
+    except FileNotFoundError:
+        return None
+    except OSError as exc:
+        return exc
+    return None
 
 
 def cmd_cache(args: argparse.Namespace) -> int:
-    store = _store(args)
-    if args.action in ("list", "stats"):
+    store, origin = _store(args)
+    problem = _unusable(store.root)
+    if problem is None:
+        try:
+            return _cache_action(args.action, store)
+        except OSError as exc:
+            problem = exc
+    print(f"error: disk cache directory {store.root} ({origin}) cannot be used: {problem}", file=sys.stderr)
+    return 1
+
+
+def _cache_action(action: str, store: DiskCache) -> int:
+    if action in ("list", "stats"):
         entries = sorted(store.entries(), key=lambda e: (e.namespace, -e.last_used))
-    if args.action == "list":
+    if action == "list":
         print(f"disk cache: {store.root}")
         if not entries:
             print("  (empty)")
@@ -176,7 +255,7 @@ def cmd_cache(args: argparse.Namespace) -> int:
             rows.append((e.namespace, e.key[:12], str(e.meta.get("graph", "?")), str(e.meta.get("device", "?")),
                          _human(e.size), time.strftime("%Y-%m-%d %H:%M", time.localtime(e.last_used))))
         print(_table(rows))
-    elif args.action == "stats":
+    elif action == "stats":
         total = sum(e.size for e in entries)
         print(f"disk cache: {store.root}")
         print(f"entries: {len(entries)}  size: {_human(total)}  limit: {_human(store.size_limit)}")
@@ -186,9 +265,9 @@ def cmd_cache(args: argparse.Namespace) -> int:
         if by_ns:
             print(_table([("namespace", "entries", "size")] + [
                 (ns, str(len(es)), _human(sum(e.size for e in es))) for ns, es in sorted(by_ns.items())]))
-    elif args.action == "clear":
+    elif action == "clear":
         print(f"removed {store.clear()} entries from {store.root}")
-    elif args.action == "prune":
+    elif action == "prune":
         removed = store.evict()
         print(f"removed {len(removed)} least recently used entries ({_human(sum(e.size for e in removed))}); "
               f"{_human(store.total_size())} left of {_human(store.size_limit)}")
@@ -201,14 +280,16 @@ def main(argv: Sequence[str] | None = None) -> int:
     sub = parser.add_subparsers(dest="command", required=True)
     sub.add_parser("info", help="versions, GPUs and the settings in effect with their sources").set_defaults(fn=cmd_info)
     demo = sub.add_parser("demo", help="compile a small model on the best device and time it")
-    demo.add_argument("--device", help="cuda:N or cpu (default: the GPU with the most memory)")
-    demo.add_argument("--batch", type=int, default=64)
-    demo.add_argument("--iters", type=int, default=50)
+    demo.add_argument("--device", type=_demo_device,
+                      help="cuda:N, N, cuda or cpu (default: the GPU with the most memory)")
+    demo.add_argument("--batch", type=_at_least_one, default=64, help="batch size, >= 1")
+    demo.add_argument("--iters", type=_at_least_one, default=50, help="timed calls, >= 1")
     demo.set_defaults(fn=cmd_demo)
     cache = sub.add_parser("cache", help="the disk cache: list, stats, clear, prune")
     cache.add_argument("action", choices=("list", "stats", "clear", "prune"))
     cache.add_argument("--dir", help="cache directory (default: TRT_MULTIDEV_CACHE_DIR or the user cache dir)")
-    cache.add_argument("--max-size", help="prune: size to prune to (default: TRT_MULTIDEV_CACHE_SIZE)")
+    cache.add_argument("--max-size", type=_size,
+                       help="prune: size to prune to, bytes or e.g. 20GB, 512MiB (default: TRT_MULTIDEV_CACHE_SIZE)")
     cache.set_defaults(fn=cmd_cache)
     args = parser.parse_args(argv)
     try:

@@ -10,7 +10,9 @@ Works on a copy of the graph (the caller's graph and modules are never mutated) 
 What moves: state and inputs whose every use is a move to the target (``t.to(x.device)``), CPU
 scalars (0-dim) feeding target-device ops, factory calls that mean "the current device", and,
 under a ``device`` override, everything on the graph's own device. Deliberate host work (tensors
-used by host ops, explicit ``.to("cpu")`` in a CUDA graph) stays on the host.
+used by host ops, explicit ``.to("cpu")`` in a CUDA graph) stays on the host. A device the graph
+computes (``getattr(x, "device")`` and ``torch.device(...)`` nodes, as torch.fx.symbolic_trace
+records ``x.device``) resolves exactly as the same device written out would.
 """
 
 from __future__ import annotations
@@ -18,7 +20,7 @@ from __future__ import annotations
 import copy
 import logging
 from dataclasses import dataclass, field
-from typing import Any, Sequence
+from typing import Any, Mapping, Sequence
 
 import torch
 import torch.fx
@@ -78,7 +80,21 @@ class Placement:
     originals: dict[int, Any] = field(default_factory=dict)  # relocated state: index -> caller's tensor
 
 
-def _as_device(value: Any) -> torch.device | None:
+# Known devices of tensor nodes that carry no metadata (graphs from torch.fx.symbolic_trace,
+# hand-built graphs): placeholders from their example inputs, get_attr nodes from the attribute.
+_Known = Mapping[torch.fx.Node, torch.device]
+_UNKNOWN = object()
+
+
+def _as_device(value: Any, known: _Known | None = None) -> torch.device | None:
+    """The device a graph spells, or None when `value` is not one (or cannot be known here).
+
+    Literals (``torch.device``, ``"cuda:1"``, an index) and devices computed inside the graph
+    resolve alike: ``getattr(t, "device")`` nodes (``t.device`` traced by symbolic_trace) give the
+    device of ``t``, and ``torch.device(...)`` nodes are evaluated from resolvable arguments.
+    """
+    if isinstance(value, torch.fx.Node):
+        return _device_node_value(value, known)
     if isinstance(value, torch.device):
         return value
     if isinstance(value, str):
@@ -91,13 +107,53 @@ def _as_device(value: Any) -> torch.device | None:
     return None
 
 
-def _tensor_device(value: Any) -> torch.device | None:
+def _is_device_node(node: torch.fx.Node) -> bool:
+    """True for nodes that compute a device: getattr(t, "device") and torch.device(...)."""
+    if node.op != "call_function":
+        return False
+    if node.target is getattr:
+        return len(node.args) == 2 and node.args[1] == "device"
+    return node.target is torch.device
+
+
+def _device_node_value(node: torch.fx.Node, known: _Known | None) -> torch.device | None:
+    if not _is_device_node(node):
+        return None
+    if node.target is getattr:
+        return _tensor_device(node.args[0], known)
+    args = [_device_part(a, known) for a in node.args]
+    kwargs = {k: _device_part(v, known) for k, v in node.kwargs.items()}
+    if any(a is _UNKNOWN for a in [*args, *kwargs.values()]):
+        return None
+    if len(args) == 1 and not kwargs:
+        return _as_device(args[0])  # an index means cuda:N here too, as in every other spelling
+    try:
+        return torch.device(*args, **kwargs)
+    except (RuntimeError, TypeError, ValueError):
+        return None
+
+
+def _device_part(value: Any, known: _Known | None) -> Any:
+    """An argument of torch.device(...): a literal, a device node, or getattr(device, "type"/"index")."""
+    if not isinstance(value, torch.fx.Node):
+        return value
+    if (value.op == "call_function" and value.target is getattr and len(value.args) == 2
+            and value.args[1] in ("type", "index")):
+        device = _as_device(value.args[0], known)
+        return _UNKNOWN if device is None else getattr(device, str(value.args[1]))
+    device = _as_device(value, known)
+    return _UNKNOWN if device is None else device
+
+
+def _tensor_device(value: Any, known: _Known | None = None) -> torch.device | None:
     if isinstance(value, torch.fx.Node):
-        value = meta_value(value)
+        node, value = value, meta_value(value)
+        if not isinstance(value, torch.Tensor) and known is not None:
+            return known.get(node)
     return value.device if isinstance(value, torch.Tensor) else None
 
 
-def _move_spec(node: torch.fx.Node) -> tuple[str, Any] | None:
+def _move_spec(node: torch.fx.Node, known: _Known | None = None) -> tuple[str, Any] | None:
     """(style, raw destination) when `node` moves a tensor between devices, else None."""
     if node.op == "call_method" and node.target in _MOVE_METHODS:
         style = str(node.target)
@@ -119,8 +175,10 @@ def _move_spec(node: torch.fx.Node) -> tuple[str, Any] | None:
     if "device" in node.kwargs:
         return ("to-kwarg", node.kwargs["device"])
     for arg in args:
+        if isinstance(arg, torch.fx.Node) and _is_device_node(arg):
+            return ("to-arg", arg)  # t.to(x.device): a device computed in the graph
         if isinstance(arg, torch.fx.Node):
-            device = _tensor_device(arg)
+            device = _tensor_device(arg, known)
             return ("to-tensor", device) if device is not None else None
         if _as_device(arg) is not None and not isinstance(arg, torch.dtype):
             return ("to-arg", arg)
@@ -132,9 +190,9 @@ def is_move(node: torch.fx.Node) -> bool:
     return node.op in ("call_function", "call_method") and _move_spec(node) is not None
 
 
-def _move_destination(node: torch.fx.Node) -> torch.device | None:
-    spec = _move_spec(node)
-    return None if spec is None else _as_device(spec[1])
+def _move_destination(node: torch.fx.Node, known: _Known | None = None) -> torch.device | None:
+    spec = _move_spec(node, known)
+    return None if spec is None else _as_device(spec[1], known)
 
 
 class _Rewriter:
@@ -221,30 +279,44 @@ class _Placer:
         ]
         self.fake_mode = _fake_mode_of([i.example for i in infos])
         self.notes: list[str] = []
+        # Where tensors without metadata are: `x.device` in a symbolic_trace graph resolves from here.
+        self.known: dict[torch.fx.Node, torch.device] = {
+            i.node: i.example.device for i in self.infos if isinstance(i.example, torch.Tensor)
+        }
+        for node in self.gm.graph.nodes:
+            if node.op == "get_attr":
+                value = fetch_attr(self.gm, str(node.target))
+                if isinstance(value, torch.Tensor):
+                    self.known[node] = value.device
 
     # --- device spellings inside the graph -------------------------------------------------
     def rewrite_devices(self) -> None:
         for node in list(self.gm.graph.nodes):
             if node.op not in ("call_function", "call_method"):
                 continue
-            spec = _move_spec(node)
+            spec = _move_spec(node, self.known)
             if spec is not None:
                 self._rewrite_move(node, spec)
             elif "device" in node.kwargs or node.target in _FACTORIES:
                 raw = node.kwargs.get("device")
                 if raw is None and node.target not in _FACTORIES:
                     continue  # e.g. *_like(x, device=None): follows its input
-                old = _as_device(raw) if raw is not None else None  # None: the default device
+                old = _as_device(raw, self.known) if raw is not None else None  # None: the default device
+                if old is None and isinstance(raw, torch.fx.Node):
+                    continue  # a device computed from something unknown here: left as it is
                 new = self.rewriter.resolve(old)
                 if new is not None and new != old:
                     node.kwargs = {**node.kwargs, "device": new}
-                    self.notes.append(f"{node.name}: device {raw if raw is not None else 'default'} -> {new}")
+                    self.notes.append(f"{node.name}: device {_spelled(raw, old)} -> {new}")
+        _erase_unused_device_nodes(self.gm.graph)
 
     def _rewrite_move(self, node: torch.fx.Node, spec: tuple[str, Any]) -> None:
         style, raw = spec
         if style == "to-tensor":
             return  # follows another tensor, which is placed itself
-        old = _as_device(raw)
+        old = _as_device(raw, self.known)
+        if old is None and isinstance(raw, torch.fx.Node):
+            return  # a device computed from something unknown here: left as it is
         new = self.rewriter.resolve(old)
         if new is None or (old is not None and old == new):
             return
@@ -255,11 +327,17 @@ class _Placer:
         elif style in ("to-kwarg", "kwarg"):
             node.kwargs = {**node.kwargs, "device": new}
         else:  # positional destination
-            node.args = tuple(new if (a is raw and not isinstance(a, torch.fx.Node)) else a
-                              for a in node.args)
-        self.notes.append(f"{node.name}: {style} {raw} -> {new}")
+            node.args = tuple(new if a is raw else a for a in node.args)
+        self.notes.append(f"{node.name}: {style} {_spelled(raw, old)} -> {new}")
 
     # --- which wrong-device tensors follow the graph to the target ---------------------------
+    def _destination(self, node: torch.fx.Node) -> torch.device | None:
+        """Where a move sends its tensor in the placed graph (None: not a move, or unknown).
+        Literal destinations are rewritten already; one that follows a tensor or a device
+        computed in the graph resolves the same way."""
+        device = _move_destination(node, self.known)
+        return None if device is None else (self.rewriter.resolve(device) or device)
+
     def _should_relocate(self, node: torch.fx.Node, value: torch.Tensor) -> bool:
         device = value.device
         if _same(device, self.target):
@@ -269,15 +347,13 @@ class _Placer:
         users = list(node.users)
         if not users:
             return False
-        if all(_move_destination(u) == self.target for u in users if _move_spec(u) is not None) and all(
-            _move_spec(u) is not None for u in users
-        ):
-            return True
+        if all(self._destination(u) == self.target for u in users):
+            return True  # every use is a move to the target
         if device.type == "cpu" and value.dim() == 0 and self.target.type != "cpu":
             # A CPU scalar mixes with device tensors in eager; engines want it on the device.
             for u in users:
-                if _move_spec(u) is not None:
-                    if _move_destination(u) != self.target:
+                if _move_spec(u, self.known) is not None:
+                    if self._destination(u) != self.target:
                         return False
                     continue
                 out = _tensor_device(u)
@@ -304,7 +380,7 @@ class _Placer:
         islands = _components([n for n, c in const.items() if c])
         for island in islands:
             exits_ok = all(
-                u in island or _move_destination(u) == self.target
+                u in island or self._destination(u) == self.target
                 for n in island for u in n.users
             )
             if not exits_ok:
@@ -386,6 +462,23 @@ class _Placer:
             if device is not None and not _same(device, self.target):
                 moves.append((i, device))
         return moves
+
+
+def _spelled(raw: Any, device: torch.device | None) -> str:
+    """How a note shows a destination: the literal, or a computed device with its value."""
+    if raw is None:
+        return "default"
+    return f"{raw.name} ({device})" if isinstance(raw, torch.fx.Node) else str(raw)
+
+
+def _erase_unused_device_nodes(graph: torch.fx.Graph) -> None:
+    """Drop device computations that rewriting left without users (`x.device` replaced by the
+    target): pure, and a leftover read of a tensor's device would keep that tensor where it is."""
+    for node in reversed(list(graph.nodes)):
+        if node.users or node.op != "call_function" or node.target not in (getattr, torch.device):
+            continue
+        if node.target is torch.device or (len(node.args) == 2 and node.args[1] in ("device", "type", "index")):
+            graph.erase_node(node)
 
 
 def _components(nodes: list[torch.fx.Node]) -> list[list[torch.fx.Node]]:
