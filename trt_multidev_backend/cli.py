@@ -14,6 +14,7 @@ from typing import Sequence
 import torch
 
 from ._version import __version__
+from . import progress
 from .settings import SettingsError, resolve_settings, unknown_env_vars
 
 __all__ = ["main"]
@@ -66,6 +67,7 @@ def cmd_info(_: argparse.Namespace) -> int:
     print("Settings in effect (options passed to torch.compile override these per key):")
     print(_table([("setting", "value", "source"), *settings.describe()]))
     print(f"engines run by: {_engine_runner(settings.engine_runtime)}")
+    print(f"builds shown as: {progress.describe(settings.progress)}")
     for name in unknown_env_vars():
         print(f"warning: {name} is not a trt_multidev setting (a typo?)")
     return 0

@@ -24,6 +24,7 @@ from .graphinfo import Role, classify_args
 from .guard import cuda_usable, device_guard
 from .errors import EngineDeviceError, TrtMultidevError
 from .placement import Placement, graph_copy, place
+from .progress import current as current_progress, track
 from .runtime import GuardedCallable, SelectArgs
 from .segments import install, split_host_work
 from .settings import Settings, SettingsError, resolve_settings, unknown_env_vars
@@ -115,8 +116,11 @@ class TrtMultidevBackend:
 
         start = time.perf_counter()
         try:
-            compiled, how = self._obtain(delegate, identity, placement, plan, settings, label)
-            _check_engine_devices(delegate, compiled, plan.target)
+            with track(_graph_name(gm), label, settings) as shown:  # progress of slow builds and loads
+                compiled, how = self._obtain(delegate, identity, placement, plan, settings, label)
+                _check_engine_devices(delegate, compiled, plan.target)
+                shown.finish(how, delegate.describe(compiled)
+                             if isinstance(delegate, TorchTensorRTDelegate) else None)
         except SettingsError:
             raise
         except Exception as exc:
@@ -190,6 +194,7 @@ class TrtMultidevBackend:
     def _build(self, delegate: Any, placement: Placement, plan: DevicePlan, settings: Settings,
                label: str) -> tuple[Callable[..., Any], Any, list[int] | None]:
         """The delegate on a copy of the whole placed graph, under the target's guard; counted."""
+        current_progress().phase("building")
         with device_guard(plan.target):
             built = _call_delegate(delegate, graph_copy(placement.gm), placement.example_inputs, plan.target,
                                    settings)
@@ -236,6 +241,7 @@ class TrtMultidevBackend:
             except filelock.Timeout:
                 self._stats.bump(label, "lock_waits")
                 self._log(settings, "waiting for another process building the same graph (%s)", disk.key[:12])
+                current_progress().phase("waiting for another process's build")
                 try:
                     lock.acquire(timeout=settings.cache_lock_timeout)
                 except filelock.Timeout:
@@ -301,6 +307,7 @@ class TrtMultidevBackend:
 
     def _load(self, delegate: Any, payload: bytes, meta: dict, device: torch.device,
               settings: Settings) -> Callable[..., Any]:
+        current_progress().phase("loading")
         with device_guard(device):
             compiled = delegate.loads(payload, device=device, settings=settings)
         kept = meta.get("kept")
