@@ -22,7 +22,7 @@ from .diskcache import CorruptEntry, DiskCache, identity_of
 from .device import DevicePlan, check_visible, resolve_device
 from .graphinfo import Role, classify_args
 from .guard import cuda_usable, device_guard
-from .errors import EngineDeviceError, TrtMultidevError
+from .errors import EngineDeviceError, TrtMultidevError, through_dynamo
 from .placement import Placement, graph_copy, place
 from .progress import current as current_progress, track
 from .runtime import GuardedCallable, SelectArgs
@@ -65,6 +65,7 @@ class TrtMultidevBackend:
         self._broken_roots: set[str] = set()
 
     # -- public --------------------------------------------------------------------------
+    @through_dynamo  # our errors reach torch.compile's caller as themselves, not BackendCompilerFailed
     def __call__(
         self,
         gm: torch.fx.GraphModule,
