@@ -107,3 +107,13 @@ def test_an_error_from_torch_compile_pickles_as_the_plain_class():
         torch.compile(Net(), backend="trt_multidev", options={"min_block_size": 0})(torch.randn(2, 8))
     copy = pickle.loads(pickle.dumps(err.value))
     assert type(copy) is tm.SettingsError and str(copy) == str(err.value)
+
+
+def test_a_device_setting_beyond_the_visible_gpus_is_a_settings_error(monkeypatch):
+    from trt_multidev_backend import device
+
+    monkeypatch.setattr(device, "cuda_usable", lambda: True)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 2)
+    with pytest.raises(tm.SettingsError, match=r"device cuda:3 \(setting device=cuda:3\) is out of range: "
+                                               r"2 CUDA device\(s\) visible \(cuda:0..cuda:1\)"):
+        device.check_visible(torch.device("cuda", 3), "setting device=cuda:3")
