@@ -65,3 +65,28 @@ class Serializing:
 
 
 serializing = Serializing()
+
+
+SLOW_SECONDS = 1.5
+
+
+def slow(gm, example_inputs, *, device, settings):
+    """A build that lasts SLOW_SECONDS and reports its phases, as a TensorRT build would."""
+    import time
+
+    from trt_multidev_backend.progress import current
+
+    progress = current()
+    progress.phase("pretending to build")
+    steps = 5
+    for step in range(steps):
+        time.sleep(SLOW_SECONDS / steps)
+        progress.advance(step + 1, steps)
+    return gm.forward
+
+
+def slow_broken(gm, example_inputs, *, device, settings):
+    import time
+
+    time.sleep(SLOW_SECONDS)
+    raise RuntimeError("engine build exploded")

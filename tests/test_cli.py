@@ -37,6 +37,11 @@ def test_info_shows_versions_gpus_and_setting_sources():
         assert "engines run by: nothing yet: torch_tensorrt is not installed" in out
     asked = cli("info", env={"TRT_MULTIDEV_ENGINE_RUNTIME": "torch_tensorrt"})
     assert "engines run by: Torch-TensorRT's runtime (engine_runtime=torch_tensorrt)" in asked.stdout
+    assert lines["progress"] == ["auto", "default"]
+    if importlib.util.find_spec("rich") is not None:
+        assert "builds shown as: a live display where stderr is a terminal (rich " in out
+    silent = cli("info", env={"TRT_MULTIDEV_PROGRESS": "0"})
+    assert "builds shown as: nothing (progress=off)" in silent.stdout
 
 
 def test_info_rejects_a_bad_environment_clearly():

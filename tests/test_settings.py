@@ -111,11 +111,28 @@ def test_precision_lists_are_normalised():
     ("input_policy", "move", "copy", "error, move"),
     ("log_level", "debug", "verbose", "debug, info, warning, error"),
     ("engine_runtime", "Torch_TensorRT", "python", "auto, torch_tensorrt"),
+    ("progress", "ON", "loud", "auto, on, off"),
 ])
 def test_choices(key, good, bad, accepted):
     assert getattr(resolve_settings({key: good}, environ={}), key) == good.lower()
     with pytest.raises(SettingsError, match=accepted):
         resolve_settings({key: bad}, environ={})
+
+
+@pytest.mark.parametrize("raw, expected", [("auto", "auto"), (" Off ", "off"), ("0", "off"), ("no", "off"),
+                                           (False, "off"), ("1", "on"), ("yes", "on"), (True, "on")])
+def test_progress_takes_its_words_and_booleans(raw, expected):
+    assert resolve_settings({"progress": raw}, environ={}).progress == expected
+
+
+@pytest.mark.parametrize("raw", ["loud", "2", "bar", "", None])
+def test_bad_progress_values_name_the_setting_the_value_and_what_is_accepted(raw):
+    with pytest.raises(SettingsError) as err:
+        resolve_settings({"progress": raw}, environ={})
+    text = str(err.value)
+    assert "'progress'" in text and repr(raw) in text and "expected one of auto, on, off" in text
+    with pytest.raises(SettingsError, match="invalid value 'tqdm' for setting 'progress' .from TRT_MULTIDEV_PROGRESS."):
+        resolve_settings({}, environ={"TRT_MULTIDEV_PROGRESS": "tqdm"})
 
 
 def test_numbers_and_sizes():
@@ -182,6 +199,9 @@ def test_result_token_ignores_reporting_and_is_order_stable():
     assert a.result_token() == b.result_token()
     c = resolve_settings({"min_block_size": 1}, environ={})
     assert c.result_token() != b.result_token()
+    # Progress only changes what is shown while building, never what is built.
+    plain = resolve_settings({}, environ={}).result_token()
+    assert resolve_settings({"progress": "off"}, environ={}).result_token() == plain
 
 
 def test_settings_is_frozen_and_describes_sources():

@@ -22,6 +22,7 @@ warnings.filterwarnings("ignore", message="Failed to initialize NumPy", category
 import torch  # noqa: E402  (after the filter above)
 
 from ._version import __version__  # noqa: E402
+from . import progress  # noqa: E402
 from .settings import SettingsError, resolve_settings, unknown_env_vars  # noqa: E402
 
 if TYPE_CHECKING:
@@ -77,6 +78,7 @@ def cmd_info(_: argparse.Namespace) -> int:
     print("Settings in effect (options passed to torch.compile override these per key):")
     print(_table([("setting", "value", "source"), *settings.describe()]))
     print(f"engines run by: {_engine_runner(settings.engine_runtime)}")
+    print(f"builds shown as: {progress.describe(settings.progress)}")
     for name in unknown_env_vars():
         print(f"warning: {name} is not a trt_multidev setting (a typo?)")
     return 0

@@ -16,7 +16,7 @@ import torch.fx
 
 from .graphinfo import ArgInfo, Role, attr_tensors
 from .guard import cuda_usable
-from .settings import Settings
+from .settings import Settings, SettingsError
 
 __all__ = ["DevicePlan", "resolve_device", "check_visible", "current_cuda_device"]
 
@@ -129,7 +129,8 @@ def resolve_device(gm: torch.fx.GraphModule, infos: Sequence[ArgInfo], settings:
 
 
 def check_visible(device: torch.device, origin: str) -> None:
-    """Raise a clear ValueError when a CUDA index is not among the visible GPUs."""
+    """Raise a clear SettingsError (a ValueError) when a CUDA index is not among the visible GPUs:
+    only a `device` setting (or LOCAL_RANK) can name one, and it then reaches torch.compile's caller."""
     if device.type != "cuda" or not cuda_usable():
         return
     count = torch.cuda.device_count()
@@ -137,7 +138,7 @@ def check_visible(device: torch.device, origin: str) -> None:
         import os
 
         visible = os.environ.get("CUDA_VISIBLE_DEVICES")
-        raise ValueError(
+        raise SettingsError(
             f"trt_multidev: device {device} ({origin}) is out of range: {count} CUDA device(s) visible "
             f"(cuda:0..cuda:{count - 1})"
             + (f"; CUDA_VISIBLE_DEVICES={visible!r} renumbers them from 0" if visible is not None else "")

@@ -16,10 +16,11 @@ from .build import Built, call_delegate, check_engine_devices, pytorch_ops
 from .cache import CompiledCache, Stats, cache_key
 from .delegate import ENGINE_MODULES, TorchTensorRTDelegate, load_delegate
 from .device import DevicePlan, check_visible, resolve_device
-from .errors import EngineDeviceError, TrtMultidevError
+from .errors import EngineDeviceError, TrtMultidevError, through_dynamo
 from .graphinfo import Role, classify_args
 from .guard import cuda_usable, device_guard
 from .placement import Placement, graph_copy, place
+from .progress import current as current_progress, track
 from .reuse import Reuse, first_line, graph_name
 from .rewrites import rewrite_for_tensorrt
 from .runtime import GuardedCallable
@@ -52,6 +53,7 @@ class TrtMultidevBackend:
         self._reuse = Reuse(self._stats, self._warn_once, self._log)
 
     # -- public --------------------------------------------------------------------------
+    @through_dynamo  # our errors reach torch.compile's caller as themselves, not BackendCompilerFailed
     def __call__(
         self,
         gm: torch.fx.GraphModule,
@@ -103,9 +105,12 @@ class TrtMultidevBackend:
 
         start = time.perf_counter()
         try:
-            built, how = self._obtain(delegate, placement, plan, settings, label)
-            compiled = built.callable
-            check_engine_devices(delegate, compiled, plan.target)
+            with track(graph_name(gm), label, settings) as shown:  # progress of slow builds and loads
+                built, how = self._obtain(delegate, placement, plan, settings, label)
+                compiled = built.callable
+                check_engine_devices(delegate, compiled, plan.target)
+                shown.finish(how, delegate.describe(compiled)
+                             if isinstance(delegate, TorchTensorRTDelegate) else None)
         except SettingsError:
             raise
         except Exception as exc:
@@ -184,6 +189,7 @@ class TrtMultidevBackend:
     def _build(self, delegate: Any, placement: Placement, plan: DevicePlan, settings: Settings,
                label: str) -> Built:
         """The delegate on a copy of the whole placed graph, under the target's guard; counted."""
+        current_progress().phase("building")
         with device_guard(plan.target):
             built = call_delegate(delegate, graph_copy(placement.gm), placement.example_inputs, plan.target,
                                   settings)

@@ -24,6 +24,7 @@ from .device import DevicePlan
 from .diskcache import CorruptEntry, DiskCache, identity_of
 from .guard import cuda_usable, device_guard
 from .placement import Placement
+from .progress import current as current_progress
 from .runtime import SelectArgs
 from .settings import Settings
 
@@ -98,6 +99,7 @@ class Reuse:
                 lock.acquire(timeout=0)
             except filelock.Timeout:
                 self._stats.bump(label, "lock_waits")
+                current_progress().phase("waiting for another process's build")
                 self._log(settings, "waiting for another process building the same graph (%s)", disk.key[:12])
                 try:
                     lock.acquire(timeout=settings.cache_lock_timeout)
@@ -163,6 +165,7 @@ class Reuse:
 
     def load(self, delegate: Any, payload: bytes, meta: dict, device: torch.device, settings: Settings) -> Built:
         """An entry's compiled graph, rebuilt on `device` under its guard."""
+        current_progress().phase("loading")
         with device_guard(device):
             inner = delegate.loads(payload, device=device, settings=settings)
         kept = meta.get("kept")

@@ -219,6 +219,21 @@ def _parse_log_level(value: Any) -> str:
     return _parse_choice("debug", "info", "warning", "error")(value)
 
 
+def _parse_progress(value: Any) -> str:
+    """auto/on/off; the boolean words too, since TRT_MULTIDEV_PROGRESS=0 plainly means off."""
+    accepted = "expected one of auto, on, off (or a boolean: 1/true/yes or 0/false/no)"
+    if isinstance(value, bool):
+        return "on" if value else "off"
+    text = str(value).strip().lower()
+    if text in ("auto", "on", "off"):
+        return text
+    if text in _TRUE:
+        return "on"
+    if text in _FALSE:
+        return "off"
+    raise _Invalid(accepted)
+
+
 @dataclass(frozen=True)
 class _Spec:
     name: str
@@ -258,6 +273,10 @@ SETTING_SPECS: tuple[_Spec, ...] = (
           "or torch_tensorrt (always Torch-TensorRT's runtime)."),
     _Spec("log_level", "info", _parse_log_level,
           "Level at which trt_multidev reports settings, device plans and cache hits.", affects_result=False),
+    _Spec("progress", "auto", _parse_progress,
+          "Progress of builds and loads that last over a second, on stderr: auto (a live display on a "
+          "terminal, one start and one end line elsewhere), on (the live display even where stderr is "
+          "not a terminal) or off.", affects_result=False),
     _Spec("cache", True, _parse_bool,
           "Keep compiled graphs on disk for later processes and other GPUs of the same model.", affects_result=False),
     _Spec("cache_dir", None, lambda v: _parse_path(v),
@@ -290,6 +309,7 @@ class Settings:
     optimization_level: int | None = _D["optimization_level"]
     engine_runtime: str = _D["engine_runtime"]
     log_level: str = _D["log_level"]
+    progress: str = _D["progress"]
     cache: bool = _D["cache"]
     cache_dir: str | None = _D["cache_dir"]
     cache_size: int = _D["cache_size"]
