@@ -45,6 +45,23 @@ def test_default_delegate_without_gpu_warns_once_and_runs_eager(caplog):
 
 
 @needs_no_trt
+def test_a_cuda_device_setting_without_cuda_is_a_clear_error(monkeypatch):
+    monkeypatch.setenv("TRT_MULTIDEV_DEVICE", "cuda:7")
+    with pytest.raises(tm.SettingsError, match=r"device cuda:7 \(setting device=cuda:7 \(env TRT_MULTIDEV_DEVICE\)\) "
+                                                r"names a CUDA device, but none is visible here"):
+        torch.compile(Net().eval(), backend="trt_multidev")(torch.randn(4, 8))
+    assert tm.stats() == {}  # nothing filed under cuda:7
+
+
+@needs_no_trt
+def test_the_eager_fallback_hands_dynamo_the_graphs_forward_not_the_module():
+    gm, inputs = capture(Net().eval(), torch.randn(4, 8))
+    compiled = tm.backend(gm, inputs)
+    assert not isinstance(compiled, torch.nn.Module)  # a module call costs a few µs more each time
+    assert isinstance(compiled.__self__, torch.fx.GraphModule) and compiled.__name__ == "forward"
+
+
+@needs_no_trt
 def test_cuda_target_without_cuda_names_the_reason(caplog, fake_mode):
     model = on_fake_device(Net(), "cuda:1", fake_mode)
     out = torch.compile(model, backend="trt_multidev")(fake(fake_mode, 4, 8, device="cuda:1"))

@@ -203,7 +203,7 @@ def test_a_slow_disk_load_says_it_was_loaded(monkeypatch, capsys):
     monkeypatch.setattr(type(_delegates.serializing), "loads", slow_loads)
     options = {"delegate": "_delegates:serializing"}
     torch.compile(Net(), backend="trt_multidev", options=options)(torch.randn(2, 8))
-    tm.backend._blobs.clear()  # as a new process would: only the disk has the entry
+    tm.backend._reuse.clear()  # as a new process would: only the disk has the entry
     torch._dynamo.reset()
     torch.compile(Net(), backend="trt_multidev", options=options)(torch.randn(2, 8))
     lines = ours(capsys.readouterr().err)

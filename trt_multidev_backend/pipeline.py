@@ -83,6 +83,12 @@ class TrtMultidevBackend:
         check_visible(plan.target, plan.rule)
 
         delegate, identity = self._delegate(settings)
+        if isinstance(delegate, TorchTensorRTDelegate) and plan.rule.startswith("setting") \
+                and plan.target.type == "cuda" and not cuda_usable():
+            # (Custom delegates may target FakeTensor devices, as the CPU tests do.)
+            build = "a CPU-only build of torch" if torch.version.cuda is None else "no visible GPU"
+            raise SettingsError(f"trt_multidev: device {plan.target} ({plan.rule}) names a CUDA device, but none is "
+                                f"visible here ({build}): 0 CUDA devices; accepted here: 'cpu', or unset")
         if isinstance(delegate, TorchTensorRTDelegate):
             problem = delegate.unavailable(plan.target)
             if problem is not None:
@@ -256,7 +262,7 @@ class TrtMultidevBackend:
                 self._warn_once((f"inductor-error:{type(exc).__name__}", label),
                                 f"trt_multidev: the inductor fallback failed on {label} "
                                 f"({type(exc).__name__}: {first_line(exc)}); running eager instead.")
-        return gm
+        return gm.forward  # not the module: its __call__ would add hooks and dispatch to every call
 
     def _warn_once(self, key: tuple[str, str], message: str, exc_info: bool = False) -> None:
         with self._lock:
