@@ -9,7 +9,7 @@ import torch
 import torch.nn as nn
 
 import trt_multidev_backend as tm
-from helpers import EngineLikeDelegate, capture, counters, fake, on_fake_device, split_across_fake_gpus
+from helpers import EngineLikeDelegate, capture, counters, fake, on_fake_device
 
 needs_no_trt = pytest.mark.skipif(torch.cuda.is_available(), reason="checks the no-GPU fallback path")
 
@@ -127,20 +127,6 @@ def test_bad_option_surfaces_at_first_compile_through_torch_compile():
         compiled(torch.randn(2, 8))
     assert isinstance(_root(err.value), ValueError)
     assert "invalid value 'tvm' for setting 'fallback'" in str(err.value)
-
-
-def test_state_on_two_gpus_warns_and_falls_back(caplog, fake_mode):
-    model = split_across_fake_gpus(fake_mode)
-    delegate = EngineLikeDelegate()
-    compiled = torch.compile(model, backend="trt_multidev", options={"delegate": delegate})
-    out = compiled(fake(fake_mode, 2, 4, device="cuda:0"))
-    assert out.device == torch.device("cuda", 1) and delegate.calls == []
-    (message,) = warnings_of(caplog)
-    assert "module state spans cuda:0, cuda:1" in message and "set device=cuda:N" in message
-    torch._dynamo.reset()
-    with pytest.raises(Exception, match="module state spans cuda:0, cuda:1"):
-        torch.compile(model, backend="trt_multidev", options={"delegate": delegate, "strict": True})(
-            fake(fake_mode, 2, 4, device="cuda:0"))
 
 
 def test_unknown_environment_variable_warns_once(caplog, monkeypatch):

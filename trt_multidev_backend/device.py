@@ -31,18 +31,30 @@ class DevicePlan:
     state_devices: tuple[str, ...]
     input_devices: tuple[str, ...]
     problem: str | None = None        # set when no single target exists (state on several GPUs)
+    spans: tuple[torch.device, ...] = ()  # the GPUs a graph's state or inputs span (no natural device)
 
     @property
     def override(self) -> bool:
-        """True when the `device` setting moves the graph away from its own device."""
-        return (self.target is not None and self.natural is not None and self.natural != self.target)
+        """True when the `device` setting moves the graph away from its own device (or devices)."""
+        if self.target is None:
+            return False
+        return (self.natural is not None and self.natural != self.target) or any(d != self.target for d in self.spans)
+
+    def relocates(self, device: torch.device) -> bool:
+        """Whether the `device` setting moves the graph's tensors on `device` to the target (any
+        CPU index counts as the CPU)."""
+        if not self.override:
+            return False
+        sources = (self.natural,) if self.natural is not None else self.spans
+        return any(device.type == s.type and (device.index == s.index or s.type == "cpu")
+                   for s in sources if s != self.target)
 
     def describe(self) -> str:
         if self.problem:
             return self.problem
         text = f"target {self.target} (rule: {self.rule})"
         if self.override:
-            text += f"; graph relocated from {self.natural}"
+            text += f"; graph relocated from {self.natural or ', '.join(str(d) for d in self.spans)}"
         return text
 
 
@@ -124,7 +136,8 @@ def resolve_device(gm: torch.fx.GraphModule, infos: Sequence[ArgInfo], settings:
     explicit = _setting_device(settings)
     if explicit is not None:
         device, rule = explicit
-        return DevicePlan(device, rule, natural, state_names, input_names, None)
+        spans = tuple(state_cuda if len(state_cuda) > 1 else input_cuda) if problem is not None else ()
+        return DevicePlan(device, rule, natural, state_names, input_names, None, spans)
     return DevicePlan(natural if problem is None else None, rule, natural, state_names, input_names, problem)
 
 

@@ -24,7 +24,7 @@ from .progress import current as current_progress, track
 from .reuse import Reuse, first_line, graph_name
 from .rewrites import rewrite_for_tensorrt
 from .runtime import GuardedCallable
-from .segments import install, split_host_work
+from .segments import install, split_by_device
 from .settings import Settings, SettingsError, resolve_settings, unknown_env_vars
 
 __all__ = ["TrtMultidevBackend", "backend", "register", "BACKEND_NAME"]
@@ -76,8 +76,12 @@ class TrtMultidevBackend:
         self._log(settings, "graph %s: %s", graph_name(gm), plan.describe())
 
         if plan.problem is not None:
+            staged = None if getattr(gm, "_trt_multidev_stage", False) else self._stages(
+                gm, example_inputs, options, mode, settings, plan, label)
+            if staged is not None:
+                return staged
             return self._fallback(gm, example_inputs, settings, plan, label, "mixed-devices",
-                                  plan.problem + " (one target per graph)",
+                                  plan.problem + " (no split into one stage per GPU was possible)",
                                   "put the graph's state on one GPU, or set device=cuda:N")
         assert plan.target is not None
         check_visible(plan.target, plan.rule)
@@ -172,7 +176,7 @@ class TrtMultidevBackend:
     def _obtain(self, delegate: Any, placement: Placement, plan: DevicePlan, settings: Settings,
                 label: str) -> tuple[Built, str]:
         """The compiled graph: from the disk cache (or another GPU's build) when possible, else built."""
-        segmented = split_host_work(placement.gm, placement.example_inputs, plan)
+        segmented = split_by_device(placement.gm, placement.example_inputs, plan)
         if segmented is None:
             def build() -> Built:
                 return self._build(delegate, placement, plan, settings, label)
@@ -183,14 +187,31 @@ class TrtMultidevBackend:
             return build(), "built"
         excluded: list[tuple[str, str]] = []
         with device_guard(plan.target):
-            for name, inputs in segmented.target_segments:
+            for name, _, inputs in segmented.device_segments:
                 part = call_delegate(delegate, getattr(segmented.gm, name), inputs, plan.target, settings)
                 install(segmented, name, part.callable)
                 excluded += part.excluded
         self._stats.bump(label, "compiles")
         return Built(segmented.gm, segmented.gm, None, excluded), (
-            f"built ({len(segmented.target_segments)} device segment(s); host segment(s) "
+            f"built ({len(segmented.device_segments)} device segment(s); host segment(s) "
             f"{', '.join(segmented.host_segments)} stay in PyTorch; not disk-cached)")
+
+    def _stages(self, gm: torch.fx.GraphModule, example_inputs: Sequence[Any], options: Mapping[str, Any] | None,
+                mode: str | None, settings: Settings, plan: DevicePlan, label: str) -> Callable[..., Any] | None:
+        """A graph whose work spans GPUs (pipeline placement, an accelerate device_map): one stage
+        per run of work on one GPU, each compiled as a graph of its own (its own target, guard,
+        cache entries, counters and, if it must, fallback); the copies between GPUs and any host
+        work between stages run in PyTorch. None when the graph cannot be split that way."""
+        segmented = split_by_device(gm, example_inputs, plan)
+        if segmented is None:
+            return None
+        self._log(settings, "graph %s spans %s: %d stage(s): %s; copies between GPUs and host work run in "
+                  "PyTorch", graph_name(gm), label, len(segmented.device_segments), segmented.describe())
+        for name, _, inputs in segmented.device_segments:
+            stage = getattr(segmented.gm, name)
+            stage._trt_multidev_stage = True  # a stage is never split again
+            install(segmented, name, self(stage, inputs, options, mode))
+        return segmented.gm.forward
 
     def _build(self, delegate: Any, placement: Placement, plan: DevicePlan, settings: Settings,
                label: str) -> Built:

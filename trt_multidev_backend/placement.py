@@ -201,7 +201,7 @@ class _Rewriter:
     def __init__(self, plan: DevicePlan):
         assert plan.target is not None
         self.target = plan.target
-        self.natural = plan.natural if plan.override else None
+        self.plan = plan
 
     def resolve(self, device: torch.device | None) -> torch.device | None:
         """The device to use instead of `device`, or None to keep it."""
@@ -209,7 +209,7 @@ class _Rewriter:
             device = torch.get_default_device()
         if device.type == "cuda" and device.index is None and self.target.type == "cuda":
             return self.target  # "the current CUDA device" is the target under the guard
-        if self.natural is not None and _same(device, self.natural):
+        if self.plan.relocates(device):
             return self.target
         return None
 
@@ -342,7 +342,7 @@ class _Placer:
         device = value.device
         if _same(device, self.target):
             return False
-        if self.plan.override and self.plan.natural is not None and _same(device, self.plan.natural):
+        if self.plan.relocates(device):
             return True
         users = list(node.users)
         if not users:
@@ -437,11 +437,10 @@ class _Placer:
             elif node.op == "call_module" and self.plan.override:
                 module = self.gm.get_submodule(str(node.target))
                 tensors = list(module.parameters()) + list(module.buffers())
-                natural = self.plan.natural
-                if not tensors or natural is None or not any(_same(t.device, natural) for t in tensors):
+                if not tensors or not any(self.plan.relocates(t.device) for t in tensors):
                     continue
                 if isinstance(tensors[0], FakeTensor) or not (self.target.type == "cpu" or cuda_usable()):
-                    self.notes.append(f"{node.target}: submodule left on {natural}")
+                    self.notes.append(f"{node.target}: submodule left on {tensors[0].device}")
                     continue
                 name = f"_trt_multidev_mod{counter}"
                 counter += 1

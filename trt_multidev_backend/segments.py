@@ -1,10 +1,15 @@
-"""Host segments: keep deliberate host work out of what the delegate compiles.
+"""Segments: split a placed graph by device, so each delegate call sees one GPU's work only.
 
 Torch-TensorRT's partitioner ignores device placement: an explicit ``.to("cpu")`` branch is pulled
-into an engine that then receives CPU tensors and fails ("Expected inputs[i].is_cuda()"). When a
-placed graph computes anything off the target device, it is split, in graph order, into runs of
-target-device nodes and runs of host nodes; only the target runs go to the delegate, and host
-runs stay as plain PyTorch. Graphs with no host work are not split.
+into an engine that then receives CPU tensors and fails ("Expected inputs[i].is_cuda()"), and a
+graph whose layers sit on two GPUs cannot be built at all. So a graph is split, in graph order,
+into runs of nodes on one GPU (device segments, compiled for that GPU) and runs of nodes that stay
+in PyTorch: deliberate host work, and the copies between GPUs (PyTorch orders a cross-device copy
+with events between the two devices' current streams, without a host synchronization).
+
+Two cases: a graph with one target whose host work must stay out of its engines (only target
+segments; graphs with no host work are not split), and a graph whose state spans several GPUs
+(one device segment per run of work on each GPU: pipeline placement, ``device_map``).
 """
 
 from __future__ import annotations
@@ -22,16 +27,27 @@ from .device import DevicePlan
 from .graphinfo import meta_value
 from .placement import is_move
 
-__all__ = ["Segmented", "split_host_work"]
+__all__ = ["Segmented", "split_by_device", "install"]
 
 log = logging.getLogger("trt_multidev.segments")
 
 
 @dataclass
 class Segmented:
-    gm: torch.fx.GraphModule                        # calls submod_0, submod_1, ... in order
-    target_segments: list[tuple[str, list[Any]]]    # (submodule name, example inputs) to compile
-    host_segments: list[str]
+    gm: torch.fx.GraphModule                                       # calls submod_0, submod_1, ... in order
+    device_segments: list[tuple[str, torch.device, list[Any]]]     # (submodule, its GPU, example inputs)
+    host_segments: list[str]                                       # run in PyTorch: host work, transfers
+
+    def describe(self) -> str:
+        """The stages, in order, for the plan log line: 'submod_0 on cuda:0 (12 ops), ...'."""
+        parts = []
+        for name, module in self.gm.named_children():
+            if not isinstance(module, torch.fx.GraphModule):
+                continue
+            ops = sum(1 for n in module.graph.nodes if n.op in ("call_function", "call_method", "call_module"))
+            device = next((f"on {d}" for seg, d, _ in self.device_segments if seg == name), "in PyTorch")
+            parts.append(f"{name} {device} ({ops} ops)")
+        return ", ".join(parts)
 
 
 class _Callable(torch.nn.Module):
@@ -52,41 +68,42 @@ def _node_device(node: torch.fx.Node, plan: DevicePlan) -> torch.device | None:
     if not isinstance(value, torch.Tensor):
         return None
     device = value.device
-    if plan.override and plan.natural is not None and device.type == plan.natural.type and (
-        device.index == plan.natural.index or device.type == "cpu"
-    ):
+    if plan.relocates(device):
         return plan.target  # relocated by the device override; the metadata predates it
     return device
 
 
-def split_host_work(gm: torch.fx.GraphModule, examples: Sequence[Any], plan: DevicePlan) -> Segmented | None:
-    """Split `gm` into target and host runs, or return None when there is no host work."""
+def split_by_device(gm: torch.fx.GraphModule, examples: Sequence[Any], plan: DevicePlan) -> Segmented | None:
+    """Split `gm` into device segments and PyTorch segments; None when no split is needed (one
+    target and no host work) or possible (no GPU work at all)."""
     target = plan.target
-    if target is None or target.type != "cuda":
+    if target is not None and target.type != "cuda":
         return None
-    classes: dict[torch.fx.Node, bool] = {}
-    on_target = True
+    classes: dict[torch.fx.Node, torch.device | None] = {}  # the segment's GPU, or None: PyTorch
+    current: torch.device | None = target
     for node in gm.graph.nodes:
         if node.op in ("placeholder", "output"):
             continue
         device = _node_device(node, plan)
         if device is not None:
-            on_target = device == target
-            if on_target and is_move(node):
-                # A copy from the host belongs to the host side, so device segments only ever
-                # receive device tensors (an engine refuses host inputs).
+            current = device if device.type == "cuda" and (target is None or device == target) else None
+            if current is not None and is_move(node):
+                # A copy from the host or from another GPU stays in PyTorch, so a device segment
+                # only ever receives tensors on its own GPU (an engine refuses the others).
                 sources = [_node_device(a, plan) for a in node.all_input_nodes]
-                on_target = all(d is None or d == target for d in sources)
-        classes[node] = on_target
-    if all(classes.values()) or not any(classes.values()):
+                if any(d is not None and d != current for d in sources):
+                    current = None
+        classes[node] = current
+    gpus = {c for c in classes.values() if c is not None}
+    if not gpus or (target is not None and all(c is not None for c in classes.values())):
         return None
 
     partition: dict[torch.fx.Node, int] = {}
-    current, previous = 0, None
+    index, previous = 0, object()
     for node, cls in classes.items():
-        if previous is not None and cls != previous:
-            current += 1
-        partition[node] = current
+        if partition and cls != previous:
+            index += 1
+        partition[node] = index
         previous = cls
     split = split_module(gm, gm, lambda n: partition[n], keep_original_order=True)
 
@@ -99,18 +116,18 @@ def split_host_work(gm: torch.fx.GraphModule, examples: Sequence[Any], plan: Dev
         if node.name not in values:
             values[node.name] = _example_like(meta_value(node), fake_mode)
 
-    first_cls = {partition[n]: classes[n] for n in classes}
-    targets, hosts = [], []
+    device_of = {partition[n]: classes[n] for n in classes}
+    devices, hosts = [], []
     for name, module in split.named_children():
         if not name.startswith("submod_"):
             continue
-        index = int(name.split("_", 1)[1])
-        if first_cls.get(index, True):
+        device = device_of.get(int(name.split("_", 1)[1]))
+        if device is not None:
             inputs = [values.get(p.name) for p in module.graph.nodes if p.op == "placeholder"]
-            targets.append((name, inputs))
+            devices.append((name, device, inputs))
         else:
             hosts.append(name)
-    return Segmented(split, targets, hosts)
+    return Segmented(split, devices, hosts)
 
 
 def _hint(size: Any) -> int:
@@ -133,6 +150,6 @@ def _example_like(value: Any, fake_mode: Any) -> Any:
 
 
 def install(segmented: Segmented, name: str, compiled: Callable[..., Any]) -> None:
-    """Put a compiled target segment where its submodule was."""
+    """Put a compiled device segment where its submodule was."""
     module = compiled if isinstance(compiled, torch.nn.Module) else _Callable(compiled)
     setattr(segmented.gm, name, module)

@@ -89,14 +89,18 @@ class TwoStage(nn.Module):
         return self.b(torch.relu(self.a(x)).to(SECOND))
 
 
-def test_s03_one_graph_across_two_gpus_warns_and_matches_eager(caplog):
+def test_s03_one_graph_across_two_gpus_runs_a_stage_per_gpu(caplog):
     model = TwoStage().eval()
     x = torch.randn(8, 64, device=FIRST)
+    torch.cuda.set_device(FIRST)
     with torch.no_grad():
         out = torch.compile(model, backend="trt_multidev", options=OPTIONS)(x)
         assert out.device == SECOND and rel_error(out, model(x)) < 1e-2
-    if not DRY:
-        assert any("module state spans cuda:0, cuda:1" in m for m in no_warnings(caplog))
+    assert no_warnings(caplog) == [] and torch.cuda.current_device() == FIRST.index
+    if not DRY:  # one engine per GPU, no fallback
+        counts = tm.stats()
+        assert counts[str(FIRST)]["compiles"] == 1 and counts[str(SECOND)]["compiles"] == 1
+        assert counts[str(FIRST)]["fallbacks"] == 0 and counts[str(SECOND)]["fallbacks"] == 0
 
 
 def test_s18_current_device_unchanged_after_compile_load_and_calls(tmp_path, monkeypatch):
@@ -168,3 +172,29 @@ def test_s16_torchrun_without_set_device(tmp_path):
         rank = line.split()[1]
         assert f"'cuda:{rank}'" in line  # each rank compiled for its own GPU (cuda:LOCAL_RANK)
         assert float(re.search(r"relative error ([0-9.e+-]+)", line).group(1)) < 1e-2
+
+
+def test_hf_gpt2_placed_on_two_gpus_by_accelerate_runs_a_stage_per_gpu(caplog):
+    """A transformers model from a config (random weights, nothing downloaded), split across two
+    GPUs by accelerate's dispatch_model: eager-equal, engines on both GPUs, no fallback."""
+    transformers = pytest.importorskip("transformers")
+    accelerate = pytest.importorskip("accelerate")
+    if DRY:
+        pytest.skip("needs two real GPUs")
+    config = transformers.GPT2Config(n_layer=4, n_embd=256, n_head=4, vocab_size=1000, n_positions=128,
+                                     tie_word_embeddings=False)
+    torch.manual_seed(0)
+    model = transformers.GPT2LMHeadModel(config).eval().half()
+    first = ["transformer.wte", "transformer.wpe", "transformer.drop", "transformer.h.0", "transformer.h.1"]
+    second = ["transformer.h.2", "transformer.h.3", "transformer.ln_f", "lm_head"]
+    model = accelerate.dispatch_model(model, device_map={**dict.fromkeys(first, 0), **dict.fromkeys(second, 1)})
+    ids = torch.randint(0, 1000, (2, 64), device=FIRST)
+    torch.cuda.set_device(FIRST)
+    with torch.no_grad():
+        ref = model(ids, use_cache=False).logits
+        out = torch.compile(model, backend="trt_multidev", options=OPTIONS)(ids, use_cache=False).logits
+    assert out.device == ref.device and rel_error(out, ref) < 2e-2
+    counts = tm.stats()
+    assert counts[str(FIRST)]["compiles"] >= 1 and counts[str(SECOND)]["compiles"] >= 1
+    assert all(c["fallbacks"] == 0 for c in counts.values()) and no_warnings(caplog) == []
+    assert torch.cuda.current_device() == FIRST.index
