@@ -104,6 +104,18 @@ def capture(fn, *args):
     return seen["gm"], seen["inputs"]
 
 
+class TwoLinear(nn.Module):
+    """Two linear layers with a ReLU: the small model many CPU tests compile."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.a = nn.Linear(8, 8)
+        self.b = nn.Linear(8, 8)
+
+    def forward(self, x):
+        return self.b(torch.relu(self.a(x)))
+
+
 class SplitAcrossGpus(nn.Module):
     """Pipeline placement: layer `a` on one GPU, layer `b` on another (S03)."""
 

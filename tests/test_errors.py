@@ -13,21 +13,11 @@ import torch._dynamo.exc
 import torch.nn as nn
 
 import trt_multidev_backend as tm
-from helpers import capture
+from helpers import capture, TwoLinear as Net
 
 dynamo_passes_ours = pytest.mark.skipif(
     not hasattr(torch._dynamo.exc, "ShortenTraceback"),
     reason="this torch wraps every backend error in BackendCompilerFailed")
-
-
-class Net(nn.Module):
-    def __init__(self):
-        super().__init__()
-        self.a = nn.Linear(8, 8)
-        self.b = nn.Linear(8, 8)
-
-    def forward(self, x):
-        return self.b(torch.relu(self.a(x)))
 
 
 def last_line(exc: BaseException) -> str:

@@ -9,19 +9,9 @@ import torch
 import torch.nn as nn
 
 import trt_multidev_backend as tm
-from helpers import EngineLikeDelegate, capture, counters, fake, on_fake_device
+from helpers import EngineLikeDelegate, capture, counters, fake, on_fake_device, TwoLinear as Net
 
 needs_no_trt = pytest.mark.skipif(torch.cuda.is_available(), reason="checks the no-GPU fallback path")
-
-
-class Net(nn.Module):
-    def __init__(self):
-        super().__init__()
-        self.a = nn.Linear(8, 8)
-        self.b = nn.Linear(8, 8)
-
-    def forward(self, x):
-        return self.b(torch.relu(self.a(x)))
 
 
 def warnings_of(caplog):

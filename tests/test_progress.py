@@ -15,21 +15,11 @@ import torch.nn as nn
 
 import _delegates
 import trt_multidev_backend as tm
-from helpers import capture, fake, on_fake_device
+from helpers import capture, fake, on_fake_device, TwoLinear as Net
 from trt_multidev_backend import progress
 from trt_multidev_backend.settings import resolve_settings
 
 ANSI = re.compile(r"\x1b\[[0-9;?]*[A-Za-z]")
-
-
-class Net(nn.Module):
-    def __init__(self):
-        super().__init__()
-        self.a = nn.Linear(8, 8)
-        self.b = nn.Linear(8, 8)
-
-    def forward(self, x):
-        return self.b(torch.relu(self.a(x)))
 
 
 def ours(text: str) -> list[str]:
