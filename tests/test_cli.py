@@ -184,3 +184,22 @@ def test_info_says_what_device_cuda_means_under_torchrun():
     count = torch.cuda.device_count() if torch.cuda.is_available() else None
     meaning = "cuda:2 (LOCAL_RANK=2)" if count is None or count > 2 else "cuda:0 (current device)"
     assert f"device=cuda means: {meaning}" in result.stdout.splitlines()
+
+
+@pytest.mark.skipif(torch.cuda.device_count() >= 2, reason="checks a machine with fewer than two GPUs")
+def test_demo_pipeline_needs_two_gpus(capsys):
+    from trt_multidev_backend.cli import main
+
+    assert main(["demo", "--pipeline"]) == 2
+    count = torch.cuda.device_count() if torch.cuda.is_available() else 0
+    assert capsys.readouterr().err.strip() == (
+        f"trt-multidev demo: error: --pipeline needs two or more visible GPUs ({count} visible)")
+
+
+def test_the_pipeline_demo_model_puts_each_stage_on_its_device():
+    from trt_multidev_backend.cli import _PipelineDemo
+
+    devices = [torch.device("cpu"), torch.device("meta"), torch.device("cpu")]
+    model = _PipelineDemo(devices)
+    assert [next(s.parameters()).device.type for s in model.stages if list(s.parameters())] == ["cpu", "meta", "cpu"]
+    assert sum(len(s) for s in model.stages) == 6  # every layer of the demo MLP, once

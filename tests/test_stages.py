@@ -101,3 +101,11 @@ def test_the_device_setting_still_puts_everything_on_one_gpu(fake_mode):
     assert call.device == torch.device("cuda", 3)
     assert set(call.input_devices) == {torch.device("cuda", 3)}  # every tensor of the graph moved there
     assert out is not None
+
+
+def test_strict_raises_from_a_failing_stage_through_torch_compile(fake_mode):
+    import pytest
+
+    with pytest.raises(tm.TrtMultidevError, match=r"engine build exploded \[cuda:0\]"):
+        torch.compile(split_across_fake_gpus(fake_mode), backend="trt_multidev",
+                      options={"delegate": "_delegates:broken", "strict": True})(fake(fake_mode, 2, 4, device="cuda:0"))

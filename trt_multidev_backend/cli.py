@@ -109,6 +109,25 @@ class _Demo(torch.nn.Module):
         return self.body(x) + x
 
 
+class _PipelineDemo(torch.nn.Module):
+    """The demo MLP's layers spread over `devices` in order, activations copied between them, as
+    pipeline placement or an accelerate device map does."""
+
+    def __init__(self, devices: Sequence[torch.device]) -> None:
+        super().__init__()
+        layers = list(_Demo().body)
+        self.devices = list(devices)
+        self.stages = torch.nn.ModuleList()
+        for i, device in enumerate(self.devices):
+            part = layers[i * len(layers) // len(self.devices):(i + 1) * len(layers) // len(self.devices)]
+            self.stages.append(torch.nn.Sequential(*part).to(device))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        for stage, device in zip(self.stages, self.devices):
+            x = stage(x.to(device))
+        return x
+
+
 def _demo_device(text: str) -> torch.device:
     """--device: a device this process can run on, else an argparse error that says why not."""
     from .settings import _parse_device
@@ -175,6 +194,8 @@ def cmd_demo(args: argparse.Namespace) -> int:
     from . import backend, stats
 
     logging.basicConfig(level=logging.INFO, format="  [%(name)s] %(message)s")
+    if args.pipeline:
+        return _demo_pipeline(args)
     device = args.device or _best_device()
     print(f"demo: a 6-layer MLP on {device}, current device: "
           f"{'cuda:%d' % torch.cuda.current_device() if torch.cuda.is_available() else 'none (no CUDA)'}")
@@ -193,6 +214,32 @@ def cmd_demo(args: argparse.Namespace) -> int:
         compiled_t = _time(compiled, x, args.iters)
     print(f"first call (compile): {first:.2f} s")
     print(f"eager: {eager_t * 1e3:.3f} ms/call   trt_multidev: {compiled_t * 1e3:.3f} ms/call")
+    print(f"relative error vs eager: {error:.2e}; output on {out.device}")
+    print(f"counters: {stats()}")
+    return 0
+
+
+def _demo_pipeline(args: argparse.Namespace) -> int:
+    """The demo MLP split over every visible GPU: one stage per GPU, shown in the plan line."""
+    from . import backend, stats
+
+    count = torch.cuda.device_count() if torch.cuda.is_available() else 0
+    if count < 2:
+        print(f"trt-multidev demo: error: --pipeline needs two or more visible GPUs ({count} visible)",
+              file=sys.stderr)
+        return 2
+    devices = [torch.device("cuda", i) for i in range(min(count, 3))]
+    model = _PipelineDemo(devices).eval()
+    x = torch.randn(args.batch, 256, device=devices[0])
+    print(f"demo: the MLP's layers over {', '.join(map(str, devices))}; current device: "
+          f"cuda:{torch.cuda.current_device()}")
+    with torch.no_grad():
+        expected = model(x)
+        start = time.perf_counter()
+        out = torch.compile(model, backend=backend)(x)
+        first = time.perf_counter() - start
+        error = ((out - expected).norm() / expected.norm()).item()
+    print(f"first call (compile): {first:.2f} s")
     print(f"relative error vs eager: {error:.2e}; output on {out.device}")
     print(f"counters: {stats()}")
     return 0
@@ -286,6 +333,8 @@ def main(argv: Sequence[str] | None = None) -> int:
                       help="cuda:N, N, cuda or cpu (default: the GPU with the most memory)")
     demo.add_argument("--batch", type=_at_least_one, default=64, help="batch size, >= 1")
     demo.add_argument("--iters", type=_at_least_one, default=50, help="timed calls, >= 1")
+    demo.add_argument("--pipeline", action="store_true",
+                      help="spread the model over the visible GPUs (two or more): one stage per GPU")
     demo.set_defaults(fn=cmd_demo)
     cache = sub.add_parser("cache", help="the disk cache: list, stats, clear, prune")
     cache.add_argument("action", choices=("list", "stats", "clear", "prune"))
