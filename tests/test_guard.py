@@ -239,3 +239,56 @@ def test_an_engine_on_another_gpu_warns_once_and_runs_the_fallback(fake_mode, ca
 def test_engines_on_the_target_pass_the_check(fake_mode):
     compile_on(fake_mode, "cuda:0", WrongDeviceDelegate("cuda:0"), strict=True)
     assert tm.stats()["cuda:0"]["fallbacks"] == 0 and tm.stats()["cuda:0"]["compiles"] == 1
+
+
+# -- the Torch-TensorRT delegate's side, without Torch-TensorRT ------------------------------
+def test_torch_tensorrt_engine_modules_release_their_engines_on_the_target(cuda):
+    from trt_multidev_backend.delegate import own_engines
+
+    class TorchTensorRTModule(torch.nn.Module):  # Torch-TensorRT's C++ engine module, by its name
+        def __init__(self) -> None:
+            super().__init__()
+            self.engine = fake_trt_object(cuda, 2)
+
+    compiled = torch.nn.Sequential(TorchTensorRTModule())
+    own_engines(compiled, torch.device("cuda", 2))
+    del compiled
+    gc.collect()
+    assert RELEASED_ON == [(2, 2)] and cuda.state() == (0, 0)
+
+
+def test_the_device_a_cpp_engine_chose_is_read_from_its_description():
+    from trt_multidev_backend.delegate import engine_device
+
+    class Engine:
+        def __str__(self) -> str:
+            return "Torch-TensorRT TensorRT Engine:\n  Name: _run_on_acc_0\n  Device: Device(ID: 1, Name: NVIDIA H200, SM Capability: 9.0, Type: GPU)"
+
+    class TorchTensorRTModule(torch.nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.engine = Engine()
+
+    assert engine_device(TorchTensorRTModule()) == torch.device("cuda", 1)
+
+
+def test_the_op_whose_conversion_failed_is_found_in_the_traceback():
+    from trt_multidev_backend.delegate import TorchTensorRTDelegate
+
+    graph = torch.fx.Graph()
+    x = graph.placeholder("x")
+    node = graph.call_function(torch.ops.aten.embedding.default, (x, x))
+
+    class TRTInterpreter:  # like Torch-TensorRT's: it holds the node it is converting
+        def run_node(self, n):
+            self._cur_node = n
+            raise RuntimeError("The `embedding` op has indices_tensor dtype=int64")
+
+    try:
+        TRTInterpreter().run_node(node)
+    except RuntimeError as exc:
+        assert TorchTensorRTDelegate.failing_op(exc) == "torch.ops.aten.embedding.default"
+    try:
+        raise RuntimeError("builder failed")  # no node being converted: not one op's failure
+    except RuntimeError as exc:
+        assert TorchTensorRTDelegate.failing_op(exc) is None
