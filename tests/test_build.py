@@ -170,3 +170,27 @@ def test_indices_from_inputs_or_state_are_left_alone():
     delegate = Recording()
     torch.compile(Buffered().eval(), backend="trt_multidev", options={"delegate": delegate})(torch.randn(2, 12, 16))
     assert "torch.int32" not in delegate.code
+
+
+def test_a_delegate_can_say_what_excluding_an_op_does(caplog):
+    delegate = Refusing({torch.relu})
+    delegate.exclusion_note = lambda op: "relu is traced another way" if op == "torch.relu" else None
+    torch.compile(Net().eval(), backend="trt_multidev", options={"delegate": delegate})(torch.randn(4, 8))
+    (message,) = warnings_of(caplog)
+    assert "could not convert torch.relu on cpu (Refused: no converter for torch.relu); relu is traced another way" \
+           in message and "run in PyTorch on cpu" not in message
+
+
+def test_cudnn_attention_is_left_out_of_tracing_only_inside_the_block():
+    from trt_multidev_backend.delegate import CUDNN_ATTENTION, TorchTensorRTDelegate, _without_cudnn_attention
+
+    before = (torch.backends.cuda.cudnn_sdp_enabled(), torch.backends.cuda.flash_sdp_enabled(),
+              torch.backends.cuda.mem_efficient_sdp_enabled(), torch.backends.cuda.math_sdp_enabled())
+    with _without_cudnn_attention():
+        assert not torch.backends.cuda.cudnn_sdp_enabled()
+        assert torch.backends.cuda.flash_sdp_enabled() and torch.backends.cuda.mem_efficient_sdp_enabled()
+        assert torch.backends.cuda.math_sdp_enabled()
+    assert (torch.backends.cuda.cudnn_sdp_enabled(), torch.backends.cuda.flash_sdp_enabled(),
+            torch.backends.cuda.mem_efficient_sdp_enabled(), torch.backends.cuda.math_sdp_enabled()) == before
+    assert "another kernel" in TorchTensorRTDelegate.exclusion_note(CUDNN_ATTENTION)
+    assert TorchTensorRTDelegate.exclusion_note("torch.ops.aten.embedding.default") is None

@@ -51,6 +51,9 @@ ENGINE_MODULES = ("TorchTensorRTModule", "PythonTorchTensorRTModule", "TensorRTE
 _OWN_RUNTIME_KEYS = ("use_python_runtime", "lazy_engine_init", "enable_cross_compile_for_windows", "dryrun",
                      "enable_weight_streaming", "debug", "cache_built_engines", "reuse_cached_engines")
 _DEFERRAL = threading.local()
+# Hopper GPUs trace scaled_dot_product_attention to cuDNN's kernel, which Torch-TensorRT 2.11 cannot
+# convert ("add_cast(): incompatible function arguments"); its other kernels it can.
+CUDNN_ATTENTION = "torch.ops.aten._scaled_dot_product_cudnn_attention.default"
 
 
 class Delegate(Protocol):
@@ -248,7 +251,9 @@ class TorchTensorRTDelegate:
             gm.recompile()
         if runner:
             from torch_tensorrt.dynamo.runtime import PythonTorchTensorRTModule
-        with _deferring_setup(PythonTorchTensorRTModule) if runner else contextlib.nullcontext():
+        attention = (_without_cudnn_attention() if CUDNN_ATTENTION in settings.excluded_ops
+                     else contextlib.nullcontext())
+        with _deferring_setup(PythonTorchTensorRTModule) if runner else contextlib.nullcontext(), attention:
             if detect_fake_mode(inputs) is None:
                 # Called outside dynamo (aot tools, direct use): Torch-TensorRT needs a fake mode.
                 with tracing(TracingContext(FakeTensorMode(allow_non_fake_inputs=True))):
@@ -265,6 +270,14 @@ class TorchTensorRTDelegate:
                 if type(module).__name__ in ENGINE_MODULES and hasattr(module, "set_output_tensors_as_unowned"):
                     module.set_output_tensors_as_unowned(True)
         return _First(compiled) if single else compiled
+
+    @staticmethod
+    def exclusion_note(op: str) -> str | None:
+        """What excluding `op` does, where it is not "its nodes run in PyTorch"."""
+        if op == CUDNN_ATTENTION:
+            return ("attention is traced again with the other scaled_dot_product_attention kernels, which "
+                    "TensorRT converts (the same attention, another kernel)")
+        return None
 
     @staticmethod
     def failing_op(exc: BaseException) -> str | None:
@@ -338,6 +351,15 @@ class TorchTensorRTDelegate:
     @staticmethod
     def count_engines(compiled: Any) -> int:
         return len(_engine_modules(compiled))
+
+
+def _without_cudnn_attention() -> Any:
+    """Trace scaled_dot_product_attention with every kernel but cuDNN's (flash, memory-efficient,
+    math: the same attention). PyTorch's kernel choice is process-wide, so for the length of the
+    build other threads' eager attention avoids cuDNN's kernel too."""
+    from torch.nn.attention import SDPBackend, sdpa_kernel
+
+    return sdpa_kernel([SDPBackend.FLASH_ATTENTION, SDPBackend.EFFICIENT_ATTENTION, SDPBackend.MATH])
 
 
 class _First(torch.nn.Module):
