@@ -150,3 +150,13 @@ def test_settings_and_plan_are_logged_at_the_chosen_level(caplog):
     assert any(m.startswith("settings: device=auto (default)") and "log_level=warning (options)" in m
                for m in messages)
     assert any("target cpu (rule: graph tensors (cpu))" in m for m in messages)
+
+
+def test_a_failure_on_a_dynamic_graph_names_its_symbolic_sizes(caplog):
+    model = Net().eval()
+    compiled = torch.compile(model, backend="trt_multidev", dynamic=True, options={"delegate": "_delegates:broken"})
+    x = torch.randn(4, 8)
+    with torch.no_grad():
+        torch.testing.assert_close(compiled(x), model(x))
+    (message,) = warnings_of(caplog)
+    assert "engine build exploded (on a graph with symbolic sizes: x: dim 0 in [2, inf]) [cpu]" in message

@@ -102,3 +102,39 @@ def fetch_attr(gm: torch.nn.Module, target: str) -> Any:
         if obj is None:
             return None
     return obj
+
+
+def symbolic_sizes(infos: Sequence[ArgInfo]) -> list[str]:
+    """The caller inputs whose sizes are symbolic (dynamic=True, automatic dynamic shapes,
+    mark_dynamic), with the range each may take: "x: dim 0 in [2, inf]". Sizes pinned to one
+    value are left out; size arguments (SymInt placeholders) only when no tensor names them."""
+    dims, sizes = [], []
+    for info in infos:
+        if info.role is not Role.INPUT:
+            continue
+        value = meta_value(info.node)
+        if value is None:
+            value = info.example
+        if isinstance(value, torch.SymInt):
+            text = _range(value)
+            if text is not None:
+                sizes.append(f"{info.name} {text}")
+        elif isinstance(value, torch.Tensor):
+            found = [(i, _range(s)) for i, s in enumerate(value.shape) if isinstance(s, torch.SymInt)]
+            found = [f"dim {i} {text}" for i, text in found if text is not None]
+            if found:
+                dims.append(f"{info.name}: {', '.join(found)}")
+    return dims or sizes
+
+
+def _range(size: torch.SymInt) -> str | None:
+    """"in [low, high]" for a symbolic size ("inf" when unbounded), None when pinned to one value."""
+    node = size.node
+    try:
+        bounds = node.shape_env.bound_sympy(node.expr)
+    except Exception:
+        return "(symbolic)"
+    low, high = bounds.lower, bounds.upper
+    if low == high:
+        return None
+    return f"in [{low}, {high if str(high) not in ('oo', 'int_oo') else 'inf'}]"

@@ -17,7 +17,7 @@ from .cache import CompiledCache, Stats, cache_key
 from .delegate import ENGINE_MODULES, TorchTensorRTDelegate, load_delegate
 from .device import DevicePlan, check_visible, resolve_device
 from .errors import EngineDeviceError, TrtMultidevError, through_dynamo
-from .graphinfo import Role, classify_args
+from .graphinfo import Role, classify_args, symbolic_sizes
 from .guard import cuda_usable, device_guard
 from .placement import Placement, graph_copy, place
 from .progress import current as current_progress, track
@@ -127,10 +127,17 @@ class TrtMultidevBackend:
             log.debug("delegate %s failed on %s", identity, label, exc_info=True)
             remedy = ("the delegate's own traceback is chained below" if settings.strict else
                       "set strict=1 (TRT_MULTIDEV_STRICT=1) to raise instead, with the full traceback")
+            reason = (first_line(exc) if isinstance(exc, EngineDeviceError) else
+                      f"the {_short(identity)} delegate raised {type(exc).__name__}: {first_line(exc)}")
+            symbolic = symbolic_sizes(infos)
+            if symbolic:  # what a dynamic graph's failure most likely comes from, and the way around it
+                reason += f" (on a graph with symbolic sizes: {'; '.join(symbolic)})"
+                if isinstance(delegate, TorchTensorRTDelegate):
+                    remedy = ("Torch-TensorRT 2.11 builds dynamic engines from bounded sizes: mark each dynamic "
+                              "dimension with torch._dynamo.mark_dynamic(x, dim, min=..., max=...) instead of "
+                              "dynamic=True or automatic dynamic shapes, or compile with dynamic=False; " + remedy)
             wrapper = self._fallback(gm, example_inputs, settings, plan, label,
-                                     f"delegate-error:{type(exc).__name__}",
-                                     first_line(exc) if isinstance(exc, EngineDeviceError) else
-                                     f"the {_short(identity)} delegate raised {type(exc).__name__}: {first_line(exc)}",
+                                     f"delegate-error:{type(exc).__name__}", reason,
                                      remedy, placement=placement, cause=exc)
             self._cache.put(key, wrapper)
             return wrapper
