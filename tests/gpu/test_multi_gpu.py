@@ -198,3 +198,35 @@ def test_hf_gpt2_placed_on_two_gpus_by_accelerate_runs_a_stage_per_gpu(caplog):
     assert counts[str(FIRST)]["compiles"] >= 1 and counts[str(SECOND)]["compiles"] >= 1
     assert all(c["fallbacks"] == 0 for c in counts.values()) and no_warnings(caplog) == []
     assert torch.cuda.current_device() == FIRST.index
+
+
+@pytest.mark.skipif(torch.cuda.device_count() < 4, reason="needs four GPUs")
+def test_transformer_stack_on_four_gpus_runs_a_stage_per_gpu(caplog):
+    devices = [torch.device("cuda", i) for i in range(4)]
+
+    class Stack(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.layers = nn.ModuleList(
+                nn.TransformerEncoderLayer(256, 4, 1024, batch_first=True, dropout=0.0).to(d) for d in devices)
+
+        def forward(self, x):
+            for layer, device in zip(self.layers, devices):
+                x = layer(x.to(device))
+            return x
+
+    torch.manual_seed(0)
+    model = Stack().eval().half()
+    x = torch.randn(4, 64, 256, device=devices[0], dtype=torch.half)
+    torch.cuda.set_device(FIRST)
+    with torch.no_grad():
+        out = torch.compile(model, backend="trt_multidev", options=OPTIONS)(x)
+        assert out.device == devices[-1] and rel_error(out, model(x)) < 2e-2
+    counts = tm.stats()
+    assert all(counts[str(d)]["compiles"] + counts[str(d)]["cross_device_reuses"] >= 1 for d in devices)
+    assert all(c["fallbacks"] == 0 for c in counts.values()) and no_warnings(caplog) == []
+    torch._dynamo.reset()
+    import gc
+
+    gc.collect()
+    assert torch.cuda.current_device() == FIRST.index
