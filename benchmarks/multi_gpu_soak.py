@@ -32,11 +32,13 @@ from typing import Any
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, os.path.join(HERE, ".."))
+sys.path.insert(0, HERE)
 
 import torch  # noqa: E402
 import torch.nn as nn  # noqa: E402
 
 import trt_multidev_backend as tm  # noqa: E402
+from gpu_bench import rel_error  # noqa: E402
 from trt_multidev_backend.guard import real_device  # noqa: E402
 
 tm.register()
@@ -76,11 +78,6 @@ class Attention(nn.Module):
 
 
 MODELS = {"mlp": (Mlp, (16, 256)), "conv": (Conv, (4, 3, 32, 32)), "attention": (Attention, (2, 32, 64))}
-
-
-def rel_error(out: torch.Tensor, ref: torch.Tensor) -> float:
-    out, ref = out.detach().float().cpu(), ref.detach().float().cpu()
-    return float((out - ref).norm() / ref.norm().clamp_min(1e-12))
 
 
 class Recorder(logging.Handler):

@@ -24,7 +24,7 @@ from .placement import graph_copy
 from .runtime import SelectArgs
 from .settings import Settings
 
-__all__ = ["Built", "call_delegate", "check_engine_devices", "pytorch_ops", "MAX_EXCLUDED"]
+__all__ = ["Built", "call_delegate", "check_engine_devices", "pytorch_ops", "first_line", "MAX_EXCLUDED"]
 
 MAX_EXCLUDED = 8
 
@@ -65,7 +65,7 @@ def call_delegate(delegate: Any, gm: torch.fx.GraphModule, inputs: Sequence[Any]
             traceback.clear_frames(exc.__traceback__)
             if op is None or op in known or len(excluded) >= MAX_EXCLUDED:
                 raise
-            excluded.append((op, f"{type(exc).__name__}: {_first_line(exc)}"))
+            excluded.append((op, f"{type(exc).__name__}: {first_line(exc)}"))
             continue
         except BaseException as exc:
             traceback.clear_frames(exc.__traceback__)
@@ -104,6 +104,7 @@ def check_engine_devices(delegate: Any, compiled: Any, target: torch.device | No
                                 "something switched the CUDA device during the build")
 
 
-def _first_line(exc: BaseException) -> str:
+def first_line(exc: BaseException) -> str:
+    """An exception's first line, for one-line warnings."""
     text = str(exc).strip().splitlines()
     return text[0][:300] if text else "(no message)"

@@ -141,10 +141,18 @@ def resolve_device(gm: torch.fx.GraphModule, infos: Sequence[ArgInfo], settings:
     return DevicePlan(natural if problem is None else None, rule, natural, state_names, input_names, problem)
 
 
-def check_visible(device: torch.device, origin: str) -> None:
+def check_visible(device: torch.device, origin: str, *, needs_cuda: bool = False) -> None:
     """Raise a clear SettingsError (a ValueError) when a CUDA index is not among the visible GPUs:
-    only a `device` setting (or LOCAL_RANK) can name one, and it then reaches torch.compile's caller."""
-    if device.type != "cuda" or not cuda_usable():
+    only a `device` setting (or LOCAL_RANK) can name one, and it then reaches torch.compile's caller.
+    Without CUDA, a setting naming a GPU is an error only when the compiler `needs_cuda`: other
+    delegates may work on FakeTensor devices."""
+    if device.type != "cuda":
+        return
+    if not cuda_usable():
+        if needs_cuda and origin.startswith("setting"):
+            build = "a CPU-only build of torch" if torch.version.cuda is None else "no visible GPU"
+            raise SettingsError(f"trt_multidev: device {device} ({origin}) names a CUDA device, but none is "
+                                f"visible here ({build}): 0 CUDA devices; accepted here: 'cpu', or unset")
         return
     count = torch.cuda.device_count()
     if device.index is not None and device.index >= count:

@@ -23,7 +23,7 @@ from typing import Any, Sequence
 
 import torch
 
-from .guard import device_guard, real_device, release_on, track, watch_collections
+from .guard import device_guard, real_device, release_held, track, watch_collections
 
 __all__ = ["TensorRTEngine", "runtime_cache_supported", "unsupported_reason"]
 
@@ -162,10 +162,7 @@ class TensorRTEngine(torch.nn.Module):
         """Release the TensorRT objects (context, kernel cache, engine, in that order) on this
         engine's own device; the caller's device stays current. Runs when the engine is
         collected and at interpreter exit; idempotent. A released engine cannot run."""
-        held = self.__dict__
-        objects = [held.pop(n) for n in _TRT_OBJECTS if n in held]
-        if objects:
-            release_on(self.device, objects)
+        release_held(self.device, self.__dict__, _TRT_OBJECTS)
 
     def __del__(self) -> None:
         try:

@@ -12,7 +12,8 @@ from typing import Any, Iterator, Sequence
 import torch
 import torch.fx
 
-__all__ = ["Role", "ArgInfo", "classify_args", "meta_value", "fetch_attr", "attr_tensors"]
+__all__ = ["Role", "ArgInfo", "classify_args", "meta_value", "fetch_attr", "attr_tensors", "op_count",
+           "symbolic_sizes"]
 
 
 class Role(enum.Enum):
@@ -102,6 +103,11 @@ def fetch_attr(gm: torch.nn.Module, target: str) -> Any:
         if obj is None:
             return None
     return obj
+
+
+def op_count(gm: torch.fx.GraphModule) -> int:
+    """The graph's operations (calls of functions, methods and modules), for names and logs."""
+    return sum(1 for n in gm.graph.nodes if n.op in ("call_function", "call_method", "call_module"))
 
 
 def symbolic_sizes(infos: Sequence[ArgInfo]) -> list[str]:

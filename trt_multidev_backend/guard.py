@@ -33,6 +33,7 @@ __all__ = [
     "guard_index",
     "device_guard",
     "release_on",
+    "release_held",
     "Releaser",
     "watch_collections",
     "real_device",
@@ -80,17 +81,6 @@ class CudaDevices:
         """Make `index` current for PyTorch and for the runtime (c10's exchange always leaves
         the runtime on `index`, also when PyTorch had only noted another device)."""
         self._exchange(index)
-
-    def swap(self, index: int) -> int:
-        """The per-call guard's entry (a compiled graph's every call): make `index` current for
-        PyTorch and the runtime (c10 checks the runtime's device); returns PyTorch's previous view."""
-        return self._exchange(index)
-
-    def swap_back(self, previous: int) -> None:
-        """The per-call guard's exit, as leaving ``torch.cuda.device``: the runtime goes back to
-        `previous` if that GPU has a context, else PyTorch notes it. Two calls in all, no
-        ctypes: calls are the hot path, and engines do not switch devices while they run."""
-        self._maybe_exchange(previous)
 
     def restore(self, view: int, real: int) -> None:
         """Give back the runtime's device, then PyTorch's view, as they were. Like leaving
@@ -194,6 +184,16 @@ def release_on(device: torch.device | None, objects: list[Any]) -> None:
             objects.pop(0)
 
 
+def release_held(device: torch.device | None, holder: dict, names: tuple[str, ...]) -> None:
+    """Take what an owner holds under `names` out of its `holder` dict and release it on `device`
+    (`release_on`); on an error (a CUDA error, interpreter shutdown) the objects are dropped anyway."""
+    objects = [holder.pop(n) for n in names if n in holder]
+    try:
+        release_on(device, objects)
+    finally:
+        objects.clear()
+
+
 class Releaser:
     """Releases the TensorRT objects an owner (a Torch-TensorRT engine module) holds under
     `names`, on `device`, when the owner is collected (or at interpreter exit).
@@ -212,15 +212,13 @@ class Releaser:
         _LIVE.add(self)
 
     def release(self) -> None:
-        holder = self.holder
-        objects = [holder.pop(n) for n in self.names if n in holder]
-        try:
-            release_on(self.device, objects)
-        except Exception:  # interpreter shutdown, a CUDA error: nothing left to protect
-            objects.clear()
+        release_held(self.device, self.holder, self.names)
 
     def __del__(self) -> None:
-        self.release()
+        try:
+            self.release()
+        except Exception:  # interpreter shutdown, a CUDA error: nothing left to protect
+            pass
 
     def __reduce__(self) -> Any:
         return (_empty_releaser, ())

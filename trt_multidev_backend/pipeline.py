@@ -12,16 +12,16 @@ from typing import Any, Callable, Mapping, Sequence
 import torch
 import torch.fx
 
-from .build import Built, call_delegate, check_engine_devices, pytorch_ops
+from .build import Built, call_delegate, check_engine_devices, first_line, pytorch_ops
 from .cache import CompiledCache, Stats, cache_key
 from .delegate import ENGINE_MODULES, TorchTensorRTDelegate, load_delegate
 from .device import DevicePlan, check_visible, resolve_device
 from .errors import EngineDeviceError, TrtMultidevError, through_dynamo
-from .graphinfo import Role, classify_args, symbolic_sizes
+from .graphinfo import Role, classify_args, op_count, symbolic_sizes
 from .guard import cuda_usable, device_guard
 from .placement import Placement, graph_copy, place
 from .progress import current as current_progress, track
-from .reuse import Reuse, first_line, graph_name
+from .reuse import Reuse, graph_name
 from .rewrites import rewrite_for_tensorrt
 from .runtime import GuardedCallable
 from .segments import install, split_by_device
@@ -68,9 +68,8 @@ class TrtMultidevBackend:
                             "trt_multidev: mode='reduce-overhead' asks for CUDA graphs, which trt_multidev does not "
                             "capture; it compiles as mode='default'.")
         infos = classify_args(gm, example_inputs)
-        ops = sum(1 for n in gm.graph.nodes if n.op in ("call_function", "call_method", "call_module"))
         gm._trt_multidev_name = (f"graph({', '.join(i.name for i in infos if i.role is Role.INPUT)[:60]}) "
-                                 f"of {ops} ops")
+                                 f"of {op_count(gm)} ops")
         plan = resolve_device(gm, infos, settings)
         label = str(plan.target) if plan.target is not None else ",".join(plan.state_devices or plan.input_devices)
         self._log(settings, "graph %s: %s", graph_name(gm), plan.describe())
@@ -84,15 +83,9 @@ class TrtMultidevBackend:
                                   plan.problem + " (no split into one stage per GPU was possible)",
                                   "put the graph's state on one GPU, or set device=cuda:N")
         assert plan.target is not None
-        check_visible(plan.target, plan.rule)
-
         delegate, identity = self._delegate(settings)
-        if isinstance(delegate, TorchTensorRTDelegate) and plan.rule.startswith("setting") \
-                and plan.target.type == "cuda" and not cuda_usable():
-            # (Custom delegates may target FakeTensor devices, as the CPU tests do.)
-            build = "a CPU-only build of torch" if torch.version.cuda is None else "no visible GPU"
-            raise SettingsError(f"trt_multidev: device {plan.target} ({plan.rule}) names a CUDA device, but none is "
-                                f"visible here ({build}): 0 CUDA devices; accepted here: 'cpu', or unset")
+        # Custom delegates may target FakeTensor devices (as the CPU tests do); TensorRT needs real ones.
+        check_visible(plan.target, plan.rule, needs_cuda=isinstance(delegate, TorchTensorRTDelegate))
         if isinstance(delegate, TorchTensorRTDelegate):
             problem = delegate.unavailable(plan.target)
             if problem is not None:
@@ -236,9 +229,8 @@ class TrtMultidevBackend:
         on the target, the rest in its engines."""
         if not built.excluded:
             return
-        total = sum(1 for n in gm.graph.nodes if n.op in ("call_function", "call_method", "call_module"))
         left = pytorch_ops(built.callable, ENGINE_MODULES)
-        share = (f"; {left} op(s) of the compiled graph run in PyTorch (the graph had {total})"
+        share = (f"; {left} op(s) of the compiled graph run in PyTorch (the graph had {op_count(gm)})"
                  if left is not None else "")
         for op, reason in built.excluded:
             note = getattr(delegate_obj, "exclusion_note", lambda _: None)(op)

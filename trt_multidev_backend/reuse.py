@@ -17,7 +17,7 @@ from typing import Any, Callable
 import filelock
 import torch
 
-from .build import Built
+from .build import Built, first_line
 from .cache import Stats, disk_key
 from .delegate import delegate_versions, stable_identity
 from .device import DevicePlan
@@ -28,7 +28,7 @@ from .progress import current as current_progress
 from .runtime import SelectArgs
 from .settings import Settings
 
-__all__ = ["DiskPlan", "Reuse", "graph_name", "first_line"]
+__all__ = ["DiskPlan", "Reuse", "graph_name"]
 
 log = logging.getLogger("trt_multidev.reuse")
 
@@ -192,8 +192,3 @@ class Reuse:
 def graph_name(gm: torch.fx.GraphModule) -> str:
     """A short readable label: the caller inputs and the op count (logs, cache listings)."""
     return getattr(gm, "_trt_multidev_name", None) or type(gm).__name__
-
-
-def first_line(exc: BaseException) -> str:
-    text = str(exc).strip().splitlines()
-    return text[0][:300] if text else "(no message)"

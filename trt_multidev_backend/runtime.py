@@ -88,11 +88,14 @@ class GuardedCallable:
         index = self._index
         if index >= 0:  # a light guard.device_guard: a call is on the hot path
             cuda = _guard.CUDA
-            previous = cuda._exchange(index)  # CudaDevices.swap, without a Python frame
+            # c10's exchange (it checks the runtime's device) and, on the way out, the exchange that
+            # leaving torch.cuda.device does (no context made on a GPU that had none): two calls,
+            # no Python frame between, as engines do not switch devices while they run.
+            previous = cuda._exchange(index)
             try:
                 out = self._run(args)
             finally:
-                cuda._maybe_exchange(previous)  # CudaDevices.swap_back
+                cuda._maybe_exchange(previous)
         else:
             out = self._run(args)
         if self._outputs:

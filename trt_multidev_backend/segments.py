@@ -24,7 +24,7 @@ from torch._subclasses.fake_tensor import FakeTensor
 from torch.fx.passes.split_module import split_module
 
 from .device import DevicePlan
-from .graphinfo import meta_value
+from .graphinfo import meta_value, op_count
 from .placement import is_move
 
 __all__ = ["Segmented", "split_by_device", "install"]
@@ -44,9 +44,8 @@ class Segmented:
         for name, module in self.gm.named_children():
             if not isinstance(module, torch.fx.GraphModule):
                 continue
-            ops = sum(1 for n in module.graph.nodes if n.op in ("call_function", "call_method", "call_module"))
             device = next((f"on {d}" for seg, d, _ in self.device_segments if seg == name), "in PyTorch")
-            parts.append(f"{name} {device} ({ops} ops)")
+            parts.append(f"{name} {device} ({op_count(module)} ops)")
         return ", ".join(parts)
 
 
