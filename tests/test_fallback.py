@@ -160,3 +160,51 @@ def test_a_failure_on_a_dynamic_graph_names_its_symbolic_sizes(caplog):
         torch.testing.assert_close(compiled(x), model(x))
     (message,) = warnings_of(caplog)
     assert "engine build exploded (on a graph with symbolic sizes: x: dim 0 in [2, inf]) [cpu]" in message
+
+
+class DropsUpdates(EngineLikeDelegate):
+    """A delegate that, like Torch-TensorRT 2.11, would not write in-place updates back."""
+
+    keeps_in_place_updates = False
+
+
+class Counting(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.fc = nn.Linear(4, 4)
+        self.register_buffer("seen", torch.zeros(1))
+
+    def forward(self, x):
+        self.seen.add_(1)
+        return self.fc(x)
+
+
+@pytest.mark.parametrize("make, updated", [
+    (lambda: (lambda x: x.add_(1) * 2), "'x'"),
+    (Counting, "'self.seen'"),
+])
+def test_graphs_updating_inputs_or_buffers_in_place_fall_back_where_the_delegate_drops_updates(caplog, make, updated):
+    delegate = DropsUpdates()
+    fn = make()
+    compiled = torch.compile(fn, backend="trt_multidev", options={"delegate": delegate, "device": "cpu"})
+    x = torch.randn(3, 4)
+    expected_x = x.clone()
+    for _ in range(2):
+        ref = fn(expected_x) if not isinstance(fn, nn.Module) else None
+        out = compiled(x)
+        if ref is not None:
+            torch.testing.assert_close(out, ref)
+            torch.testing.assert_close(x, expected_x)  # the update reached the caller's tensor
+    if isinstance(fn, Counting):
+        assert fn.seen.item() == 2  # and the module's buffer
+    assert delegate.calls == []
+    warned = [w for w in warnings_of(caplog) if "in place" in w]
+    assert len(warned) == 1 and updated in warned[0] and "would not write back" in warned[0]
+    assert tm.stats()["cpu"]["fallbacks"] == 1
+
+
+def test_delegates_that_keep_updates_still_compile_such_graphs():
+    delegate = EngineLikeDelegate()
+    compiled = torch.compile(lambda x: x.add_(1) * 2, backend="trt_multidev", options={"delegate": delegate, "device": "cpu"})
+    compiled(torch.randn(3, 4))
+    assert len(delegate.calls) == 1

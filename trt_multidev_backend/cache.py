@@ -70,7 +70,7 @@ def cache_key(
 ) -> str:
     h = hashlib.sha256()
     for part in (graph_fingerprint(gm), *input_specs(example_inputs), str(device),
-                 settings.result_token(), delegate, torch.__version__):
+                 settings.result_token(), settings.runtime_token(), delegate, torch.__version__):
         h.update(part.encode())
         h.update(b"\0")
     return h.hexdigest()

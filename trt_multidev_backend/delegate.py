@@ -135,6 +135,10 @@ class TorchTensorRTDelegate:
     # Torch-TensorRT's Python runtime has no lock and intermediate engines reuse their output
     # buffers, so the wrapper serializes calls to one compiled graph.
     thread_safe = False
+    # Torch-TensorRT 2.11 compiles a functional copy of the graph and does not write in-place
+    # updates of graph inputs back (measured on an H200: after x.add_(1) in the graph, x was
+    # unchanged); the pipeline sends such graphs to the fallback instead.
+    keeps_in_place_updates = False
 
     def __init__(self) -> None:
         self._module: Any = None
@@ -294,6 +298,12 @@ class TorchTensorRTDelegate:
             if isinstance(current, torch.fx.Node):
                 node = current
             tb = tb.tb_next
+        if node is None and "execution context" in str(exc).lower():
+            # No op failed to convert: TensorRT could not set an engine up. On TensorRT-RTX that is
+            # cuDNN attention, which its compiler turns into a cuDNN graph that may fail to compile
+            # (BERT, T5 on an H200: "cuDNN graph compilation failed"); traced with the other
+            # attention kernels it builds. Graphs without that op fail the same way once more.
+            return CUDNN_ATTENTION
         if node is None or node.op != "call_function":
             return None
         try:

@@ -17,15 +17,17 @@ next. One lock per engine: an execution context's scratch memory serves one enqu
 
 from __future__ import annotations
 
+import contextlib
+import contextvars
 import logging
 import threading
-from typing import Any, Sequence
+from typing import Any, Iterator, Mapping, Sequence
 
 import torch
 
 from .guard import device_guard, real_device, release_held, track, watch_collections
 
-__all__ = ["TensorRTEngine", "runtime_cache_supported", "unsupported_reason"]
+__all__ = ["TensorRTEngine", "engine_options", "runtime_cache_supported", "unsupported_reason"]
 
 log = logging.getLogger("trt_multidev.engine")
 
@@ -53,6 +55,74 @@ def runtime_cache_supported() -> bool:
 _TRT_OBJECTS = ("_context", "_cache", "_engine")  # released in this order
 _RUNTIME: dict[str, Any] = {}
 _RUNTIME_LOCK = threading.Lock()
+
+
+# TensorRT-RTX runtime options for the contexts created inside `engine_options` (a build, a load
+# from the disk cache): they change how kernels are chosen and launched, never what is computed,
+# so they are not part of a cache entry and a stored engine takes the options of the process
+# that loads it.
+_OPTIONS: contextvars.ContextVar[Mapping[str, str]] = contextvars.ContextVar("trt_multidev_engine_options",
+                                                                            default={})
+_SPECIALIZATION = ("lazy", "eager", "none")
+
+
+@contextlib.contextmanager
+def engine_options(*, kernel_specialization: str = "auto", internal_cuda_graphs: bool = False) -> Iterator[None]:
+    """Options for the engines set up inside: `kernel_specialization` (lazy, eager or none: when
+    TensorRT-RTX compiles kernels specialized for the shapes a dynamic engine meets; auto leaves
+    TensorRT's default) and `internal_cuda_graphs` (TensorRT-RTX captures and replays each
+    dynamic engine's launch itself, per shape)."""
+    options = {}
+    if kernel_specialization != "auto":
+        if kernel_specialization not in _SPECIALIZATION:
+            raise ValueError(f"kernel_specialization={kernel_specialization!r}; expected auto or one of "
+                             + ", ".join(_SPECIALIZATION))
+        options["kernel_specialization"] = kernel_specialization
+    if internal_cuda_graphs:
+        options["internal_cuda_graphs"] = "whole_graph_capture"
+    token = _OPTIONS.set(options)
+    try:
+        yield
+    finally:
+        _OPTIONS.reset(token)
+
+
+def _enum_member(trt: Any, enum_name: str, member: str) -> Any:
+    kind = getattr(trt, enum_name, None)
+    value = getattr(kind, member.upper(), None) if kind is not None else None
+    if value is None:
+        raise RuntimeError(f"this TensorRT has no {enum_name}.{member.upper()}")
+    return value
+
+
+_WARNED_OPTIONS: set[str] = set()
+
+
+def _configure(config: Any, name: str, dynamic: bool) -> list[str]:
+    """Apply the current engine options to a runtime config; what was applied, for the log.
+    Options the installed TensorRT lacks are warned once and skipped (they change speed only)."""
+    applied = []
+    trt = _tensorrt()
+    for key, value in _OPTIONS.get().items():
+        if not dynamic:  # both options act on dynamic shapes only
+            continue
+        attr, enum_name = {
+            "kernel_specialization": ("dynamic_shapes_kernel_specialization_strategy",
+                                      "DynamicShapesKernelSpecializationStrategy"),
+            "internal_cuda_graphs": ("cuda_graph_strategy", "CudaGraphStrategy"),
+        }[key]
+        try:
+            if not hasattr(config, attr):
+                raise RuntimeError(f"this TensorRT's runtime config has no {attr}")
+            setattr(config, attr, _enum_member(trt, enum_name, value))
+            applied.append(f"{attr}={value}")
+        except Exception as exc:
+            if key not in _WARNED_OPTIONS:
+                _WARNED_OPTIONS.add(key)
+                log.warning("trt_multidev: %s=%s cannot take effect (%s); engines run without it", key, value, exc)
+    if applied:
+        log.debug("engine %r: %s", name, ", ".join(applied))
+    return applied
 
 
 def _runtime() -> Any:
@@ -129,7 +199,14 @@ class TensorRTEngine(torch.nn.Module):
         reason = unsupported_reason(engine, self.input_names, self.output_names, data_dependent=data_dependent)
         if reason is not None:
             raise ValueError(f"engine {name!r}: {reason}")
+        self._inputs = [(tuple(engine.get_tensor_shape(n)), _torch_dtype(engine.get_tensor_dtype(n)))
+                        for n in self.input_names]
+        self._outputs = [(tuple(engine.get_tensor_shape(n)), _torch_dtype(engine.get_tensor_dtype(n)))
+                         for n in self.output_names]
+        # Dynamic inputs (a -1 in the engine's shape) get their shape per call; the others once.
+        self._dynamic = [i for i, (shape, _) in enumerate(self._inputs) if any(d < 0 for d in shape)]
         config = engine.create_runtime_config()
+        self.runtime_options = tuple(_configure(config, name, bool(self._dynamic)))
         self._cache = config.create_runtime_cache()
         if runtime_cache:
             self.runtime_cache_loaded = bool(self._cache.deserialize(runtime_cache))
@@ -141,12 +218,6 @@ class TensorRTEngine(torch.nn.Module):
         del config
         if context is None:
             raise RuntimeError(f"TensorRT could not create an execution context for {name!r} on {self.device}")
-        self._inputs = [(tuple(engine.get_tensor_shape(n)), _torch_dtype(engine.get_tensor_dtype(n)))
-                        for n in self.input_names]
-        self._outputs = [(tuple(engine.get_tensor_shape(n)), _torch_dtype(engine.get_tensor_dtype(n)))
-                         for n in self.output_names]
-        # Dynamic inputs (a -1 in the engine's shape) get their shape per call; the others once.
-        self._dynamic = [i for i, (shape, _) in enumerate(self._inputs) if any(d < 0 for d in shape)]
         for i, (n, (shape, _)) in enumerate(zip(self.input_names, self._inputs)):
             if i not in self._dynamic:
                 context.set_input_shape(n, shape)
@@ -157,6 +228,11 @@ class TensorRTEngine(torch.nn.Module):
         # Reused under the lock: a wait is enqueued against the event's latest record.
         self._ready, self._done = torch.cuda.Event(), torch.cuda.Event()
         self._placeholder = torch.empty(1, device=self.device)  # an address for empty tensors
+
+    @property
+    def dynamic(self) -> bool:
+        """Whether some input's shape is set per call (an optimization profile)."""
+        return bool(self._dynamic)
 
     def release(self) -> None:
         """Release the TensorRT objects (context, kernel cache, engine, in that order) on this

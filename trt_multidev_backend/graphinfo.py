@@ -6,6 +6,7 @@ recorded on its nodes. Device resolution, placement and cache keys all read grap
 from __future__ import annotations
 
 import enum
+import operator
 from dataclasses import dataclass
 from typing import Any, Iterator, Sequence
 
@@ -13,7 +14,11 @@ import torch
 import torch.fx
 
 __all__ = ["Role", "ArgInfo", "classify_args", "meta_value", "fetch_attr", "attr_tensors", "op_count",
-           "symbolic_sizes"]
+           "symbolic_sizes", "changed_in_place"]
+
+_INPLACE_OPERATORS = {operator.setitem, operator.iadd, operator.isub, operator.imul, operator.itruediv,
+                      operator.ifloordiv, operator.imod, operator.ipow, operator.iand, operator.ior,
+                      operator.ixor, operator.ilshift, operator.irshift, operator.imatmul}
 
 
 class Role(enum.Enum):
@@ -144,3 +149,62 @@ def _range(size: torch.SymInt) -> str | None:
     if low == high:
         return None
     return f"in [{low}, {high if str(high) not in ('oo', 'int_oo') else 'inf'}]"
+
+
+def _mutated_args(node: torch.fx.Node) -> list[Any]:
+    """The arguments `node` writes to in place, as far as the graph tells."""
+    target = node.target
+    written: list[Any] = []
+    if node.op == "call_method":
+        if isinstance(target, str) and (target.endswith("_") and not target.startswith("_")
+                                        or target == "__setitem__"):
+            written.append(node.args[0])
+    elif node.op == "call_function":
+        schema = getattr(target, "_schema", None)
+        if schema is not None:  # an aten op: its schema marks what it writes
+            for i, arg in enumerate(schema.arguments):
+                if arg.alias_info is not None and arg.alias_info.is_write:
+                    written.append(node.args[i] if i < len(node.args) else node.kwargs.get(arg.name))
+        elif target in _INPLACE_OPERATORS:
+            written.append(node.args[0])
+        else:
+            name = getattr(target, "__name__", "")
+            if name.endswith("_") and not name.startswith("_") and node.args:
+                written.append(node.args[0])  # torch.relu_, torch.Tensor.add_, ...
+    if "out" in node.kwargs:
+        written.append(node.kwargs["out"])
+    return [a for a in written if isinstance(a, torch.fx.Node)]
+
+
+def _storage(node: torch.fx.Node) -> Any:
+    from torch.multiprocessing.reductions import StorageWeakRef
+
+    value = meta_value(node)
+    if not isinstance(value, torch.Tensor):
+        return None
+    try:
+        return StorageWeakRef(value.untyped_storage())
+    except Exception:  # a tensor subclass without storage
+        return None
+
+
+def changed_in_place(gm: torch.fx.GraphModule, infos: Sequence[ArgInfo],
+                     roles: Sequence[Role] = (Role.INPUT, Role.STATE)) -> list[str]:
+    """Names of the placeholders of these roles that the graph writes to in place, directly or
+    through a view: FakeTensor views share their base's storage, so dynamo's metadata tells."""
+    inputs = {info.node: info.name for info in infos if info.role in roles}
+    storages = {}
+    for node, name in inputs.items():
+        storage = _storage(node)
+        if storage is not None:
+            storages[storage] = name
+    found: list[str] = []
+    for node in gm.graph.nodes:
+        for arg in _mutated_args(node):
+            name = inputs.get(arg)
+            if name is None:
+                storage = _storage(arg)
+                name = storages.get(storage) if storage is not None else None
+            if name is not None and name not in found:
+                found.append(name)
+    return found

@@ -15,9 +15,11 @@ import torch.fx
 from .build import Built, call_delegate, check_engine_devices, first_line, pytorch_ops
 from .cache import CompiledCache, Stats, cache_key
 from .delegate import ENGINE_MODULES, TorchTensorRTDelegate, load_delegate
+from .cudagraphs import CapturePlan, CudaGraphs, capture_plan
 from .device import DevicePlan, check_visible, resolve_device
+from .engine import engine_options
 from .errors import EngineDeviceError, TrtMultidevError, through_dynamo
-from .graphinfo import Role, classify_args, op_count, symbolic_sizes
+from .graphinfo import Role, changed_in_place, classify_args, op_count, symbolic_sizes
 from .guard import cuda_usable, device_guard
 from .placement import Placement, graph_copy, place
 from .progress import current as current_progress, track
@@ -63,10 +65,6 @@ class TrtMultidevBackend:
     ) -> Callable[..., Any]:
         settings = resolve_settings(options, mode)
         self._report_settings(settings)
-        if settings.mode == "reduce-overhead":
-            self._warn_once(("mode", "reduce-overhead"),
-                            "trt_multidev: mode='reduce-overhead' asks for CUDA graphs, which trt_multidev does not "
-                            "capture; it compiles as mode='default'.")
         infos = classify_args(gm, example_inputs)
         gm._trt_multidev_name = (f"graph({', '.join(i.name for i in infos if i.role is Role.INPUT)[:60]}) "
                                  f"of {op_count(gm)} ops")
@@ -83,6 +81,7 @@ class TrtMultidevBackend:
                                   plan.problem + " (no split into one stage per GPU was possible)",
                                   "put the graph's state on one GPU, or set device=cuda:N")
         assert plan.target is not None
+        capture = capture_plan(gm, infos, plan.target) if settings.cuda_graphs else None
         delegate, identity = self._delegate(settings)
         # Custom delegates may target FakeTensor devices (as the CPU tests do); TensorRT needs real ones.
         check_visible(plan.target, plan.rule, needs_cuda=isinstance(delegate, TorchTensorRTDelegate))
@@ -90,13 +89,20 @@ class TrtMultidevBackend:
             problem = delegate.unavailable(plan.target)
             if problem is not None:
                 return self._fallback(gm, example_inputs, settings, plan, label, problem.key,
-                                      problem.reason, problem.remedy)
+                                      problem.reason, problem.remedy, capture=capture)
             note = delegate.precision_note(settings)
             if note:
                 self._warn_once(("precision", label), f"trt_multidev: {note}.")
 
         placement = place(gm, infos, plan)
         placement.gm._trt_multidev_name = gm._trt_multidev_name
+        changed = [] if getattr(delegate, "keeps_in_place_updates", True) else changed_in_place(gm, infos)
+        if changed:  # nothing silently wrong: the fallback writes the updates, the delegate would not
+            return self._fallback(gm, example_inputs, settings, plan, label, "in-place-update",
+                                  f"the graph updates {', '.join(map(repr, changed))} in place, which the "
+                                  f"{_short(identity)} delegate would not write back",
+                                  "return the new value from the model instead of updating an input or buffer in "
+                                  "place", placement=placement, capture=capture)
         for line in placement.notes + rewrite_for_tensorrt(placement.gm):
             self._log(settings, "  placed %s", line)
         key = cache_key(placement.gm, placement.example_inputs, plan.target, settings, identity)
@@ -108,7 +114,9 @@ class TrtMultidevBackend:
 
         start = time.perf_counter()
         try:
-            with track(graph_name(gm), label, settings) as shown:  # progress of slow builds and loads
+            with track(graph_name(gm), label, settings) as shown, engine_options(  # progress of slow builds
+                    kernel_specialization=settings.kernel_specialization,  # and loads; TensorRT-RTX's
+                    internal_cuda_graphs=settings.cuda_graphs):  # options for the engines set up here
                 built, how = self._obtain(delegate, placement, plan, settings, label)
                 compiled = built.callable
                 check_engine_devices(delegate, compiled, plan.target)
@@ -131,7 +139,7 @@ class TrtMultidevBackend:
                               "dynamic=True or automatic dynamic shapes, or compile with dynamic=False; " + remedy)
             wrapper = self._fallback(gm, example_inputs, settings, plan, label,
                                      f"delegate-error:{type(exc).__name__}", reason,
-                                     remedy, placement=placement, cause=exc)
+                                     remedy, placement=placement, cause=exc, capture=capture)
             self._cache.put(key, wrapper)
             return wrapper
         engines = ""
@@ -146,7 +154,7 @@ class TrtMultidevBackend:
         self._log(settings, "graph %s: %s on %s by %s in %.2f s%s", graph_name(gm), how, label,
                   _short(identity), time.perf_counter() - start, engines)
         wrapper = self._wrap(compiled, plan, placement, settings, label, _short(identity),
-                             serialize=not getattr(delegate, "thread_safe", True))
+                             serialize=not getattr(delegate, "thread_safe", True), capture=capture)
         self._cache.put(key, wrapper)
         return wrapper
 
@@ -240,8 +248,18 @@ class TrtMultidevBackend:
                             f"{share}. (strict=1 raises instead; warned once per op and device.)")
 
     def _wrap(self, compiled: Callable[..., Any], plan: DevicePlan, placement: Placement, settings: Settings,
-              label: str, delegate: str, *, serialize: bool, fallback: str | None = None) -> GuardedCallable:
+              label: str, delegate: str, *, serialize: bool, fallback: str | None = None,
+              capture: CapturePlan | None = None) -> GuardedCallable:
         assert plan.target is not None
+        if capture is not None:  # cuda_graphs: replayed per input shape, or told why not, once
+            name = f"graph {graph_name(placement.gm)} on {label}"
+            if capture.refusal is None:
+                compiled = CudaGraphs(compiled, plan.target, capture, limit=settings.cuda_graph_max_shapes,
+                                      warn=self._warn_once, label=name)
+            else:
+                self._warn_once(("cuda-graphs:" + capture.kind, label),
+                                f"trt_multidev: CUDA graphs: {name} runs uncaptured: {capture.refusal}. "
+                                "(Warned once per reason and device.)")
         # State moved at compile time is the first cached copy (real tensors only, not fakes).
         seed = {i: (source, placement.example_inputs[i]) for i, source in placement.originals.items()
                 if _is_real(placement.example_inputs[i])}
@@ -253,7 +271,8 @@ class TrtMultidevBackend:
 
     def _fallback(self, gm: torch.fx.GraphModule, example_inputs: Sequence[Any], settings: Settings,
                   plan: DevicePlan, label: str, key: str, reason: str, remedy: str, *,
-                  placement: Placement | None = None, cause: BaseException | None = None) -> Callable[..., Any]:
+                  placement: Placement | None = None, cause: BaseException | None = None,
+                  capture: CapturePlan | None = None) -> Callable[..., Any]:
         message = f"trt_multidev: {reason} [{label}]"
         if settings.strict:
             raise TrtMultidevError(f"{message}. strict is on, so no fallback runs. Remedy: {remedy}.") from cause
@@ -269,7 +288,7 @@ class TrtMultidevBackend:
         with device_guard(target):
             compiled = self._fallback_compile(settings, graph_copy(placement.gm), placement.example_inputs, label)
         return self._wrap(compiled, plan, placement, settings, label, "torch_tensorrt",
-                          serialize=False, fallback=f"{settings.fallback} ({reason})")
+                          serialize=False, fallback=f"{settings.fallback} ({reason})", capture=capture)
 
     def _fallback_compile(self, settings: Settings, gm: torch.fx.GraphModule, example_inputs: Sequence[Any],
                           label: str) -> Callable[..., Any]:

@@ -240,8 +240,11 @@ class _Spec:
     default: Any
     parse: Callable[[Any], Any]
     help: str
-    # False for keys that only change how results are reported, never what is compiled.
+    # False for keys that only change how results are reported or run, never what is compiled.
     affects_result: bool = True
+    # True for keys that change how a compiled graph runs (CUDA graphs, TensorRT-RTX runtime
+    # options): part of the in-memory key, not of the disk cache's, whose entries serve them all.
+    runtime: bool = False
 
     @property
     def env(self) -> str:
@@ -271,6 +274,17 @@ SETTING_SPECS: tuple[_Spec, ...] = (
           "Who runs engines: auto (trt_multidev's runner, which keeps TensorRT-RTX's "
           "JIT-compiled kernels in the disk cache, where TensorRT offers that; else Torch-TensorRT) "
           "or torch_tensorrt (always Torch-TensorRT's runtime)."),
+    _Spec("cuda_graphs", False, _parse_bool,
+          "Capture each compiled graph's launch in a CUDA graph per input shape and replay it "
+          "(on with mode='reduce-overhead'). Graphs with dynamic shapes are not captured; "
+          "TensorRT-RTX captures their engines itself.", affects_result=False, runtime=True),
+    _Spec("cuda_graph_max_shapes", 8, lambda v: _parse_int(v, 1),
+          "The most input shapes captured per compiled graph; further shapes run uncaptured.",
+          affects_result=False, runtime=True),
+    _Spec("kernel_specialization", "auto", _parse_choice("auto", "lazy", "eager", "none"),
+          "When TensorRT-RTX compiles kernels specialized for each shape a dynamic engine meets: lazy "
+          "(in the background; generic kernels meanwhile), eager (at the first call with that shape), "
+          "none (generic kernels only), auto (TensorRT's default).", affects_result=False, runtime=True),
     _Spec("log_level", "info", _parse_log_level,
           "Level at which trt_multidev reports settings, device plans and cache hits.", affects_result=False),
     _Spec("progress", "auto", _parse_progress,
@@ -308,6 +322,9 @@ class Settings:
     workspace_size: int = _D["workspace_size"]
     optimization_level: int | None = _D["optimization_level"]
     engine_runtime: str = _D["engine_runtime"]
+    cuda_graphs: bool = _D["cuda_graphs"]
+    cuda_graph_max_shapes: int = _D["cuda_graph_max_shapes"]
+    kernel_specialization: str = _D["kernel_specialization"]
     log_level: str = _D["log_level"]
     progress: str = _D["progress"]
     cache: bool = _D["cache"]
@@ -352,6 +369,10 @@ class Settings:
                 value = {k: _stable_repr(v) for k, v in sorted(value.items())}
             parts[spec.name] = value
         return json.dumps(parts, sort_keys=True, default=_stable_repr)
+
+    def runtime_token(self) -> str:
+        """The settings that change how a compiled graph runs, not what is built (in-memory keys)."""
+        return json.dumps({s.name: getattr(self, s.name) for s in SETTING_SPECS if s.runtime}, sort_keys=True)
 
 
 def _delegate_label(value: Any) -> str:
@@ -412,6 +433,9 @@ def resolve_settings(
             raw, origin, label = environ[spec.env], spec.env, "env " + spec.env
         elif spec.name == "optimization_level" and mode in ("max-autotune", "max-autotune-no-cudagraphs"):
             values[spec.name], sources[spec.name] = 5, f"mode={mode}"
+            continue
+        elif spec.name == "cuda_graphs" and mode == "reduce-overhead":
+            values[spec.name], sources[spec.name] = True, f"mode={mode}"
             continue
         else:
             values[spec.name], sources[spec.name] = spec.default, "default"

@@ -1,0 +1,270 @@
+"""CUDA graphs (setting `cuda_graphs`, on with mode="reduce-overhead"): a compiled graph's launch,
+captured per input shape on its own device and replayed, so a call costs one graph launch
+instead of a Python call and a kernel launch per op and per engine.
+
+Decided at compile time (`capture_plan`): graphs with symbolic sizes are not captured (TensorRT
+ties a captured launch to the shapes its execution context holds; TensorRT-RTX captures such
+engines itself, per shape), nor graphs that change a caller input in place (a replay would change
+the copy), nor graphs that run on the CPU.
+
+At call time (`CudaGraphs`): the first call with an input shape runs uncaptured (it warms up what
+initialises lazily: cuBLAS handles, TensorRT's first enqueue), the second captures and replays.
+Caller inputs are copied into the captured graph's input buffers; module state (parameters,
+buffers) is used where it lives, so in-place updates of it reach every replay, and a state tensor
+that moved (a new address) is captured again. Outputs are copied out of the graph's buffers on
+every call: nothing handed to a caller is overwritten by a later replay. One lock per compiled
+graph; a call on another stream than the previous one first waits for that stream's work, because
+the graph's buffers and the engines' scratch memory are shared.
+"""
+
+from __future__ import annotations
+
+import logging
+import operator
+import threading
+from dataclasses import dataclass
+from typing import Any, Callable, Sequence
+
+import torch
+import torch.fx
+from torch.utils import _pytree as pytree
+
+from .graphinfo import ArgInfo, Role, changed_in_place, symbolic_sizes
+
+__all__ = ["CapturePlan", "CudaGraphs", "ShapePolicy", "capture_plan", "signature"]
+
+log = logging.getLogger("trt_multidev.cudagraphs")
+_data_ptr = torch.Tensor.data_ptr
+
+@dataclass(frozen=True)
+class CapturePlan:
+    """`static`: argument indices used where they live (module state); `names`: every argument's
+    name, for messages; `refusal`: why the graph is not captured, or None; `kind`: the refusal's
+    kind (cpu, dynamic, mutation), for warning once per kind."""
+
+    static: tuple[int, ...]
+    names: tuple[str, ...]
+    refusal: str | None = None
+    kind: str = ""
+
+
+def capture_plan(gm: torch.fx.GraphModule, infos: Sequence[ArgInfo], device: torch.device) -> CapturePlan:
+    """Whether and how a graph placed on `device` can be captured (see the module docstring)."""
+    static = tuple(i.index for i in infos if i.role is Role.STATE)
+    names = tuple(i.name for i in infos)
+    if device.type != "cuda":
+        return CapturePlan(static, names, f"it runs on {device}, and CUDA graphs need a GPU", "cpu")
+    if symbolic_sizes(infos):
+        return CapturePlan(static, names, f"it has dynamic shapes ({'; '.join(symbolic_sizes(infos))}), and TensorRT ties a captured launch "
+                   "to the shapes its execution context holds (TensorRT-RTX captures those engines per shape "
+                   "itself); compile with dynamic=False for one captured graph per shape", "dynamic")
+    changed = changed_in_place(gm, infos, (Role.INPUT,))
+    if changed:
+        return CapturePlan(static, names, f"it changes its input {', '.join(repr(n) for n in changed)} in place, "
+                                          "and a replay would change the graph's copy instead", "mutation")
+    return CapturePlan(static, names)
+
+
+def signature(args: Sequence[Any]) -> tuple:
+    """What a captured graph is specific to: each tensor's shape and dtype, each other value."""
+    parts: list[Any] = []
+    for a in args:
+        if isinstance(a, torch.Tensor):
+            parts.append((a.shape, a.dtype))
+        else:
+            try:
+                hash(a)
+                parts.append((type(a), a))
+            except TypeError:
+                parts.append((type(a), repr(a)))
+    return tuple(parts)
+
+
+class ShapePolicy:
+    """What to do with a call of a given signature: "run" (uncaptured), "warm" (the first call of
+    a signature: run it uncaptured, and capture at the next), "capture", or "replay". At most
+    `limit` signatures are captured; a refusal (a failed capture) stops capturing altogether."""
+
+    def __init__(self, limit: int) -> None:
+        self.limit = limit
+        self.refusal: str | None = None
+        self._warmed: set[tuple] = set()
+        self._captured: set[tuple] = set()
+
+    def decide(self, key: tuple) -> str:
+        if key in self._captured:
+            return "replay"
+        if self.refusal is not None:
+            return "run"
+        if key not in self._warmed:
+            self._warmed.add(key)
+            return "warm"
+        if len(self._captured) >= self.limit:
+            return "run"
+        return "capture"
+
+    def captured(self, key: tuple) -> None:
+        self._captured.add(key)
+
+    def forget(self, key: tuple) -> None:
+        """A captured graph that no longer fits (module state moved): capture it again."""
+        self._captured.discard(key)
+
+    def refuse(self, why: str) -> None:
+        self.refusal = why
+        self._captured.clear()
+
+    @property
+    def full(self) -> bool:
+        return len(self._captured) >= self.limit
+
+
+def _picker(indices: list[int]) -> Callable[[Sequence[Any]], tuple]:
+    """args -> the tuple of the args at `indices` (itemgetter alone returns a bare item for one)."""
+    if len(indices) > 1:
+        return operator.itemgetter(*indices)
+    if indices:
+        only = indices[0]
+        return lambda args: (args[only],)
+    return lambda args: ()
+
+
+class _Captured:
+    """One captured launch: its graph, input buffers (copies of caller inputs, module state as
+    is) and output buffers."""
+
+    def __init__(self, fn: Callable[..., Any], args: Sequence[Any], static: frozenset[int], stream: Any) -> None:
+        self.inputs = [a if i in static or not isinstance(a, torch.Tensor) else a.clone() for i, a in enumerate(args)]
+        self.copied = [(self.inputs[i], i) for i, a in enumerate(args) if isinstance(a, torch.Tensor) and i not in static]
+        # Module state is checked by address on every replay: one C-level pass over all of it.
+        self._pinned = _picker([i for i, a in enumerate(args) if isinstance(a, torch.Tensor) and i in static])
+        self._pointers = list(map(_data_ptr, self._pinned(args)))
+        self.graph = torch.cuda.CUDAGraph()
+        # thread_local: other threads may allocate or synchronize meanwhile; this one may not.
+        with torch.cuda.graph(self.graph, stream=stream, capture_error_mode="thread_local"):
+            out = fn(*self.inputs)
+        self.outputs, self.spec = pytree.tree_flatten(out)
+
+    def aliasing(self) -> str | None:
+        """Why copying outputs out would differ from eager: an output that is (a view of) an input
+        or of another output. None when every output has storage of its own."""
+        seen: dict[int, str] = {}
+        for i, x in enumerate(self.inputs):
+            if isinstance(x, torch.Tensor):
+                seen[x.untyped_storage().data_ptr()] = f"input {i}"
+        for j, y in enumerate(self.outputs):
+            if isinstance(y, torch.Tensor):
+                ptr = y.untyped_storage().data_ptr()
+                if ptr in seen:
+                    return f"output {j} shares memory with {seen[ptr]}"
+                seen[ptr] = f"output {j}"
+        return None
+
+    def fits(self, args: Sequence[Any]) -> bool:
+        return list(map(_data_ptr, self._pinned(args))) == self._pointers
+
+    def replay(self, args: Sequence[Any]) -> Any:
+        for buffer, i in self.copied:
+            buffer.copy_(args[i])
+        self.graph.replay()
+        return pytree.tree_unflatten([o.clone() if isinstance(o, torch.Tensor) else o for o in self.outputs],
+                                     self.spec)
+
+
+class CudaGraphs:
+    """`fn` (a compiled graph on `device`, called with that device current) captured per input
+    signature. `warn(key, message)` warns once per key."""
+
+    def __init__(self, fn: Callable[..., Any], device: torch.device, plan: CapturePlan, *, limit: int,
+                 warn: Callable[[tuple[str, str], str], None], label: str) -> None:
+        self.fn = fn
+        self.device = device
+        self.label = label
+        self.policy = ShapePolicy(limit)
+        self.captures = 0
+        self._static = frozenset(plan.static)
+        # The signature covers the caller's inputs: module state keeps its shapes (dynamo guards
+        # them) and is checked by address instead.
+        n = len(plan.names)
+        self._keyed = [i for i in range(n) if i not in self._static]
+        self._names = plan.names
+        self._warn = warn
+        self._graphs: dict[tuple, _Captured] = {}
+        self._lock = threading.Lock()
+        self._last: torch.cuda.Stream | None = None  # the stream of the latest call
+        self._stream: torch.cuda.Stream | None = None
+
+    def __repr__(self) -> str:
+        return f"<CUDA graphs of {self.label}: {len(self._graphs)} captured>"
+
+    def __call__(self, *args: Any) -> Any:
+        key = signature([args[i] for i in self._keyed] if len(args) == len(self._names) else args)
+        with self._lock:
+            stream = torch.cuda.current_stream(self.device)
+            last = self._last
+            if last is not None and last.cuda_stream != stream.cuda_stream:
+                stream.wait_stream(last)  # everything enqueued there so far, the latest call included
+            self._last = stream
+            return self._call(key, args)
+
+    def _call(self, key: tuple, args: Sequence[Any]) -> Any:
+        action = self.policy.decide(key)
+        if action == "replay":
+            entry = self._graphs[key]
+            if entry.fits(args):
+                return entry.replay(args)
+            del self._graphs[key]  # module state moved: capture again at once (it was warm)
+            self.policy.forget(key)
+            action = self.policy.decide(key)
+        if action == "warm":
+            return self._warm(args)
+        if action == "capture":
+            return self._capture(key, args)
+        if self.policy.full and self.policy.refusal is None:
+            self._warn(("cuda-graph-limit", self.label),
+                       f"trt_multidev: CUDA graphs: {self.label} met more than {self.policy.limit} input shapes; "
+                       f"further shapes run uncaptured (cuda_graph_max_shapes={self.policy.limit}).")
+        return self.fn(*args)
+
+    def _warm(self, args: Sequence[Any]) -> Any:
+        copied = [(i, a) for i, a in enumerate(args) if isinstance(a, torch.Tensor) and i not in self._static]
+        before = [_version(a) for _, a in copied]
+        out = self.fn(*args)
+        for (i, a), was in zip(copied, before):
+            if was != -1 and _version(a) != was:  # what the graph's metadata did not tell
+                name = self._names[i] if i < len(self._names) else f"argument {i}"
+                self._refuse(f"it changed its input {name!r} in place, and a replay would change the graph's copy")
+                break
+        return out
+
+    def _capture(self, key: tuple, args: Sequence[Any]) -> Any:
+        if self._stream is None:
+            self._stream = torch.cuda.Stream(self.device)
+        try:
+            entry = _Captured(self.fn, args, self._static, self._stream)
+        except Exception as exc:
+            log.debug("capturing %s failed", self.label, exc_info=True)
+            self._refuse(f"capturing it failed ({type(exc).__name__}: {str(exc).strip().splitlines()[0][:200]})")
+            return self.fn(*args)
+        alias = entry.aliasing()
+        if alias is not None:
+            self._refuse(f"{alias}, and outputs copied out of a graph would not")
+            return self.fn(*args)
+        self._graphs[key] = entry
+        self.policy.captured(key)
+        self.captures += 1
+        log.debug("captured %s for %s", self.label, key)
+        return entry.replay(args)  # capturing ran nothing: this call's work is the first replay
+
+    def _refuse(self, why: str) -> None:
+        self.policy.refuse(why)
+        self._graphs.clear()
+        self._warn(("cuda-graph-refused", self.label),
+                   f"trt_multidev: CUDA graphs: {self.label} runs uncaptured: {why}.")
+
+
+def _version(tensor: torch.Tensor) -> int:
+    try:
+        return tensor._version
+    except RuntimeError:  # inference tensors keep no version counter
+        return -1
