@@ -86,7 +86,11 @@ def layers_only(model: torch.nn.Module, x: torch.Tensor, graphs: bool) -> Callab
     with torch.no_grad():
         torch.compile(model, backend=hook, options={"min_block_size": 1, "cache": False, "cuda_graphs": graphs})(x)
     fn, args = seen["call"]
-    return lambda _x=None: fn(*args)
+
+    def call(_x: Any = None) -> Any:
+        out = fn(*args)
+        return out[0] if isinstance(out, (tuple, list)) else out  # dynamo's graphs return tuples
+    return call
 
 
 def compiled_for(backend: str, model: torch.nn.Module, x: torch.Tensor) -> Callable[..., Any]:

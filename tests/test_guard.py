@@ -293,12 +293,3 @@ def test_the_op_whose_conversion_failed_is_found_in_the_traceback():
     except RuntimeError as exc:
         assert TorchTensorRTDelegate.failing_op(exc) is None
 
-
-@pytest.mark.parametrize("message", [
-    "TensorRT could not create an execution context for '_run_on_acc_2' on cuda:1",  # trt_multidev's runner
-    "[Error thrown at core/runtime/TRTEngine.cpp:140] Unable to create TensorRT execution context",  # Torch-TensorRT's
-])
-def test_an_engine_that_cannot_be_set_up_retraces_without_cudnn_attention(message):
-    from trt_multidev_backend.delegate import CUDNN_ATTENTION, TorchTensorRTDelegate
-
-    assert TorchTensorRTDelegate.failing_op(RuntimeError(message)) == CUDNN_ATTENTION

@@ -298,12 +298,6 @@ class TorchTensorRTDelegate:
             if isinstance(current, torch.fx.Node):
                 node = current
             tb = tb.tb_next
-        if node is None and "execution context" in str(exc).lower():
-            # No op failed to convert: TensorRT could not set an engine up. On TensorRT-RTX that is
-            # cuDNN attention, which its compiler turns into a cuDNN graph that may fail to compile
-            # (BERT, T5 on an H200: "cuDNN graph compilation failed"); traced with the other
-            # attention kernels it builds. Graphs without that op fail the same way once more.
-            return CUDNN_ATTENTION
         if node is None or node.op != "call_function":
             return None
         try:

@@ -281,10 +281,11 @@ SETTING_SPECS: tuple[_Spec, ...] = (
     _Spec("cuda_graph_max_shapes", 8, lambda v: _parse_int(v, 1),
           "The most input shapes captured per compiled graph; further shapes run uncaptured.",
           affects_result=False, runtime=True),
-    _Spec("kernel_specialization", "auto", _parse_choice("auto", "lazy", "eager", "none"),
-          "When TensorRT-RTX compiles kernels specialized for each shape a dynamic engine meets: lazy "
-          "(in the background; generic kernels meanwhile), eager (at the first call with that shape), "
-          "none (generic kernels only), auto (TensorRT's default).", affects_result=False, runtime=True),
+    _Spec("kernel_specialization", "eager", _parse_choice("auto", "lazy", "eager", "none"),
+          "When TensorRT-RTX compiles kernels specialized for each shape a dynamic engine meets: eager "
+          "(at the first call with that shape; measured as fast or faster than TensorRT's default at "
+          "every batch), lazy (in the background; generic kernels meanwhile), none (generic kernels "
+          "only), auto (TensorRT's default).", affects_result=False, runtime=True),
     _Spec("log_level", "info", _parse_log_level,
           "Level at which trt_multidev reports settings, device plans and cache hits.", affects_result=False),
     _Spec("progress", "auto", _parse_progress,
