@@ -90,3 +90,38 @@ def slow_broken(gm, example_inputs, *, device, settings):
 
     time.sleep(SLOW_SECONDS)
     raise RuntimeError("engine build exploded")
+
+
+class Learner:
+    """What a Learning delegate returns: the graph, plus what it learned while running (the
+    leading sizes of each set of arguments it met), as a TensorRT-RTX engine compiles kernels for
+    the shapes it meets."""
+
+    def __init__(self, gm) -> None:
+        self.gm = gm
+        self.learned: list = []
+        self.stored = 0  # how much of it the last serialization held
+
+    def __call__(self, *args):
+        size = tuple(a.shape[0] for a in args if hasattr(a, "shape") and a.dim() > 0)
+        if size not in self.learned:
+            self.learned.append(size)
+        return self.gm(*args)
+
+
+class Learning(Serializing):
+    """A serializing delegate whose results learn while they run (the disk-cache write-back)."""
+
+    def __call__(self, gm, example_inputs, *, device, settings):
+        self.builds += 1
+        return Learner(gm)
+
+    def needs_saving(self, compiled) -> bool:
+        return len(compiled.learned) > compiled.stored
+
+    def dumps(self, compiled) -> bytes:
+        compiled.stored = len(compiled.learned)
+        return super().dumps(compiled)
+
+
+learning = Learning()

@@ -125,7 +125,7 @@ def test_runtime_settings_split_the_in_memory_key_but_not_the_disk_key(fake_mode
     net = on_fake_device(nn.Linear(4, 4), "cuda:1", fake_mode)
     gm, inputs = capture(net, fake(fake_mode, 2, 4, device="cuda:1"))
     plain, graphs = resolve_settings({}, environ={}), resolve_settings({"cuda_graphs": True}, environ={})
-    special = resolve_settings({"kernel_specialization": "eager"}, environ={})
+    special = resolve_settings({"kernel_specialization": "lazy"}, environ={})
     keys = {cache_key(gm, inputs, GPU, s, "d") for s in (plain, graphs, special)}
     assert len(keys) == 3
     assert len({disk_key(gm, inputs, GPU, s, "d", {})[0] for s in (plain, graphs, special)}) == 1
@@ -140,6 +140,7 @@ def test_the_backend_wraps_static_graphs_and_warns_once_for_the_others(fake_mode
     assert not isinstance(plain.fn, CudaGraphs)
     assert isinstance(wrapped.fn, CudaGraphs) and wrapped.fn.device == GPU and len(delegate.calls) == 2
     assert wrapped.fn.policy.limit == 8
+    assert tm.stats()["cuda:1"]["uncaptured"] == 0
 
     caplog.set_level(logging.WARNING, logger="trt_multidev")
     changes = capture(lambda x: x.add_(1) * 2, torch.randn(3, 4))
@@ -148,3 +149,4 @@ def test_the_backend_wraps_static_graphs_and_warns_once_for_the_others(fake_mode
         assert not isinstance(out.fn, CudaGraphs)
     warned = [r.getMessage() for r in caplog.records if "CUDA graphs" in r.getMessage()]
     assert len(warned) == 1 and "runs uncaptured" in warned[0] and "need a GPU" in warned[0]
+    assert tm.stats()["cpu"]["uncaptured"] == 1  # the second compile was an in-memory hit

@@ -237,3 +237,54 @@ def test_fake_gpu_targets_skip_the_disk(fake_mode, tmp_path, monkeypatch):
         fake(fake_mode, 2, 4, device="cuda:1"))
     assert tm.stats()["cuda:1"] == counters(compiles=1)
     assert not list(tmp_path.rglob("*.entry"))
+
+
+def _stored_learned(cache_dir: Path) -> list:
+    import io
+
+    store = DiskCache(str(cache_dir), 2**30)
+    entries = list(store.entries())
+    assert len(entries) == 1
+    payload, _ = store.read(entries[0].namespace, entries[0].key)
+    return torch.load(io.BytesIO(payload), weights_only=False).learned
+
+
+def test_what_a_graph_learns_while_running_is_stored_again_at_reset(tmp_path):
+    import _delegates
+
+    model = torch.nn.Sequential(torch.nn.Linear(8, 8), torch.nn.ReLU()).eval()
+    options = {"delegate": "_delegates:learning", "cache_dir": str(tmp_path)}
+    compiled = torch.compile(model, backend="trt_multidev", options=options)
+    with torch.no_grad():
+        compiled(torch.randn(3, 8))
+    assert _stored_learned(tmp_path) == []  # written at the build, before it ran
+    torch._dynamo.reset()  # reaches the backend's reset(): the entry is written back
+    learned = _stored_learned(tmp_path)
+    assert len(learned) == 1 and 3 in learned[0]
+    assert tm.backend._reuse.save_learned() == 0  # forgotten after the reset: nothing written twice
+    assert _delegates.learning.builds >= 1
+
+
+LEARNING_SCRIPT = textwrap.dedent("""
+    import json, sys, torch, torch.nn as nn
+    import trt_multidev_backend as tm
+    tm.register()
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(8, 8), nn.ReLU()).eval()
+    compiled = torch.compile(model, backend="trt_multidev", options={"delegate": "_delegates:learning"})
+    with torch.no_grad():
+        compiled(torch.randn(int(sys.argv[1]), 8))
+    print(json.dumps({"stats": tm.stats().get("cpu")}))
+""")
+
+
+def test_a_process_stores_what_its_graphs_learned_at_exit_for_the_next(tmp_path):
+    env = {k: v for k, v in os.environ.items() if not k.startswith("TRT_MULTIDEV_")}
+    env.update({"PYTHONPATH": TESTS, "TRT_MULTIDEV_CACHE_DIR": str(tmp_path)})
+    for batch in ("5", "5"):
+        out = subprocess.run([sys.executable, "-c", LEARNING_SCRIPT, batch], env=env, capture_output=True,
+                             text=True, timeout=300)
+        assert out.returncode == 0, out.stderr
+        learned = _stored_learned(tmp_path)  # the build's entry held nothing; the exit wrote this
+        assert len(learned) == 1 and 5 in learned[0]
+    assert '"disk_hits": 1' in out.stdout  # the second process loaded what the first learned

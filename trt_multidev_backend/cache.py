@@ -23,7 +23,7 @@ from .settings import Settings
 __all__ = ["graph_fingerprint", "input_specs", "cache_key", "disk_key", "CompiledCache", "Stats", "COUNTERS"]
 
 COUNTERS = ("compiles", "cache_hits", "disk_hits", "cross_device_reuses", "fallbacks",
-            "corrupt_entries", "lock_waits")
+            "corrupt_entries", "lock_waits", "cuda_graphs", "uncaptured")
 
 
 def _tensor_meta(t: torch.Tensor) -> str:

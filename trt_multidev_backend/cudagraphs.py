@@ -173,10 +173,12 @@ class _Captured:
 
 class CudaGraphs:
     """`fn` (a compiled graph on `device`, called with that device current) captured per input
-    signature. `warn(key, message)` warns once per key."""
+    signature. `warn(key, message)` warns once per key; `count(counter)` counts captures
+    ("cuda_graphs") and a graph given up ("uncaptured")."""
 
     def __init__(self, fn: Callable[..., Any], device: torch.device, plan: CapturePlan, *, limit: int,
-                 warn: Callable[[tuple[str, str], str], None], label: str) -> None:
+                 warn: Callable[[tuple[str, str], str], None], label: str,
+                 count: Callable[[str], None] = lambda counter: None) -> None:
         self.fn = fn
         self.device = device
         self.label = label
@@ -189,6 +191,7 @@ class CudaGraphs:
         self._keyed = [i for i in range(n) if i not in self._static]
         self._names = plan.names
         self._warn = warn
+        self._count = count
         self._graphs: dict[tuple, _Captured] = {}
         self._lock = threading.Lock()
         self._last: torch.cuda.Stream | None = None  # the stream of the latest call
@@ -253,11 +256,13 @@ class CudaGraphs:
         self._graphs[key] = entry
         self.policy.captured(key)
         self.captures += 1
+        self._count("cuda_graphs")
         log.debug("captured %s for %s", self.label, key)
         return entry.replay(args)  # capturing ran nothing: this call's work is the first replay
 
     def _refuse(self, why: str) -> None:
         self.policy.refuse(why)
+        self._count("uncaptured")
         self._graphs.clear()
         self._warn(("cuda-graph-refused", self.label),
                    f"trt_multidev: CUDA graphs: {self.label} runs uncaptured: {why}.")

@@ -332,6 +332,11 @@ class TorchTensorRTDelegate:
         return compiled
 
     @staticmethod
+    def needs_saving(compiled: Any) -> bool:
+        """Whether an engine of `compiled` compiled kernels since it was last stored."""
+        return any(isinstance(m, _engine.TensorRTEngine) and m.kernels_grown() for _, m in _engine_modules(compiled))
+
+    @staticmethod
     def engine_devices(compiled: Any) -> list[tuple[str, torch.device | None]]:
         """(name, device) of every engine in a compiled graph: the device it really runs on,
         as its runtime recorded it (None where that cannot be read)."""

@@ -6,8 +6,8 @@ runtime cache (``IRuntimeCache``) keeps those kernels; loaded back, the context 
 Torch-TensorRT 2.11's engine modules create their contexts without one, so trt_multidev runs
 engines itself: this module deserializes the engine on the current device, creates the context
 with the runtime cache, and pickles as (engine, names, cache), so a disk-cache entry carries the
-kernels compiled by then (for dynamic shapes, kernels TensorRT specializes later for particular
-shapes are not stored). Shape tensors and data-dependent output shapes stay with Torch-TensorRT.
+kernels compiled by then; kernels TensorRT specializes later for shapes met at run time are
+stored again when trt_multidev resets and at exit (reuse.py). Shape tensors and data-dependent output shapes stay with Torch-TensorRT.
 
 Calls: inputs are bound by address only when an address changed (parameters keep theirs), dynamic
 dimensions are set only when they changed, outputs are allocated per call on the caller's stream,
@@ -228,6 +228,9 @@ class TensorRTEngine(torch.nn.Module):
         # Reused under the lock: a wait is enqueued against the event's latest record.
         self._ready, self._done = torch.cuda.Event(), torch.cuda.Event()
         self._placeholder = torch.empty(1, device=self.device)  # an address for empty tensors
+        # The size of the kernels last stored (loaded with the engine, or pickled since): more
+        # now means TensorRT compiled kernels after that (shapes met later), worth storing again.
+        self._stored_kernels = len(self.kernel_cache()) if self.runtime_cache_loaded else 0
 
     @property
     def dynamic(self) -> bool:
@@ -251,9 +254,15 @@ class TensorRTEngine(torch.nn.Module):
         with self._lock:
             return bytes(memoryview(self._cache.serialize()))
 
+    def kernels_grown(self) -> bool:
+        """Whether the context holds kernels compiled since they were last stored (pickled or
+        loaded): kernels TensorRT-RTX specialized for shapes met after the build."""
+        return len(self.kernel_cache()) > self._stored_kernels
+
     def __reduce__(self) -> Any:
-        return _rebuild, (self.serialized_engine, self.input_names, self.output_names, self.name,
-                          self.kernel_cache())
+        kernels = self.kernel_cache()
+        self._stored_kernels = len(kernels)
+        return _rebuild, (self.serialized_engine, self.input_names, self.output_names, self.name, kernels)
 
     def extra_repr(self) -> str:
         return f"name={self.name!r}, device={self.device}, inputs={len(self.input_names)}, outputs={len(self.output_names)}"

@@ -160,7 +160,9 @@ class TrtMultidevBackend:
 
     def reset(self) -> None:
         """Forget every compiled result, counter and warn-once record (torch._dynamo.reset()).
-        The disk cache stays: it is for later processes."""
+        The disk cache stays: it is for later processes, and entries whose graphs compiled
+        kernels since they were stored are written back first."""
+        self._reuse.save_learned()
         self._cache.clear()
         self._stats.clear()
         with self._lock:
@@ -172,7 +174,8 @@ class TrtMultidevBackend:
         """Counters per device: compiles (delegate builds in this process), cache_hits (reused
         from memory, built for this device), disk_hits (read from the disk cache),
         cross_device_reuses (a build made for another GPU, loaded here from memory or disk),
-        fallbacks, corrupt_entries, lock_waits."""
+        fallbacks, corrupt_entries, lock_waits, cuda_graphs (input shapes captured in CUDA
+        graphs), uncaptured (compiled graphs that cuda_graphs left uncaptured)."""
         return self._stats.snapshot()
 
     # -- pieces --------------------------------------------------------------------------
@@ -255,8 +258,10 @@ class TrtMultidevBackend:
             name = f"graph {graph_name(placement.gm)} on {label}"
             if capture.refusal is None:
                 compiled = CudaGraphs(compiled, plan.target, capture, limit=settings.cuda_graph_max_shapes,
-                                      warn=self._warn_once, label=name)
+                                      warn=self._warn_once, label=name,
+                                      count=lambda counter: self._stats.bump(label, counter))
             else:
+                self._stats.bump(label, "uncaptured")
                 self._warn_once(("cuda-graphs:" + capture.kind, label),
                                 f"trt_multidev: CUDA graphs: {name} runs uncaptured: {capture.refusal}. "
                                 "(Warned once per reason and device.)")

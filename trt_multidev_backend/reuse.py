@@ -5,12 +5,19 @@ The pipeline asks for a `DiskPlan` (where the entry lives) and then for the comp
 this process's copy of the entry, the entry on disk, or a build, made once across processes
 under the entry's lock and stored. Damaged entries are counted, removed and rebuilt; an unusable
 directory is warned about once and left alone for the rest of the process.
+
+What a compiled graph learns while it runs (TensorRT-RTX compiles kernels for shapes met after
+the build) is stored again: entries this process wrote or loaded are written back, whole and
+atomically, when trt_multidev resets and at interpreter exit, if the delegate says they grew
+(`needs_saving(compiled)`). A later process then loads those kernels instead of compiling them.
 """
 
 from __future__ import annotations
 
+import atexit
 import logging
 import threading
+import weakref
 from dataclasses import dataclass
 from typing import Any, Callable
 
@@ -42,6 +49,17 @@ class DiskPlan:
     versions: dict
 
 
+@dataclass(frozen=True)
+class _Held:
+    """An entry whose compiled graph lives in this process: written back if it learns."""
+
+    disk: DiskPlan
+    delegate: Any
+    compiled: "weakref.ref[Any]"
+    device: torch.device
+    meta: dict
+
+
 class Reuse:
     """The disk cache and this process's copies of its entries, for one backend instance."""
 
@@ -52,12 +70,53 @@ class Reuse:
         self._lock = threading.Lock()
         self._blobs: dict[tuple[str, str], tuple[bytes, dict]] = {}  # serialized results, for other GPUs
         self._broken_roots: set[str] = set()
+        self._held: list[_Held] = []
+        self._exit_hook = False
 
     def clear(self) -> None:
         """Forget this process's copies and broken directories (reset()); the disk stays."""
         with self._lock:
             self._blobs.clear()
             self._broken_roots.clear()
+            self._held.clear()
+
+    def save_learned(self) -> int:
+        """Write back the entries whose compiled graphs grew since they were stored (new
+        kernels); how many were written. Failures are logged, never raised: the entry on disk
+        stays valid as it was."""
+        with self._lock:
+            held = list(self._held)
+        written = 0
+        for entry in held:
+            compiled = entry.compiled()
+            if compiled is None:
+                continue
+            try:
+                with device_guard(entry.device):
+                    if not entry.delegate.needs_saving(compiled):
+                        continue
+                    payload = entry.delegate.dumps(compiled)
+                entry.disk.store.write(entry.disk.namespace, entry.disk.key, payload, entry.meta)
+                written += 1
+                log.info("trt_multidev: stored the kernels graph %s compiled since its build (disk cache entry %s)",
+                         entry.meta.get("graph", "?"), entry.disk.key[:12])
+            except Exception:
+                log.debug("writing back disk cache entry %s failed", entry.disk.key[:12], exc_info=True)
+        return written
+
+    def _hold(self, disk: DiskPlan, delegate: Any, compiled: Any, device: torch.device, meta: dict) -> None:
+        if not hasattr(delegate, "needs_saving"):
+            return
+        try:
+            ref = weakref.ref(compiled)
+        except TypeError:  # not weak-referenceable: nothing to watch
+            return
+        with self._lock:
+            self._held = [h for h in self._held if h.compiled() is not None]  # graphs since dropped
+            self._held.append(_Held(disk, delegate, ref, device, meta))
+            if not self._exit_hook:  # registered after the engines' release hook, so it runs first
+                self._exit_hook = True
+                atexit.register(_save_at_exit, weakref.ref(self))
 
     def plan(self, delegate: Any, placement: Placement, plan: DevicePlan, settings: Settings) -> DiskPlan | None:
         """Where this graph's entry lives, or None when the disk cache does not apply."""
@@ -89,6 +148,7 @@ class Reuse:
         if known is not None:
             payload, meta = known
             loaded = self.load(delegate, payload, meta, plan.target, settings)
+            self._hold(disk, delegate, loaded.inner, plan.target, meta)
             reused = meta.get("device") != str(plan.target)
             self._stats.bump(label, "cross_device_reuses" if reused else "cache_hits")
             return loaded, f"loaded the build made for {meta.get('device')}" if reused else "reused"
@@ -139,6 +199,7 @@ class Reuse:
             payload, meta = found
             try:
                 loaded = self.load(delegate, payload, meta, plan.target, settings)
+                self._hold(disk, delegate, loaded.inner, plan.target, meta)
                 self._stats.bump(label, "disk_hits")
                 if meta.get("device") != str(plan.target):
                     self._stats.bump(label, "cross_device_reuses")
@@ -161,6 +222,7 @@ class Reuse:
             disk.store.evict(keep={path})
         except OSError as exc:
             self._disk_broken(disk.store.root, exc, label)
+        self._hold(disk, delegate, built.inner, plan.target, meta)
         return built, "built and stored in the disk cache", payload, meta
 
     def load(self, delegate: Any, payload: bytes, meta: dict, device: torch.device, settings: Settings) -> Built:
@@ -187,6 +249,12 @@ class Reuse:
                         f"trt_multidev: the disk cache at {root} cannot be used ({type(exc).__name__}: {exc}); "
                         "compiling without it. Set TRT_MULTIDEV_CACHE_DIR to a writable directory, "
                         "or TRT_MULTIDEV_CACHE=0.")
+
+
+def _save_at_exit(ref: "weakref.ref[Reuse]") -> None:
+    reuse = ref()
+    if reuse is not None:
+        reuse.save_learned()
 
 
 def graph_name(gm: torch.fx.GraphModule) -> str:

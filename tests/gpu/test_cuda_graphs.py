@@ -49,6 +49,7 @@ def test_reduce_overhead_captures_once_and_replays_what_eager_computes(engine_ru
         assert all(rel_error(o, r) < 1e-2 for o, r in zip(outs, refs))  # earlier outputs not overwritten
         wrapped = [g.fn for g in graphs if isinstance(g.fn, CudaGraphs)]
         assert len(wrapped) == 1 and wrapped[0].captures == 1 and wrapped[0].device == DEVICE
+        assert tm.stats()[str(DEVICE)]["cuda_graphs"] == 1
         model.net[0].weight.mul_(0.5)  # a parameter changed in place: replays read it where it lives
         assert rel_error(compiled(xs[0]), model(xs[0])) < 1e-2
         assert wrapped[0].captures == 1

@@ -128,3 +128,25 @@ def test_runner_runs_dynamic_batches_and_keeps_their_kernels():
     again = loaded(*args)
     first = expected[0] if isinstance(expected, tuple) else expected
     assert torch.equal(first, again[0] if isinstance(again, tuple) else again)
+
+
+def test_kernels_compiled_after_a_store_are_seen_as_grown():
+    """The disk-cache write-back (reuse.py) asks each engine whether TensorRT-RTX compiled kernels
+    since it was last stored: a dynamic engine meeting new batch sizes must say yes, and no again
+    once pickled."""
+    from trt_multidev_backend.delegate import TorchTensorRTDelegate
+
+    model = Mlp().eval().to(DEV)
+    x = torch.randn(8, 256, device=DEV)
+    torch._dynamo.mark_dynamic(x, 0, min=1, max=64)
+    compiled, _, engines = compiled_modules(model, x, kernel_specialization="eager")
+    engine = next(m for m in engines if m._dynamic)
+    delegate = TorchTensorRTDelegate()
+    delegate.dumps(engine)  # stored: nothing grown since
+    assert not engine.kernels_grown()
+    with torch.no_grad():
+        for n in (3, 17, 50):
+            compiled(torch.randn(n, 256, device=DEV))
+    assert engine.kernels_grown() and delegate.needs_saving(engine)
+    delegate.dumps(engine)
+    assert not engine.kernels_grown()
