@@ -371,3 +371,4 @@ def test_torch_device_calls_with_literal_arguments_resolve_like_literals(fake_mo
     (result,) = placed.gm(*placed.example_inputs)  # before: "cuda" became cuda:0, a device mismatch
     assert result.device == CUDA1
     assert not any(n.target is torch.device for n in placed.gm.graph.nodes)
+

@@ -23,6 +23,7 @@ import torch.fx
 
 from . import engine as _engine
 from .guard import Releaser, cuda_usable, real_device, watch_collections
+from .rewrites import sizes_from_their_tensors
 from .settings import Settings, SettingsError
 
 __all__ = [
@@ -248,6 +249,7 @@ class TorchTensorRTDelegate:
         runner = self.runner_applies(settings)
         options = self.options_for(device, settings, runner=runner)
         inputs = [_materialize(x, device) if isinstance(x, FakeTensor) else x for x in example_inputs]
+        sizes_from_their_tensors(gm)  # Torch-TensorRT 2.11 cannot find tensors passed in lists or dicts
         output = next(n for n in gm.graph.nodes if n.op == "output")
         single = not isinstance(output.args[0], (tuple, list))
         if single:  # Torch-TensorRT's export step wants a tuple of outputs

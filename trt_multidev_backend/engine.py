@@ -230,7 +230,8 @@ class TensorRTEngine(torch.nn.Module):
         self._placeholder = torch.empty(1, device=self.device)  # an address for empty tensors
         # The size of the kernels last stored (loaded with the engine, or pickled since): more
         # now means TensorRT compiled kernels after that (shapes met later), worth storing again.
-        self._stored_kernels = len(self.kernel_cache()) if self.runtime_cache_loaded else 0
+        # Taken from the bytes loaded rather than serialized again: a load stays as fast as it was.
+        self._stored_kernels = len(runtime_cache) if self.runtime_cache_loaded else 0
 
     @property
     def dynamic(self) -> bool:

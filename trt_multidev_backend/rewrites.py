@@ -8,6 +8,10 @@ Each rewrite changes how a value is represented, never what is computed:
   indices fed by inputs or state reach TensorRT as tensors, where int64 is accepted, and stay as
   they are. An index is below `num_embeddings` (or embedding raises), and a table has fewer than
   2**31 rows, so the cast is exact.
+
+And one for Torch-TensorRT 2.11 itself (`sizes_from_their_tensors`, applied by its delegate): a
+size argument dynamo adds for a dynamic dimension is computed from its tensor instead, where that
+tensor came through a list or a dict.
 """
 
 from __future__ import annotations
@@ -19,7 +23,7 @@ import torch.fx
 
 from .graphinfo import meta_value
 
-__all__ = ["rewrite_for_tensorrt"]
+__all__ = ["rewrite_for_tensorrt", "sizes_from_their_tensors"]
 
 _INT32_ROWS = 2**31 - 1
 # embedding call -> (position of the indices, position of the table) among its arguments
@@ -53,6 +57,49 @@ def rewrite_for_tensorrt(gm: torch.fx.GraphModule) -> list[str]:
         node.update_arg(at, cast)
         notes.append(f"embedding {node.name}: int64 indices cast to int32 (exact: below {table_value.shape[0]} rows)")
     if notes:
+        gm.recompile()
+    return notes
+
+
+def sizes_from_their_tensors(gm: torch.fx.GraphModule) -> list[str]:
+    """For Torch-TensorRT 2.11: its `remove_sym_nodes` pass replaces each size argument (a SymInt
+    placeholder dynamo adds for a dynamic dimension, recorded as `x.size()[i]`) by `sym_size(x, i)`,
+    finding `x` through `source.base.local_name`. A tensor that came through a list or a dict
+    (`tensors[0]`, `**kwargs`: HF decode steps, a Sequential with `mark_dynamic`) has no local name,
+    and the pass raises AttributeError, so the graph went to the fallback. This does that
+    replacement first, matching the tensor by its source, and drops the source record of those size
+    arguments, which the pass then leaves alone (and removes, once unused). Exact: the same size,
+    read from the tensor. Returns a note per size argument. Mutates `gm` (a copy)."""
+    placeholders = [n for n in gm.graph.nodes if n.op == "placeholder"]
+    tensors: dict[Any, torch.fx.Node] = {}
+    for node in placeholders:
+        source = getattr(node.meta.get("grapharg"), "source", None)
+        if source is not None and isinstance(meta_value(node), torch.Tensor):
+            try:
+                tensors[source] = node
+            except TypeError:  # an unhashable source: not one to match
+                pass
+    first_op = next((n for n in gm.graph.nodes if n.op != "placeholder"), None)
+    notes = []
+    for node in placeholders:
+        source = getattr(node.meta.get("grapharg"), "source", None)
+        base = getattr(source, "base", None)
+        if base is None or hasattr(base, "local_name") or not isinstance(getattr(source, "idx", None), int):
+            continue  # Torch-TensorRT finds these itself
+        try:
+            tensor = tensors.get(base)
+        except TypeError:
+            tensor = None
+        if tensor is not None and node.users and first_op is not None:
+            with gm.graph.inserting_before(first_op):
+                size = gm.graph.call_function(torch.ops.aten.sym_size.int, (tensor, source.idx))
+            size.meta["val"] = meta_value(node)
+            node.replace_all_uses_with(size)
+        node.meta = {k: v for k, v in node.meta.items() if k != "grapharg"}
+        notes.append(f"size argument {node.name} ({source.name}) read from its tensor"
+                     if tensor is not None else f"size argument {node.name} ({source.name}) passed as is")
+    if notes:
+        gm.graph.lint()
         gm.recompile()
     return notes
 
