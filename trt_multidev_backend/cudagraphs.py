@@ -247,7 +247,8 @@ class CudaGraphs:
             entry = _Captured(self.fn, args, self._static, self._stream)
         except Exception as exc:
             log.debug("capturing %s failed", self.label, exc_info=True)
-            self._refuse(f"capturing it failed ({type(exc).__name__}: {str(exc).strip().splitlines()[0][:200]})")
+            first = (str(exc).strip().splitlines() or ["(no message)"])[0][:200]
+            self._refuse(f"capturing it failed ({type(exc).__name__}: {first})")
             return self.fn(*args)
         alias = entry.aliasing()
         if alias is not None:
