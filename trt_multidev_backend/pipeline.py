@@ -5,7 +5,6 @@ guarded callable. Fallbacks are warned once per (reason, device), counted, and r
 from __future__ import annotations
 
 import logging
-import threading
 import time
 from typing import Any, Callable, Mapping, Sequence
 
@@ -27,13 +26,13 @@ from .reuse import Reuse, graph_name
 from .rewrites import rewrite_for_tensorrt
 from .runtime import GuardedCallable
 from .segments import install, split_by_device
-from .settings import Settings, SettingsError, resolve_settings, unknown_env_vars
+from .notices import Notices
+from .settings import Settings, SettingsError, resolve_settings
 
 __all__ = ["TrtMultidevBackend", "backend", "register", "BACKEND_NAME"]
 
 BACKEND_NAME = "trt_multidev"
 log = logging.getLogger("trt_multidev.pipeline")
-_LEVELS = {"debug": logging.DEBUG, "info": logging.INFO, "warning": logging.WARNING, "error": logging.ERROR}
 
 
 class TrtMultidevBackend:
@@ -48,9 +47,9 @@ class TrtMultidevBackend:
     def __init__(self) -> None:
         self._cache = CompiledCache()
         self._stats = Stats()
-        self._warned: set[tuple[str, str]] = set()
-        self._logged_settings: set[str] = set()
-        self._lock = threading.Lock()
+        self._notices = Notices()
+        self._warn_once = self._notices.warn_once
+        self._log = self._notices.log
         self._default_delegate = TorchTensorRTDelegate()
         self._reuse = Reuse(self._stats, self._warn_once, self._log)
 
@@ -64,7 +63,7 @@ class TrtMultidevBackend:
         mode: str | None = None,
     ) -> Callable[..., Any]:
         settings = resolve_settings(options, mode)
-        self._report_settings(settings)
+        self._notices.report_settings(settings)
         infos = classify_args(gm, example_inputs)
         gm._trt_multidev_name = (f"graph({', '.join(i.name for i in infos if i.role is Role.INPUT)[:60]}) "
                                  f"of {op_count(gm)} ops")
@@ -165,9 +164,7 @@ class TrtMultidevBackend:
         self._reuse.save_learned()
         self._cache.clear()
         self._stats.clear()
-        with self._lock:
-            self._warned.clear()
-            self._logged_settings.clear()
+        self._notices.clear()
         self._reuse.clear()
 
     def stats(self) -> dict[str, dict[str, int]]:
@@ -309,29 +306,6 @@ class TrtMultidevBackend:
                                 f"trt_multidev: the inductor fallback failed on {label} "
                                 f"({type(exc).__name__}: {first_line(exc)}); running eager instead.")
         return gm.forward  # not the module: its __call__ would add hooks and dispatch to every call
-
-    def _warn_once(self, key: tuple[str, str], message: str, exc_info: bool = False) -> None:
-        with self._lock:
-            if key in self._warned:
-                return
-            self._warned.add(key)
-        log.warning(message, exc_info=exc_info)
-
-    def _report_settings(self, settings: Settings) -> None:
-        rows = settings.describe()
-        token = repr(rows)
-        with self._lock:
-            if token in self._logged_settings:
-                return
-            self._logged_settings.add(token)
-        for name in unknown_env_vars():
-            self._warn_once(("unknown-env", name), f"trt_multidev: ignoring unknown environment variable {name} "
-                                                   "(not a trt_multidev setting; a typo?)")
-        self._log(settings, "settings: %s", "; ".join(f"{n}={v} ({s})" for n, v, s in rows))
-
-    @staticmethod
-    def _log(settings: Settings, msg: str, *args: Any) -> None:
-        log.log(_LEVELS[settings.log_level], msg, *args)
 
 
 def _is_real(value: Any) -> bool:

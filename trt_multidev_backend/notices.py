@@ -1,0 +1,55 @@
+"""What users are told, and how often: each warning once per (reason, device) until reset, the
+resolved settings once per distinct set, reports at the level the `log_level` setting names.
+trt_multidev never changes a logger's level; it chooses the level of its own records."""
+
+from __future__ import annotations
+
+import logging
+import threading
+from typing import Any
+
+from .settings import Settings, unknown_env_vars
+
+__all__ = ["Notices"]
+
+log = logging.getLogger("trt_multidev.pipeline")  # the name users have filtered on since 0.1
+_LEVELS = {"debug": logging.DEBUG, "info": logging.INFO, "warning": logging.WARNING, "error": logging.ERROR}
+
+
+class Notices:
+    """The warn-once registry and the settings report of one backend instance."""
+
+    def __init__(self) -> None:
+        self._warned: set[tuple[str, str]] = set()
+        self._settings_seen: set[str] = set()
+        self._lock = threading.Lock()
+
+    def clear(self) -> None:
+        with self._lock:
+            self._warned.clear()
+            self._settings_seen.clear()
+
+    def warn_once(self, key: tuple[str, str], message: str, exc_info: bool = False) -> None:
+        with self._lock:
+            if key in self._warned:
+                return
+            self._warned.add(key)
+        log.warning(message, exc_info=exc_info)
+
+    def report_settings(self, settings: Settings) -> None:
+        """The resolved settings with their sources, once per distinct set; unknown
+        TRT_MULTIDEV_* variables (typos, most likely) warned once each."""
+        rows = settings.describe()
+        token = repr(rows)
+        with self._lock:
+            if token in self._settings_seen:
+                return
+            self._settings_seen.add(token)
+        for name in unknown_env_vars():
+            self.warn_once(("unknown-env", name), f"trt_multidev: ignoring unknown environment variable {name} "
+                                                  "(not a trt_multidev setting; a typo?)")
+        self.log(settings, "settings: %s", "; ".join(f"{n}={v} ({s})" for n, v, s in rows))
+
+    @staticmethod
+    def log(settings: Settings, msg: str, *args: Any) -> None:
+        log.log(_LEVELS[settings.log_level], msg, *args)
