@@ -29,7 +29,9 @@ import torch
 import torch.fx
 from torch.utils import _pytree as pytree
 
+from .build import first_line
 from .graphinfo import ArgInfo, Role, changed_in_place, symbolic_sizes
+from .runtime import tensor_version
 
 __all__ = ["CapturePlan", "CudaGraphs", "ShapePolicy", "capture_plan", "signature"]
 
@@ -54,8 +56,9 @@ def capture_plan(gm: torch.fx.GraphModule, infos: Sequence[ArgInfo], device: tor
     names = tuple(i.name for i in infos)
     if device.type != "cuda":
         return CapturePlan(static, names, f"it runs on {device}, and CUDA graphs need a GPU", "cpu")
-    if symbolic_sizes(infos):
-        return CapturePlan(static, names, f"it has dynamic shapes ({'; '.join(symbolic_sizes(infos))}), and TensorRT ties a captured launch "
+    symbolic = symbolic_sizes(infos)
+    if symbolic:
+        return CapturePlan(static, names, f"it has dynamic shapes ({'; '.join(symbolic)}), and TensorRT ties a captured launch "
                    "to the shapes its execution context holds (TensorRT-RTX captures those engines per shape "
                    "itself); compile with dynamic=False for one captured graph per shape", "dynamic")
     changed = changed_in_place(gm, infos, (Role.INPUT,))
@@ -187,12 +190,12 @@ class CudaGraphs:
         self._static = frozenset(plan.static)
         # The signature covers the caller's inputs: module state keeps its shapes (dynamo guards
         # them) and is checked by address instead.
-        n = len(plan.names)
-        self._keyed = [i for i in range(n) if i not in self._static]
+        self._keyed = _picker([i for i in range(len(plan.names)) if i not in self._static])
         self._names = plan.names
         self._warn = warn
         self._count = count
         self._graphs: dict[tuple, _Captured] = {}
+        self._told_limit = False
         self._lock = threading.Lock()
         self._last: torch.cuda.Stream | None = None  # the stream of the latest call
         self._stream: torch.cuda.Stream | None = None
@@ -201,7 +204,7 @@ class CudaGraphs:
         return f"<CUDA graphs of {self.label}: {len(self._graphs)} captured>"
 
     def __call__(self, *args: Any) -> Any:
-        key = signature([args[i] for i in self._keyed] if len(args) == len(self._names) else args)
+        key = signature(self._keyed(args))
         with self._lock:
             stream = torch.cuda.current_stream(self.device)
             last = self._last
@@ -223,7 +226,8 @@ class CudaGraphs:
             return self._warm(args)
         if action == "capture":
             return self._capture(key, args)
-        if self.policy.full and self.policy.refusal is None:
+        if self.policy.full and self.policy.refusal is None and not self._told_limit:
+            self._told_limit = True
             self._warn(("cuda-graph-limit", self.label),
                        f"trt_multidev: CUDA graphs: {self.label} met more than {self.policy.limit} input shapes; "
                        f"further shapes run uncaptured (cuda_graph_max_shapes={self.policy.limit}).")
@@ -231,10 +235,10 @@ class CudaGraphs:
 
     def _warm(self, args: Sequence[Any]) -> Any:
         copied = [(i, a) for i, a in enumerate(args) if isinstance(a, torch.Tensor) and i not in self._static]
-        before = [_version(a) for _, a in copied]
+        before = [tensor_version(a) for _, a in copied]
         out = self.fn(*args)
         for (i, a), was in zip(copied, before):
-            if was != -1 and _version(a) != was:  # what the graph's metadata did not tell
+            if was != -1 and tensor_version(a) != was:  # what the graph's metadata did not tell
                 name = self._names[i] if i < len(self._names) else f"argument {i}"
                 self._refuse(f"it changed its input {name!r} in place, and a replay would change the graph's copy")
                 break
@@ -247,8 +251,7 @@ class CudaGraphs:
             entry = _Captured(self.fn, args, self._static, self._stream)
         except Exception as exc:
             log.debug("capturing %s failed", self.label, exc_info=True)
-            first = (str(exc).strip().splitlines() or ["(no message)"])[0][:200]
-            self._refuse(f"capturing it failed ({type(exc).__name__}: {first})")
+            self._refuse(f"capturing it failed ({type(exc).__name__}: {first_line(exc)})")
             return self.fn(*args)
         alias = entry.aliasing()
         if alias is not None:
@@ -268,9 +271,3 @@ class CudaGraphs:
         self._warn(("cuda-graph-refused", self.label),
                    f"trt_multidev: CUDA graphs: {self.label} runs uncaptured: {why}.")
 
-
-def _version(tensor: torch.Tensor) -> int:
-    try:
-        return tensor._version
-    except RuntimeError:  # inference tensors keep no version counter
-        return -1

@@ -98,19 +98,25 @@ def _enum_member(trt: Any, enum_name: str, member: str) -> Any:
 _WARNED_OPTIONS: set[str] = set()
 
 
+# option -> (runtime-config attribute, TensorRT enum of its values)
+_RUNTIME_CONFIG = {
+    "kernel_specialization": ("dynamic_shapes_kernel_specialization_strategy",
+                              "DynamicShapesKernelSpecializationStrategy"),
+    "internal_cuda_graphs": ("cuda_graph_strategy", "CudaGraphStrategy"),
+}
+
+
 def _configure(config: Any, name: str, dynamic: bool) -> list[str]:
     """Apply the current engine options to a runtime config; what was applied, for the log.
-    Options the installed TensorRT lacks are warned once and skipped (they change speed only)."""
-    applied = []
+    Both options act on dynamic shapes only. Options the installed TensorRT lacks are warned
+    once and skipped (they change speed only)."""
+    options = _OPTIONS.get()
+    if not dynamic or not options:
+        return []
     trt = _tensorrt()
-    for key, value in _OPTIONS.get().items():
-        if not dynamic:  # both options act on dynamic shapes only
-            continue
-        attr, enum_name = {
-            "kernel_specialization": ("dynamic_shapes_kernel_specialization_strategy",
-                                      "DynamicShapesKernelSpecializationStrategy"),
-            "internal_cuda_graphs": ("cuda_graph_strategy", "CudaGraphStrategy"),
-        }[key]
+    applied = []
+    for key, value in options.items():
+        attr, enum_name = _RUNTIME_CONFIG[key]
         try:
             if not hasattr(config, attr):
                 raise RuntimeError(f"this TensorRT's runtime config has no {attr}")

@@ -19,7 +19,7 @@ from .guard import guard_index
 from .errors import InputDeviceError
 from .placement import ArgAction
 
-__all__ = ["GuardedCallable", "SelectArgs"]
+__all__ = ["GuardedCallable", "SelectArgs", "tensor_version"]
 
 _CHECK, _MOVE, _STATE = 0, 1, 2
 _KINDS = {"check": _CHECK, "move": _MOVE, "state": _STATE}
@@ -31,7 +31,7 @@ def _replace(values: Sequence[Any], i: int, value: Any) -> list[Any]:
     return out
 
 
-def _version(tensor: torch.Tensor) -> int:
+def tensor_version(tensor: torch.Tensor) -> int:
     try:
         return tensor._version
     except RuntimeError:  # inference tensors keep no version counter
@@ -76,7 +76,7 @@ class GuardedCallable:
         # index -> (source tensor, its version, copy on the target); replaced whole, never edited.
         self._state: dict[int, tuple[torch.Tensor, int, torch.Tensor]] = {}
         for index, (source, copy) in (seed_state or {}).items():
-            self._state[index] = (source, _version(source), copy)
+            self._state[index] = (source, tensor_version(source), copy)
 
     def __repr__(self) -> str:
         via = self.delegate + (f", fallback: {self.fallback}" if self.fallback else "")
@@ -131,10 +131,10 @@ class GuardedCallable:
 
     def _state_copy(self, i: int, value: torch.Tensor, device: torch.device) -> torch.Tensor:
         entry = self._state.get(i)
-        if entry is not None and entry[0] is value and entry[1] == _version(value):
+        if entry is not None and entry[0] is value and entry[1] == tensor_version(value):
             return entry[2]
         copy = value.detach().to(device)
-        self._state[i] = (value, _version(value), copy)
+        self._state[i] = (value, tensor_version(value), copy)
         return copy
 
     def _move_outputs(self, out: Any) -> Any:
