@@ -33,6 +33,7 @@ only meaningful within one run.
 from __future__ import annotations
 
 import argparse
+import collections
 import datetime
 import gc
 import importlib.metadata
@@ -207,13 +208,22 @@ def count_ops(gm: torch.fx.GraphModule) -> int:
                if n.op in ("call_function", "call_method") and n.target is not operator.getitem)
 
 
-def _walk(module: nn.Module) -> tuple[int, int]:
-    """(engines, ops running in PyTorch) under `module`; nothing inside an engine is PyTorch's."""
+def _op_name(node: torch.fx.Node) -> str:
+    return node.target if isinstance(node.target, str) else getattr(node.target, "__name__", str(node.target))
+
+
+def _walk(module: nn.Module, names: collections.Counter) -> tuple[int, int]:
+    """(engines, ops running in PyTorch) under `module`, counting the latter's op names in
+    `names`; nothing inside an engine is PyTorch's."""
     if type(module).__name__ in ENGINE_TYPES:
         return 1, 0
-    engines, ops = 0, count_ops(module) if isinstance(module, torch.fx.GraphModule) else 0
+    engines, ops = 0, 0
+    if isinstance(module, torch.fx.GraphModule):
+        ops = count_ops(module)
+        names.update(_op_name(n) for n in module.graph.nodes
+                     if n.op in ("call_function", "call_method") and n.target is not operator.getitem)
     for child in module.children():
-        e, o = _walk(child)
+        e, o = _walk(child, names)
         engines, ops = engines + e, ops + o
     return engines, ops
 
@@ -227,8 +237,9 @@ def where_ops_run(compiled: Any, dynamo_ops: int) -> dict[str, Any]:
     inner = compiled.fn if guarded else compiled
     if not isinstance(inner, nn.Module):
         return {"engines": None, "pytorch_ops": None, "fallback": None}
-    engines, ops = _walk(inner)
-    return {"engines": engines, "pytorch_ops": ops, "fallback": None}
+    names: collections.Counter = collections.Counter()
+    engines, ops = _walk(inner, names)
+    return {"engines": engines, "pytorch_ops": ops, "fallback": None, "pytorch_op_names": dict(names)}
 
 
 def counting_backend(options: dict[str, Any], graphs: list[dict[str, Any]]) -> Callable[..., Any]:

@@ -8,8 +8,9 @@ import torch
 import torch.nn as nn
 from torch.fx.node import _get_qualified_name
 
+import _delegates
 import trt_multidev_backend as tm
-from trt_multidev_backend.build import MAX_EXCLUDED
+from trt_multidev_backend.build import MAX_EXCLUDED, MAX_PIECE_BUILDS
 from trt_multidev_backend.placement import graph_copy
 
 
@@ -107,17 +108,88 @@ def test_the_search_is_bounded():
     assert compiled.fallback is not None
 
 
-def test_a_failure_that_names_no_op_goes_to_the_fallback_at_once():
-    delegate = Refusing(set())
-    delegate.failing_op = lambda exc: None
+Opaque = _delegates.Opaque
 
-    def broken(gm, example_inputs, *, device, settings):
-        delegate.calls.append(settings.excluded_ops)
-        raise RuntimeError("builder ran out of memory")
 
-    broken.failing_op = delegate.failing_op
-    compiled = tm.backend(*_captured(), options={"delegate": broken})
-    assert delegate.calls == [()] and compiled.fallback is not None
+class Layers(nn.Module):
+    """Ten small layers, one of them (the seventh) with an op an Opaque delegate refuses."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.fcs = nn.ModuleList(nn.Linear(8, 8) for _ in range(10))
+
+    def forward(self, x):
+        for i, fc in enumerate(self.fcs):
+            x = torch.exp(fc(x)) / 4 if i == 6 else torch.tanh(fc(x))
+        return x
+
+
+def test_a_failure_no_op_is_named_for_is_searched_by_halves(caplog):
+    delegate = Opaque({"exp"})
+    model, x = Layers().eval(), torch.randn(4, 8)
+    compiled = torch.compile(model, backend="trt_multidev", options={"delegate": delegate, "min_block_size": 1})
+    with torch.no_grad():
+        assert torch.allclose(compiled(x), model(x))
+    # The whole graph (21 ops) failed, then each half; the failing half was cut until the piece
+    # holding exp was too small to cut: everything else was built.
+    assert delegate.calls[0] == 21 and len(delegate.calls) <= 1 + MAX_PIECE_BUILDS
+    assert all("exp" not in names for names in delegate.built)
+    built_ops = sum(len(names) for names in delegate.built)
+    assert 21 - built_ops < 8  # what runs in PyTorch: the piece with exp, below twice MIN_PIECE_OPS
+    (message,) = warnings_of(caplog)
+    assert "could not build graph graph(x) of 21 ops as a whole on cpu (RuntimeError: TensorRT could not " \
+           "create an execution context" in message
+    assert "the pieces that still failed run in PyTorch on cpu" in message and "exp" in message
+    assert "fallback" not in message
+    assert tm.stats()["cpu"]["compiles"] == 1 and tm.stats()["cpu"]["fallbacks"] == 0
+    calls = len(delegate.calls)
+    torch.compile(Layers().eval(), backend="trt_multidev", options={"delegate": delegate, "min_block_size": 1})(x)
+    assert len(delegate.calls) == calls and tm.stats()["cpu"]["cache_hits"] == 1  # the search is paid once
+
+
+def test_pieces_are_stored_in_the_disk_cache_with_what_they_left_to_pytorch(caplog):
+    delegate = _delegates.opaque_exp  # a name another process finds: the disk cache applies
+    options = {"delegate": "_delegates:opaque_exp", "min_block_size": 1}
+    model, x = Layers().eval(), torch.randn(4, 8)
+    with torch.no_grad():
+        ref = model(x)
+        torch.compile(model, backend="trt_multidev", options=options)(x)
+        calls = len(delegate.calls)
+        torch._dynamo.reset()
+        tm.reset()  # as a new process: only the disk cache remains
+        caplog.clear()
+        out = torch.compile(model, backend="trt_multidev", options=options)(x)
+    assert torch.allclose(out, ref)
+    assert len(delegate.calls) == calls and tm.stats()["cpu"]["disk_hits"] == 1
+    assert any("built in pieces instead" in m and "exp" in m for m in warnings_of(caplog))
+
+
+def test_strict_raises_at_a_failure_no_op_is_named_for():
+    delegate = Opaque({"exp"})
+    with pytest.raises(tm.TrtMultidevError, match="execution context"):
+        tm.backend(*_captured(Layers().eval()), options={"delegate": delegate, "strict": True})
+    assert len(delegate.calls) == 1
+
+
+def test_a_failure_every_piece_meets_ends_in_the_fallback_boundedly(caplog):
+    delegate = Opaque({"tanh", "exp"})
+    compiled = tm.backend(*_captured(Layers().eval()), options={"delegate": delegate, "min_block_size": 1})
+    assert compiled.fallback is not None and "execution context" in compiled.fallback
+    assert 1 < len(delegate.calls) <= 1 + MAX_PIECE_BUILDS and not delegate.built
+    assert any("running the eager fallback" in m for m in warnings_of(caplog))
+
+
+class WritesInPlace(Layers):
+    def forward(self, x):
+        y = torch.tanh(self.fcs[0](x))
+        y.mul_(2)
+        return super().forward(y)
+
+
+def test_a_graph_that_writes_in_place_is_not_cut():
+    delegate = Opaque({"exp"})
+    compiled = tm.backend(*_captured(WritesInPlace().eval()), options={"delegate": delegate, "min_block_size": 1})
+    assert delegate.calls == [24] and compiled.fallback is not None
 
 
 def _captured(model: nn.Module | None = None):
@@ -173,17 +245,8 @@ def test_indices_from_inputs_or_state_are_left_alone():
     assert "torch.int32" not in delegate.code
 
 
-def test_a_delegate_can_say_what_excluding_an_op_does(caplog):
-    delegate = Refusing({torch.relu})
-    delegate.exclusion_note = lambda op: "relu is traced another way" if op == "torch.relu" else None
-    torch.compile(Net().eval(), backend="trt_multidev", options={"delegate": delegate})(torch.randn(4, 8))
-    (message,) = warnings_of(caplog)
-    assert "could not convert torch.relu on cpu (Refused: no converter for torch.relu); relu is traced another way" \
-           in message and "run in PyTorch on cpu" not in message
-
-
 def test_cudnn_attention_is_left_out_of_tracing_only_inside_the_block():
-    from trt_multidev_backend.delegate import CUDNN_ATTENTION, TorchTensorRTDelegate, _without_cudnn_attention
+    from trt_multidev_backend.delegate import _without_cudnn_attention
 
     before = (torch.backends.cuda.cudnn_sdp_enabled(), torch.backends.cuda.flash_sdp_enabled(),
               torch.backends.cuda.mem_efficient_sdp_enabled(), torch.backends.cuda.math_sdp_enabled())
@@ -193,8 +256,6 @@ def test_cudnn_attention_is_left_out_of_tracing_only_inside_the_block():
         assert torch.backends.cuda.math_sdp_enabled()
     assert (torch.backends.cuda.cudnn_sdp_enabled(), torch.backends.cuda.flash_sdp_enabled(),
             torch.backends.cuda.mem_efficient_sdp_enabled(), torch.backends.cuda.math_sdp_enabled()) == before
-    assert "another kernel" in TorchTensorRTDelegate.exclusion_note(CUDNN_ATTENTION)
-    assert TorchTensorRTDelegate.exclusion_note("torch.ops.aten.embedding.default") is None
 
 
 def _dynamic_graph(fn, *args, **kwargs):

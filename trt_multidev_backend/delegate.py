@@ -52,9 +52,6 @@ ENGINE_MODULES = ("TorchTensorRTModule", "PythonTorchTensorRTModule", "TensorRTE
 _OWN_RUNTIME_KEYS = ("use_python_runtime", "lazy_engine_init", "enable_cross_compile_for_windows", "dryrun",
                      "enable_weight_streaming", "debug", "cache_built_engines", "reuse_cached_engines")
 _DEFERRAL = threading.local()
-# Hopper GPUs trace scaled_dot_product_attention to cuDNN's kernel, which Torch-TensorRT 2.11 cannot
-# convert ("add_cast(): incompatible function arguments"); its other kernels it can.
-CUDNN_ATTENTION = "torch.ops.aten._scaled_dot_product_cudnn_attention.default"
 
 
 class Delegate(Protocol):
@@ -257,9 +254,11 @@ class TorchTensorRTDelegate:
             gm.recompile()
         if runner:
             from torch_tensorrt.dynamo.runtime import PythonTorchTensorRTModule
-        attention = (_without_cudnn_attention() if CUDNN_ATTENTION in settings.excluded_ops
-                     else contextlib.nullcontext())
-        with _deferring_setup(PythonTorchTensorRTModule) if runner else contextlib.nullcontext(), attention:
+        # Attention is traced with every kernel but cuDNN's: Torch-TensorRT 2.11 cannot convert
+        # cuDNN attention (its converter raises add_cast() errors, or refuses it with dynamic
+        # shapes, leaving it in PyTorch between engines); the others are the same attention.
+        with _deferring_setup(PythonTorchTensorRTModule) if runner else contextlib.nullcontext(), \
+                _without_cudnn_attention():
             if detect_fake_mode(inputs) is None:
                 # Called outside dynamo (aot tools, direct use): Torch-TensorRT needs a fake mode.
                 with tracing(TracingContext(FakeTensorMode(allow_non_fake_inputs=True))):
@@ -276,14 +275,6 @@ class TorchTensorRTDelegate:
                 if type(module).__name__ in ENGINE_MODULES and hasattr(module, "set_output_tensors_as_unowned"):
                     module.set_output_tensors_as_unowned(True)
         return _First(compiled) if single else compiled
-
-    @staticmethod
-    def exclusion_note(op: str) -> str | None:
-        """What excluding `op` does, where it is not "its nodes run in PyTorch"."""
-        if op == CUDNN_ATTENTION:
-            return ("attention is traced again with the other scaled_dot_product_attention kernels, which "
-                    "TensorRT converts (the same attention, another kernel)")
-        return None
 
     @staticmethod
     def failing_op(exc: BaseException) -> str | None:

@@ -176,6 +176,12 @@ def _mutated_args(node: torch.fx.Node) -> list[Any]:
     return [a for a in written if isinstance(a, torch.fx.Node)]
 
 
+def writes_in_place(gm: torch.fx.GraphModule) -> bool:
+    """Whether some op of the graph writes a tensor in place. Such a graph is not cut into pieces
+    compiled apart: a delegate that functionalizes a piece would keep the write inside it."""
+    return any(_mutated_args(n) or n.kwargs.get("inplace") is True for n in gm.graph.nodes)
+
+
 def _storage(node: torch.fx.Node) -> Any:
     from torch.multiprocessing.reductions import StorageWeakRef
 

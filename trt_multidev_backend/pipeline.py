@@ -149,7 +149,7 @@ class TrtMultidevBackend:
                                 f"(too few supported ops for min_block_size={settings.min_block_size}); "
                                 "it runs in PyTorch. Lower min_block_size to convert small graphs.")
             engines = f" ({delegate.describe(compiled)})"
-        self._report_excluded(built, gm, label, _short(identity), delegate)
+        self._report_excluded(built, gm, label, _short(identity))
         self._log(settings, "graph %s: %s on %s by %s in %.2f s%s", graph_name(gm), how, label,
                   _short(identity), time.perf_counter() - start, engines)
         wrapper = self._wrap(compiled, plan, placement, settings, label, _short(identity),
@@ -194,13 +194,15 @@ class TrtMultidevBackend:
                 return self._reuse.obtain(disk, delegate, build, placement, plan, settings, label)
             return build(), "built"
         excluded: list[tuple[str, str]] = []
+        left: list[tuple[int, str, str]] = []
         with device_guard(plan.target):
             for name, _, inputs in segmented.device_segments:
                 part = call_delegate(delegate, getattr(segmented.gm, name), inputs, plan.target, settings)
-                install(segmented, name, part.callable)
+                install(segmented.gm, name, part.callable)
                 excluded += part.excluded
+                left += part.left
         self._stats.bump(label, "compiles")
-        return Built(segmented.gm, segmented.gm, None, excluded), (
+        return Built(segmented.gm, segmented.gm, None, excluded, left), (
             f"built ({len(segmented.device_segments)} device segment(s); host segment(s) "
             f"{', '.join(segmented.host_segments)} stay in PyTorch; not disk-cached)")
 
@@ -218,7 +220,7 @@ class TrtMultidevBackend:
         for name, _, inputs in segmented.device_segments:
             stage = getattr(segmented.gm, name)
             stage._trt_multidev_stage = True  # a stage is never split again
-            install(segmented, name, self(stage, inputs, options, mode))
+            install(segmented.gm, name, self(stage, inputs, options, mode))
         return segmented.gm.forward
 
     def _build(self, delegate: Any, placement: Placement, plan: DevicePlan, settings: Settings,
@@ -231,20 +233,27 @@ class TrtMultidevBackend:
         self._stats.bump(label, "compiles")
         return built
 
-    def _report_excluded(self, built: Built, gm: torch.fx.GraphModule, label: str, delegate: str,
-                         delegate_obj: Any) -> None:
-        """One warning per (op, device) the delegate could not convert: those nodes run in PyTorch
-        on the target, the rest in its engines."""
-        if not built.excluded:
+    def _report_excluded(self, built: Built, gm: torch.fx.GraphModule, label: str, delegate: str) -> None:
+        """One warning per (op, device) the delegate could not convert, and per (reason, device)
+        for pieces a search by halves left to PyTorch: those run in PyTorch on the target, the
+        rest in its engines."""
+        if not built.excluded and not built.left:
             return
         left = pytorch_ops(built.callable, ENGINE_MODULES)
         share = (f"; {left} op(s) of the compiled graph run in PyTorch (the graph had {op_count(gm)})"
                  if left is not None else "")
+        if built.left:
+            why = built.left[0][2]
+            pieces = "; ".join(f"{ops} op(s): {names}" for ops, names, _ in built.left)
+            self._warn_once((f"pieces:{why}", label),
+                            f"trt_multidev: {delegate} could not build graph {graph_name(gm)} as a whole on "
+                            f"{label} ({why}); it was built in pieces instead, and the pieces that still "
+                            f"failed run in PyTorch on {label} ({pieces}){share}. (strict=1 raises instead; "
+                            "warned once per reason and device.)")
         for op, reason in built.excluded:
-            note = getattr(delegate_obj, "exclusion_note", lambda _: None)(op)
-            instead = note or f"those nodes run in PyTorch on {label} and the rest in TensorRT engines"
             self._warn_once((f"excluded:{op}", label),
-                            f"trt_multidev: {delegate} could not convert {op} on {label} ({reason}); {instead}"
+                            f"trt_multidev: {delegate} could not convert {op} on {label} ({reason}); those "
+                            f"nodes run in PyTorch on {label} and the rest in TensorRT engines"
                             f"{share}. (strict=1 raises instead; warned once per op and device.)")
 
     def _wrap(self, compiled: Callable[..., Any], plan: DevicePlan, placement: Placement, settings: Settings,

@@ -209,7 +209,7 @@ class Reuse:
                 self._corrupt(disk, label, f"{type(exc).__name__}: {first_line(exc)}")
         built = build()
         meta = {"graph": graph_name(placement.gm), "delegate": disk.delegate, "device": str(plan.target),
-                "versions": disk.versions, "kept": built.kept, "excluded": built.excluded}
+                "versions": disk.versions, "kept": built.kept, "excluded": built.excluded, "left": built.left}
         try:
             payload = delegate.dumps(built.inner)
         except Exception as exc:
@@ -232,7 +232,8 @@ class Reuse:
             inner = delegate.loads(payload, device=device, settings=settings)
         kept = meta.get("kept")
         excluded = [tuple(pair) for pair in meta.get("excluded", [])]
-        return Built(SelectArgs(inner, kept) if kept is not None else inner, inner, kept, excluded)
+        left = [tuple(piece) for piece in meta.get("left", [])]
+        return Built(SelectArgs(inner, kept) if kept is not None else inner, inner, kept, excluded, left)
 
     def _corrupt(self, disk: DiskPlan, label: str, why: str) -> None:
         self._stats.bump(label, "corrupt_entries")

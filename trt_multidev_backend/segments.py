@@ -27,7 +27,7 @@ from .device import DevicePlan
 from .graphinfo import meta_value, op_count
 from .placement import is_move
 
-__all__ = ["Segmented", "split_by_device", "install"]
+__all__ = ["Segmented", "split_by_device", "split_graph", "install"]
 
 log = logging.getLogger("trt_multidev.segments")
 
@@ -104,8 +104,23 @@ def split_by_device(gm: torch.fx.GraphModule, examples: Sequence[Any], plan: Dev
             index += 1
         partition[node] = index
         previous = cls
-    split = split_module(gm, gm, lambda n: partition[n], keep_original_order=True)
+    split, pieces = split_graph(gm, examples, partition)
+    device_of = {partition[n]: classes[n] for n in classes}
+    devices, hosts = [], []
+    for name, inputs in pieces.items():
+        device = device_of.get(int(name.split("_", 1)[1]))
+        if device is not None:
+            devices.append((name, device, inputs))
+        else:
+            hosts.append(name)
+    return Segmented(split, devices, hosts)
 
+
+def split_graph(gm: torch.fx.GraphModule, examples: Sequence[Any],
+                partition: dict[torch.fx.Node, int]) -> tuple[torch.fx.GraphModule, dict[str, list[Any]]]:
+    """`gm` cut into submodules submod_<n> by `partition` (every node but placeholders and the
+    output, numbered in graph order), and each submodule's example inputs, in order."""
+    split = split_module(gm, gm, lambda n: partition[n], keep_original_order=True)
     values: dict[str, Any] = {}
     placeholders = [n for n in gm.graph.nodes if n.op == "placeholder"]
     for node, example in zip(placeholders, examples):
@@ -114,19 +129,9 @@ def split_by_device(gm: torch.fx.GraphModule, examples: Sequence[Any], plan: Dev
     for node in gm.graph.nodes:
         if node.name not in values:
             values[node.name] = _example_like(meta_value(node), fake_mode)
-
-    device_of = {partition[n]: classes[n] for n in classes}
-    devices, hosts = [], []
-    for name, module in split.named_children():
-        if not name.startswith("submod_"):
-            continue
-        device = device_of.get(int(name.split("_", 1)[1]))
-        if device is not None:
-            inputs = [values.get(p.name) for p in module.graph.nodes if p.op == "placeholder"]
-            devices.append((name, device, inputs))
-        else:
-            hosts.append(name)
-    return Segmented(split, devices, hosts)
+    pieces = {name: [values.get(p.name) for p in module.graph.nodes if p.op == "placeholder"]
+              for name, module in split.named_children() if name.startswith("submod_")}
+    return split, pieces
 
 
 def _hint(size: Any) -> int:
@@ -148,7 +153,6 @@ def _example_like(value: Any, fake_mode: Any) -> Any:
     return torch.zeros(sizes, dtype=value.dtype, device=value.device).as_strided(sizes, strides)
 
 
-def install(segmented: Segmented, name: str, compiled: Callable[..., Any]) -> None:
-    """Put a compiled device segment where its submodule was."""
-    module = compiled if isinstance(compiled, torch.nn.Module) else _Callable(compiled)
-    setattr(segmented.gm, name, module)
+def install(gm: torch.fx.GraphModule, name: str, compiled: Callable[..., Any]) -> None:
+    """Put a compiled piece of a split graph where its submodule was."""
+    setattr(gm, name, compiled if isinstance(compiled, torch.nn.Module) else _Callable(compiled))

@@ -38,3 +38,51 @@ def test_llama_runs_in_tensorrt_engines():
     config = transformers.LlamaConfig(hidden_size=256, intermediate_size=688, num_hidden_layers=2, num_attention_heads=4,
                                       num_key_value_heads=4, vocab_size=1000, max_position_embeddings=128)
     _check(transformers.LlamaForCausalLM(config))
+
+
+def _pytorch_op_names(compiled) -> list[str]:
+    """The ops of a compiled graph that run in PyTorch (outside every TensorRT engine)."""
+    names, stack = [], [getattr(compiled, "fn", compiled)]
+    while stack:
+        module = stack.pop()
+        if not isinstance(module, torch.nn.Module) or type(module).__name__ in (
+                "TensorRTEngine", "PythonTorchTensorRTModule", "TorchTensorRTModule"):
+            continue
+        if isinstance(module, torch.fx.GraphModule):
+            names += [str(n.target) for n in module.graph.nodes if n.op == "call_function"]
+        stack += list(module.children())
+    return names
+
+
+def test_gpt2_generate_gives_eagers_tokens_with_attention_inside_the_engines():
+    """generate() with a KV cache: the prompt pass and the decode steps (dynamic shapes after the
+    second recompile) are built into engines, and no attention runs in PyTorch between them
+    (measured on d1e6411: cuDNN attention was left out of the engines of every decode graph)."""
+    torch.manual_seed(0)
+    lm = transformers.GPT2LMHeadModel(transformers.GPT2Config(
+        n_layer=2, n_embd=256, n_head=4, vocab_size=1000, n_positions=128, initializer_range=0.1))
+    lm = lm.eval().half().to(DEVICE)
+    prompt = torch.randint(0, 1000, (1, 16), device=DEVICE)
+    kwargs = dict(attention_mask=torch.ones_like(prompt), max_new_tokens=12, min_new_tokens=12, do_sample=False,
+                  use_cache=True, pad_token_id=999, eos_token_id=999)
+    graphs = []
+
+    def counted(gm, example_inputs):
+        compiled = tm.backend(gm, example_inputs, options={"min_block_size": 1, "cache": False})
+        graphs.append(compiled)
+        return compiled
+
+    torch.cuda.set_device(0)
+    with torch.no_grad():
+        ref = lm.generate(prompt, **kwargs)
+        torch._dynamo.reset()
+        lm.forward = torch.compile(lm.forward, backend=counted)
+        try:
+            out = lm.generate(prompt, **kwargs)
+        finally:
+            vars(lm).pop("forward", None)
+    assert torch.equal(out, ref)
+    assert len(graphs) >= 2 and all(g.fallback is None for g in graphs)
+    left = [name for g in graphs for name in _pytorch_op_names(g)]
+    assert not [name for name in left if "attention" in name], left
+    assert torch.cuda.current_device() == 0
