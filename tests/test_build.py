@@ -245,8 +245,17 @@ def test_indices_from_inputs_or_state_are_left_alone():
     assert "torch.int32" not in delegate.code
 
 
+def test_a_delegate_can_say_what_excluding_an_op_does(caplog):
+    delegate = Refusing({torch.relu})
+    delegate.exclusion_note = lambda op: "relu is traced another way" if op == "torch.relu" else None
+    torch.compile(Net().eval(), backend="trt_multidev", options={"delegate": delegate})(torch.randn(4, 8))
+    (message,) = warnings_of(caplog)
+    assert "could not convert torch.relu on cpu (Refused: no converter for torch.relu); relu is traced another way" \
+           in message and "run in PyTorch on cpu" not in message
+
+
 def test_cudnn_attention_is_left_out_of_tracing_only_inside_the_block():
-    from trt_multidev_backend.delegate import _without_cudnn_attention
+    from trt_multidev_backend.delegate import CUDNN_ATTENTION, TorchTensorRTDelegate, _without_cudnn_attention
 
     before = (torch.backends.cuda.cudnn_sdp_enabled(), torch.backends.cuda.flash_sdp_enabled(),
               torch.backends.cuda.mem_efficient_sdp_enabled(), torch.backends.cuda.math_sdp_enabled())
@@ -256,6 +265,8 @@ def test_cudnn_attention_is_left_out_of_tracing_only_inside_the_block():
         assert torch.backends.cuda.math_sdp_enabled()
     assert (torch.backends.cuda.cudnn_sdp_enabled(), torch.backends.cuda.flash_sdp_enabled(),
             torch.backends.cuda.mem_efficient_sdp_enabled(), torch.backends.cuda.math_sdp_enabled()) == before
+    assert "another kernel" in TorchTensorRTDelegate.exclusion_note(CUDNN_ATTENTION)
+    assert TorchTensorRTDelegate.exclusion_note("torch.ops.aten.embedding.default") is None
 
 
 def _dynamic_graph(fn, *args, **kwargs):
@@ -308,3 +319,39 @@ def test_sizes_of_local_tensors_are_left_to_torch_tensorrt():
     gm, _ = _dynamic_graph(lambda x: x * x.shape[0], torch.randn(3, 4))
     before = gm.code
     assert sizes_from_their_tensors(gm) == [] and gm.code == before
+
+
+class Slices(nn.Module):
+    def forward(self, x):
+        y = torch.tanh(x)[:, :4]  # a view whose strides reach past its own 32 elements
+        return torch.exp(torch.sin(y) + torch.cos(y) * torch.neg(torch.abs(y)))
+
+
+def test_pieces_take_views_that_reach_past_their_own_size():
+    """A cut may pass a slice of a wider tensor to the next piece; its example is built from the
+    metadata (real tensors, no fake mode): storage for all the strides reach (BERT on an H200
+    fell back with "setStorage ... out of bounds" before)."""
+    from helpers import capture
+
+    from trt_multidev_backend.build import call_delegate
+    from trt_multidev_backend.settings import resolve_settings
+
+    gm, _ = capture(Slices(), torch.randn(8, 64))
+    delegate = Opaque({"exp"})
+    built = call_delegate(delegate, gm, [torch.randn(8, 64)], torch.device("cpu"),
+                          resolve_settings({"min_block_size": 1}, environ={}))
+    x = torch.randn(8, 64)
+    out = built.callable(x)
+    assert torch.allclose(out[0] if isinstance(out, (tuple, list)) else out, Slices()(x))
+    assert len(delegate.calls) > 1 and built.left
+
+
+def test_ops_left_in_pytorch_count_method_calls_too():
+    """The share of a graph left in PyTorch counts its ops as op_count does: dynamo records
+    x.view(...) and x.transpose(...) as method calls (BERT's pieces were under-counted)."""
+    from helpers import capture
+
+    from trt_multidev_backend.build import pytorch_ops
+
+    gm, _ = capture(lambda x: torch.tanh(x.view(4, 2, 4).transpose(1, 2)), torch.randn(4, 8))
+    assert pytorch_ops(gm, ()) == 3

@@ -156,15 +156,17 @@ def _halves(gm: torch.fx.GraphModule) -> dict[torch.fx.Node, int]:
 
 
 def pytorch_ops(compiled: Any, engine_types: Sequence[str]) -> int | None:
-    """How many ops of a compiled graph run in PyTorch: call_function nodes (getitem aside) of
-    every graph in it that is not an engine. None when the result is not an inspectable module."""
+    """How many ops of a compiled graph run in PyTorch: function and method calls (getitem
+    aside) of every graph in it that is not an engine, counted as `op_count` counts a dynamo
+    graph's. None when the result is not an inspectable module."""
     if not isinstance(compiled, torch.nn.Module):
         return None
     count = 0
     for _, module in compiled.named_modules():
         if type(module).__name__ in engine_types or not isinstance(module, torch.fx.GraphModule):
             continue
-        count += sum(1 for n in module.graph.nodes if n.op == "call_function" and n.target is not operator.getitem)
+        count += sum(1 for n in module.graph.nodes
+                     if n.op in ("call_function", "call_method") and n.target is not operator.getitem)
     return count
 
 

@@ -52,6 +52,9 @@ ENGINE_MODULES = ("TorchTensorRTModule", "PythonTorchTensorRTModule", "TensorRTE
 _OWN_RUNTIME_KEYS = ("use_python_runtime", "lazy_engine_init", "enable_cross_compile_for_windows", "dryrun",
                      "enable_weight_streaming", "debug", "cache_built_engines", "reuse_cached_engines")
 _DEFERRAL = threading.local()
+# Hopper GPUs trace scaled_dot_product_attention to cuDNN's kernel, which Torch-TensorRT 2.11 cannot
+# convert ("add_cast(): incompatible function arguments"); its other kernels it can.
+CUDNN_ATTENTION = "torch.ops.aten._scaled_dot_product_cudnn_attention.default"
 
 
 class Delegate(Protocol):
@@ -203,6 +206,13 @@ class TorchTensorRTDelegate:
             options["enabled_precisions"] = {_PRECISION_DTYPES[p] for p in settings.precision}
             if settings.precision != ("fp32",) and "use_explicit_typing" in fields and "use_explicit_typing" not in settings.trt:
                 options["use_explicit_typing"] = False  # precision flags only act on weakly typed networks
+        if "attn_bias_is_causal" in fields:
+            # Torch-TensorRT 2.11 defaults to True: the attention bias of memory-efficient
+            # attention is taken to be a causal mask and its values are ignored, which is wrong
+            # for a decode step's or a padding mask (measured: GPT-2 generate() with attention
+            # traced to that kernel gave other tokens from the first one). With False such
+            # attention runs in PyTorch; trt={"attn_bias_is_causal": True} asks for it anyway.
+            options["attn_bias_is_causal"] = False
         options.update(settings.trt)
         if settings.excluded_ops:  # ops an earlier attempt could not convert (build.py): PyTorch runs them
             options["torch_executed_ops"] = {*settings.trt.get("torch_executed_ops", ()), *settings.excluded_ops}
@@ -254,11 +264,9 @@ class TorchTensorRTDelegate:
             gm.recompile()
         if runner:
             from torch_tensorrt.dynamo.runtime import PythonTorchTensorRTModule
-        # Attention is traced with every kernel but cuDNN's: Torch-TensorRT 2.11 cannot convert
-        # cuDNN attention (its converter raises add_cast() errors, or refuses it with dynamic
-        # shapes, leaving it in PyTorch between engines); the others are the same attention.
-        with _deferring_setup(PythonTorchTensorRTModule) if runner else contextlib.nullcontext(), \
-                _without_cudnn_attention():
+        attention = (_without_cudnn_attention() if CUDNN_ATTENTION in settings.excluded_ops
+                     else contextlib.nullcontext())
+        with _deferring_setup(PythonTorchTensorRTModule) if runner else contextlib.nullcontext(), attention:
             if detect_fake_mode(inputs) is None:
                 # Called outside dynamo (aot tools, direct use): Torch-TensorRT needs a fake mode.
                 with tracing(TracingContext(FakeTensorMode(allow_non_fake_inputs=True))):
@@ -275,6 +283,14 @@ class TorchTensorRTDelegate:
                 if type(module).__name__ in ENGINE_MODULES and hasattr(module, "set_output_tensors_as_unowned"):
                     module.set_output_tensors_as_unowned(True)
         return _First(compiled) if single else compiled
+
+    @staticmethod
+    def exclusion_note(op: str) -> str | None:
+        """What excluding `op` does, where it is not "its nodes run in PyTorch"."""
+        if op == CUDNN_ATTENTION:
+            return ("attention is traced again with the other scaled_dot_product_attention kernels, which "
+                    "TensorRT converts (the same attention, another kernel)")
+        return None
 
     @staticmethod
     def failing_op(exc: BaseException) -> str | None:

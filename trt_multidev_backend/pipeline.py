@@ -149,7 +149,7 @@ class TrtMultidevBackend:
                                 f"(too few supported ops for min_block_size={settings.min_block_size}); "
                                 "it runs in PyTorch. Lower min_block_size to convert small graphs.")
             engines = f" ({delegate.describe(compiled)})"
-        self._report_excluded(built, gm, label, _short(identity))
+        self._report_excluded(built, gm, label, _short(identity), delegate)
         self._log(settings, "graph %s: %s on %s by %s in %.2f s%s", graph_name(gm), how, label,
                   _short(identity), time.perf_counter() - start, engines)
         wrapper = self._wrap(compiled, plan, placement, settings, label, _short(identity),
@@ -233,7 +233,8 @@ class TrtMultidevBackend:
         self._stats.bump(label, "compiles")
         return built
 
-    def _report_excluded(self, built: Built, gm: torch.fx.GraphModule, label: str, delegate: str) -> None:
+    def _report_excluded(self, built: Built, gm: torch.fx.GraphModule, label: str, delegate: str,
+                         delegate_obj: Any) -> None:
         """One warning per (op, device) the delegate could not convert, and per (reason, device)
         for pieces a search by halves left to PyTorch: those run in PyTorch on the target, the
         rest in its engines."""
@@ -251,9 +252,10 @@ class TrtMultidevBackend:
                             f"failed run in PyTorch on {label} ({pieces}){share}. (strict=1 raises instead; "
                             "warned once per reason and device.)")
         for op, reason in built.excluded:
+            note = getattr(delegate_obj, "exclusion_note", lambda _: None)(op)
+            instead = note or f"those nodes run in PyTorch on {label} and the rest in TensorRT engines"
             self._warn_once((f"excluded:{op}", label),
-                            f"trt_multidev: {delegate} could not convert {op} on {label} ({reason}); those "
-                            f"nodes run in PyTorch on {label} and the rest in TensorRT engines"
+                            f"trt_multidev: {delegate} could not convert {op} on {label} ({reason}); {instead}"
                             f"{share}. (strict=1 raises instead; warned once per op and device.)")
 
     def _wrap(self, compiled: Callable[..., Any], plan: DevicePlan, placement: Placement, settings: Settings,

@@ -150,7 +150,10 @@ def _example_like(value: Any, fake_mode: Any) -> Any:
     if fake_mode is not None:
         with fake_mode:
             return torch.empty_strided(sizes, strides, dtype=value.dtype, device=value.device)
-    return torch.zeros(sizes, dtype=value.dtype, device=value.device).as_strided(sizes, strides)
+    # A view's strides may reach past its own element count (a slice of a wider tensor): the
+    # storage holds everything the strides reach.
+    extent = 1 + sum((n - 1) * st for n, st in zip(sizes, strides)) if all(sizes) else 0
+    return torch.zeros(extent, dtype=value.dtype, device=value.device).as_strided(sizes, strides)
 
 
 def install(gm: torch.fx.GraphModule, name: str, compiled: Callable[..., Any]) -> None:
