@@ -6,12 +6,14 @@ from __future__ import annotations
 import pytest
 import torch
 import torch.nn as nn
+import torch.nn.functional as F
 from torch.fx.node import _get_qualified_name
 
 import _delegates
 import trt_multidev_backend as tm
 from trt_multidev_backend.build import MAX_EXCLUDED, MAX_PIECE_BUILDS
 from trt_multidev_backend.placement import graph_copy
+from trt_multidev_backend.rewrites import _DROPOUTS
 
 
 class Refused(RuntimeError):
@@ -147,6 +149,36 @@ def test_a_failure_no_op_is_named_for_is_searched_by_halves(caplog):
     assert len(delegate.calls) == calls and tm.stats()["cpu"]["cache_hits"] == 1  # the search is paid once
 
 
+class EveryLayer(nn.Module):
+    """BERT's case: the op TensorRT refuses (here exp, standing in for attention) in each of its
+    four layers."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.fcs = nn.ModuleList(nn.Linear(8, 8) for _ in range(4))
+
+    def forward(self, x):
+        for fc in self.fcs:
+            x = torch.tanh(torch.exp(fc(x)) / 4 + x)
+        return x
+
+
+def test_an_op_failing_in_every_layer_is_cut_around_once_suspected():
+    delegate = Opaque({"exp"})
+    model, x = EveryLayer().eval(), torch.randn(4, 8)
+    compiled = torch.compile(model, backend="trt_multidev", options={"delegate": delegate, "min_block_size": 1})
+    with torch.no_grad():
+        assert torch.allclose(compiled(x), model(x))
+    # Halving alone leaves pieces of up to 7 ops around each exp; once exp is suspected (and
+    # confirmed by failing alone), only the four exp calls stay out of the delegate. 12 builds:
+    # the whole, two halvings, a leaf, linear then exp tried alone, six pieces.
+    assert len(delegate.calls) <= 12
+    assert all("exp" not in names for names in delegate.built)
+    built = [name for names in delegate.built for name in names]
+    assert all(built.count(op) == 4 for op in ("truediv", "add", "tanh"))
+    assert built.count("linear") >= 4  # one more when it was suspected first and built alone
+
+
 def test_pieces_are_stored_in_the_disk_cache_with_what_they_left_to_pytorch(caplog):
     delegate = _delegates.opaque_exp  # a name another process finds: the disk cache applies
     options = {"delegate": "_delegates:opaque_exp", "min_block_size": 1}
@@ -172,7 +204,7 @@ def test_strict_raises_at_a_failure_no_op_is_named_for():
 
 
 def test_a_failure_every_piece_meets_ends_in_the_fallback_boundedly(caplog):
-    delegate = Opaque({"tanh", "exp"})
+    delegate = Opaque({"linear", "tanh", "exp", "truediv"})  # every op: no piece can build
     compiled = tm.backend(*_captured(Layers().eval()), options={"delegate": delegate, "min_block_size": 1})
     assert compiled.fallback is not None and "execution context" in compiled.fallback
     assert 1 < len(delegate.calls) <= 1 + MAX_PIECE_BUILDS and not delegate.built
@@ -214,9 +246,11 @@ class Positions(nn.Module):
 class Recording:
     def __init__(self) -> None:
         self.code = ""
+        self.calls: list = []
 
     def __call__(self, gm, example_inputs, *, device, settings):
         self.code = gm.code
+        self.calls = [n.target for n in gm.graph.nodes if n.op == "call_function"]
         return gm
 
 
@@ -252,6 +286,43 @@ def test_a_delegate_can_say_what_excluding_an_op_does(caplog):
     (message,) = warnings_of(caplog)
     assert "could not convert torch.relu on cpu (Refused: no converter for torch.relu); relu is traced another way" \
            in message and "run in PyTorch on cpu" not in message
+
+
+class Dropouts(nn.Module):
+    """GPT-2's pattern: dropout after embeddings, attention and MLP (a no-op in eval mode)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.fc, self.drop = nn.Linear(3, 3), nn.Dropout(0.1)
+
+    def forward(self, x):
+        y = self.drop(self.fc(x)) + F.dropout(x, 0.2, training=self.training)
+        return F.dropout2d(torch.dropout(y, 0.3, self.training), 0.1, self.training) + F.alpha_dropout(x, 0.1)
+
+
+def test_dropout_outside_training_is_removed_and_results_are_exact():
+    delegate, model = Recording(), Dropouts().eval()
+    x = torch.randn(4, 8, 3)
+    with torch.no_grad():
+        out = torch.compile(model, backend="trt_multidev", options={"delegate": delegate})(x)
+    assert torch.equal(out, model(x)) and not set(delegate.calls) & set(_DROPOUTS)
+
+
+def test_dropout_in_training_is_kept():
+    delegate = Recording()
+    torch.compile(Dropouts().train(), backend="trt_multidev", options={"delegate": delegate})(torch.randn(4, 8, 3))
+    # all but alpha_dropout, whose training flag defaults to False
+    assert [c for c in delegate.calls if c in _DROPOUTS] == [F.dropout, F.dropout, torch.dropout, F.dropout2d]
+
+
+@pytest.mark.parametrize("fn, dims", [(F.dropout, 2), (F.dropout1d, 3), (F.dropout2d, 4), (F.dropout3d, 5),
+                                      (F.alpha_dropout, 2), (F.feature_alpha_dropout, 4), (torch.dropout, 2),
+                                      (torch.alpha_dropout, 2), (torch.feature_dropout, 4),
+                                      (torch.feature_alpha_dropout, 4)])
+def test_eager_dropout_outside_training_returns_its_input_itself(fn, dims):
+    """What the removal rests on: the same tensor object, so aliasing is as in eager too."""
+    x = torch.randn(*(2, 3, 4, 4, 4)[:dims])
+    assert fn(x, 0.5, False) is x
 
 
 def test_cudnn_attention_is_left_out_of_tracing_only_inside_the_block():

@@ -10,12 +10,16 @@ the caches keep the final result, so the search is paid once.
 A failure no op can be named for (TensorRT refusing an engine when it creates its execution
 context, say) is searched by halves: the graph is cut in two in graph order, each half built
 apart, a failing half cut again, until a failing piece is too small to cut (it runs in PyTorch,
-on the target) or ``MAX_PIECE_BUILDS`` builds were spent. Graphs that write a tensor in place
-are not cut (a functionalizing delegate would keep the write inside its piece).
+on the target) or ``MAX_PIECE_BUILDS`` builds were spent. Each such piece makes its rarest op not
+yet seen built a suspect; a failing piece that holds a suspect is then cut around it instead
+(each suspect left to PyTorch unbuilt), so a failure repeated in every layer (BERT's attention)
+costs a few builds per layer rather than a bisection per layer. Graphs that write a tensor in
+place are not cut (a functionalizing delegate would keep the write inside its piece).
 """
 
 from __future__ import annotations
 
+import collections
 import dataclasses
 import operator
 import traceback
@@ -29,14 +33,14 @@ from .errors import EngineDeviceError
 from .graphinfo import op_count, writes_in_place
 from .placement import graph_copy
 from .runtime import SelectArgs
-from .segments import install, split_graph
+from .segments import install, runs, split_graph
 from .settings import Settings
 
-__all__ = ["Built", "call_delegate", "check_engine_devices", "pytorch_ops", "first_line", "MAX_EXCLUDED",
-           "MAX_PIECE_BUILDS", "MIN_PIECE_OPS"]
+__all__ = ["Built", "call_delegate", "check_engine_devices", "pytorch_ops", "first_line", "first_line_of",
+           "MAX_EXCLUDED", "MAX_PIECE_BUILDS", "MIN_PIECE_OPS"]
 
 MAX_EXCLUDED = 8
-MAX_PIECE_BUILDS = 12  # delegate calls one search by halves may make
+MAX_PIECE_BUILDS = 16  # delegate calls one search by halves may make
 MIN_PIECE_OPS = 4      # a failing piece with fewer than twice this many ops is not cut again
 
 
@@ -54,7 +58,7 @@ class Built:
 
 
 def call_delegate(delegate: Any, gm: torch.fx.GraphModule, inputs: Sequence[Any], device: torch.device,
-                  settings: Settings, *, _budget: list[int] | None = None) -> Built:
+                  settings: Settings, *, _search: _Search | None = None, _shallow: bool = False) -> Built:
     """Call a delegate on a graph it may mutate (callers hold the target's guard).
 
     Torch-TensorRT drops unused SymInt placeholders (dynamic shapes) from the graph it is given;
@@ -75,12 +79,12 @@ def call_delegate(delegate: Any, gm: torch.fx.GraphModule, inputs: Sequence[Any]
             # What the failed build made (engines, builders) dies with its frames: now, while the
             # caller holds the target's guard, rather than whenever the traceback is dropped.
             traceback.clear_frames(exc.__traceback__)
-            if op is None and not settings.strict:
-                return _in_pieces(delegate, gm, inputs, device, asked, exc,
-                                  [MAX_PIECE_BUILDS] if _budget is None else _budget, excluded)
+            if op is None and not settings.strict and not _shallow:
+                search = _Search(MAX_PIECE_BUILDS, collections.Counter(_names(gm))) if _search is None else _search
+                return _in_pieces(delegate, gm, inputs, device, asked, exc, search, excluded)
             if op is None or op in known or len(excluded) >= MAX_EXCLUDED:
                 raise
-            excluded.append((op, f"{type(exc).__name__}: {first_line(exc)}"))
+            excluded.append((op, first_line_of(exc)))
             continue
         except BaseException as exc:
             traceback.clear_frames(exc.__traceback__)
@@ -93,29 +97,58 @@ def call_delegate(delegate: Any, gm: torch.fx.GraphModule, inputs: Sequence[Any]
     return Built(SelectArgs(inner, kept), inner, kept, excluded)
 
 
+@dataclass
+class _Search:
+    """What one search by halves may still spend and has learned: builds left, how often each op
+    occurs in the whole graph, ops seen in pieces that built, the ops of each failing piece too
+    small to cut (leaves), suspects (of each leaf, its rarest op not seen built) and the suspects
+    confirmed by failing alone."""
+
+    builds: int
+    frequency: collections.Counter
+    built: set[str] = field(default_factory=set)
+    leaves: list[list[str]] = field(default_factory=list)
+    suspects: set[str] = field(default_factory=set)
+    confirmed: set[str] = field(default_factory=set)
+
+    def learn(self, piece: torch.fx.GraphModule | None = None) -> None:
+        """Take in a failing piece too small to cut (None: think again about the leaves seen)."""
+        if piece is not None:
+            self.leaves.append(_names(piece))
+        for names in self.leaves:
+            if self.suspects & set(names):
+                continue  # explained by a suspect already
+            candidates = [n for n in names if n not in self.built]
+            if candidates:
+                self.suspects.add(min(candidates, key=lambda n: self.frequency[n]))
+
+    def cleared(self, names: set[str]) -> None:
+        """Ops that built alone or in a whole piece are no suspects."""
+        self.built |= names
+        if self.suspects & names:
+            self.suspects -= names
+            self.learn()
+
+
 def _in_pieces(delegate: Any, gm: torch.fx.GraphModule, inputs: Sequence[Any], device: torch.device,
-               settings: Settings, failure: Exception, budget: list[int],
+               settings: Settings, failure: Exception, search: _Search,
                excluded: list[tuple[str, str]]) -> Built:
-    """After `failure` on the whole of `gm`: its two halves built apart (each searched the same
-    way), the pieces that still fail left to PyTorch. Raises `failure` when `gm` is too small to
-    cut, writes in place, the budget is spent, or no piece could be built."""
-    if op_count(gm) < 2 * max(MIN_PIECE_OPS, settings.min_block_size) or budget[0] <= 0 or writes_in_place(gm):
+    """After `failure` on the whole of `gm`: its pieces built apart (each searched the same way),
+    the pieces that still fail left to PyTorch. Raises `failure` when `gm` writes in place, is too
+    small to cut, the budget is spent, or no piece could be built."""
+    if search.builds <= 0 or writes_in_place(gm):
         raise failure
-    split, pieces = split_graph(gm, inputs, _halves(gm))
-    why = f"{type(failure).__name__}: {first_line(failure)}"
+    split, pieces, suspected = _cut(delegate, gm, inputs, device, settings, failure, search)
     left: list[tuple[int, str, str]] = []
     built_any = False
     for name, piece_inputs in pieces.items():
         piece = getattr(split, name)
-        if budget[0] <= 0:
+        if _number(name) in suspected and set(_names(piece)) <= search.confirmed:
+            part, why = None, first_line_of(failure)  # it failed alone: not built again
+        else:
+            part, why = _build_piece(delegate, piece, piece_inputs, device, settings, failure, search)
+        if part is None:  # the piece stays as it is: a graph PyTorch runs
             left.append((op_count(piece), op_names(piece), why))
-            continue
-        budget[0] -= 1
-        try:
-            part = call_delegate(delegate, piece, piece_inputs, device, settings, _budget=budget)
-        except Exception as exc:  # the piece stays as it is: a graph PyTorch runs
-            traceback.clear_frames(exc.__traceback__)
-            left.append((op_count(piece), op_names(piece), f"{type(exc).__name__}: {first_line(exc)}"))
             continue
         install(split, name, part.callable)
         excluded = excluded + [e for e in part.excluded if e not in excluded]
@@ -126,33 +159,110 @@ def _in_pieces(delegate: Any, gm: torch.fx.GraphModule, inputs: Sequence[Any], d
     return Built(split, split, None, excluded, left)
 
 
+def _cut(delegate: Any, gm: torch.fx.GraphModule, inputs: Sequence[Any], device: torch.device,
+         settings: Settings, failure: Exception, search: _Search
+         ) -> tuple[torch.fx.GraphModule, dict[str, list[Any]], set[int]]:
+    """`gm` split for the search, with the numbers of the pieces that are suspects only: where it
+    holds a suspect, the runs between suspects and each run of suspects apart (tried alone once:
+    if it builds, the suspicion is dropped and `gm` cut again); else two halves."""
+    while True:
+        cut = _around(gm, search.suspects)
+        if cut is None:
+            if op_count(gm) < _floor(settings):
+                raise failure
+            partition, suspected = _halves(gm), set()
+        else:
+            partition, suspected = cut
+            if set(partition.values()) <= suspected:
+                raise failure  # nothing but suspects: what failed
+        split, pieces = split_graph(gm, inputs, partition)
+        trial = next((name for name in pieces if _number(name) in suspected
+                      and not set(_names(getattr(split, name))) <= search.confirmed), None)
+        if trial is None or search.builds <= 0:
+            return split, pieces, suspected
+        names = set(_names(getattr(split, trial)))
+        search.builds -= 1
+        try:  # the suspects alone: do they fail?
+            call_delegate(delegate, getattr(split, trial), pieces[trial], device, settings, _shallow=True)
+        except Exception as exc:
+            traceback.clear_frames(exc.__traceback__)
+            search.confirmed |= names
+            return split, pieces, suspected
+        search.cleared(names)  # they built: cut again with what is suspected now
+
+
+def _build_piece(delegate: Any, piece: torch.fx.GraphModule, inputs: Sequence[Any], device: torch.device,
+                 settings: Settings, failure: Exception, search: _Search) -> tuple[Built | None, str]:
+    """One piece built (searched in turn if it fails), or None and why not."""
+    names = set(_names(piece))
+    try:
+        if names & search.confirmed:  # it would fail whole: straight to its pieces
+            part = _in_pieces(delegate, piece, inputs, device, settings, failure, search, [])
+        elif search.builds <= 0:
+            raise failure
+        else:
+            search.builds -= 1
+            part = call_delegate(delegate, piece, inputs, device, settings, _search=search)
+    except Exception as exc:
+        traceback.clear_frames(exc.__traceback__)
+        if op_count(piece) >= _floor(settings):
+            return None, first_line_of(exc)
+        search.learn(piece)  # too small to halve: what it holds may name a suspect
+        if not names & search.suspects or names <= search.suspects:
+            return None, first_line_of(exc)
+        try:
+            part = _in_pieces(delegate, piece, inputs, device, settings, exc, search, [])
+        except Exception as again:
+            traceback.clear_frames(again.__traceback__)
+            return None, first_line_of(exc)
+    if not part.left:
+        search.cleared(names)
+    return part, ""
+
+
+def _floor(settings: Settings) -> int:
+    """A failing piece with fewer ops is not halved."""
+    return 2 * max(MIN_PIECE_OPS, settings.min_block_size)
+
+
+def first_line_of(exc: BaseException) -> str:
+    """"Type: first line" of an exception, for one-line reasons."""
+    return f"{type(exc).__name__}: {first_line(exc)}"
+
+
+def _number(piece_name: str) -> int:
+    return int(piece_name.rsplit("_", 1)[1])
+
+
+def _name(node: torch.fx.Node) -> str:
+    return node.target if isinstance(node.target, str) else getattr(node.target, "__name__", str(node.target))
+
+
+def _names(gm: torch.fx.GraphModule) -> list[str]:
+    """The ops of a graph by name, in order, tuple indexing aside."""
+    return [_name(node) for node in gm.graph.nodes
+            if node.op in ("call_function", "call_method", "call_module") and node.target is not operator.getitem]
+
+
 def op_names(gm: torch.fx.GraphModule, most: int = 6) -> str:
     """The distinct ops of a graph, in order, for messages: "linear, gelu, layer_norm, ..."."""
-    names: list[str] = []
-    for node in gm.graph.nodes:
-        if node.op in ("call_function", "call_method", "call_module") and node.target is not operator.getitem:
-            name = node.target if isinstance(node.target, str) else getattr(node.target, "__name__", str(node.target))
-            if name not in names:
-                names.append(name)
+    names = list(dict.fromkeys(_names(gm)))
     return ", ".join(names[:most]) + (", ..." if len(names) > most else "")
 
 
 def _halves(gm: torch.fx.GraphModule) -> dict[torch.fx.Node, int]:
-    """Every node of `gm` (placeholders and output aside) in half 0 or 1, cut in graph order at
-    the middle op; a tuple's items stay with the op that made the tuple."""
+    """`gm` in two pieces, cut in graph order at the middle op."""
     middle = op_count(gm) // 2
-    half: dict[torch.fx.Node, int] = {}
-    seen = 0
-    for node in gm.graph.nodes:
-        if node.op in ("placeholder", "output"):
-            continue
-        source = node.args[0] if node.args else None
-        if node.op == "call_function" and node.target is operator.getitem and source in half:
-            half[node] = half[source]
-            continue
-        half[node] = 0 if seen < middle else 1
-        seen += node.op in ("call_function", "call_method", "call_module")
-    return half
+    return runs(gm, lambda node, seen: seen >= middle)[0]
+
+
+def _around(gm: torch.fx.GraphModule, suspects: set[str]) -> tuple[dict[torch.fx.Node, int], set[int]] | None:
+    """`gm` in runs between its suspected ops, each run of suspects a piece of its own (their
+    numbers returned too); None when `gm` holds no suspected op."""
+    if not suspects & set(_names(gm)):
+        return None
+    pieces, labels = runs(gm, lambda node, seen: _name(node) in suspects)
+    return pieces, {index for index, suspect in labels.items() if suspect}
 
 
 def pytorch_ops(compiled: Any, engine_types: Sequence[str]) -> int | None:

@@ -29,7 +29,7 @@ import torch
 import torch.fx
 from torch.utils import _pytree as pytree
 
-from .build import first_line
+from .build import first_line_of
 from .graphinfo import ArgInfo, Role, changed_in_place, symbolic_sizes
 from .runtime import tensor_version
 
@@ -251,7 +251,7 @@ class CudaGraphs:
             entry = _Captured(self.fn, args, self._static, self._stream)
         except Exception as exc:
             log.debug("capturing %s failed", self.label, exc_info=True)
-            self._refuse(f"capturing it failed ({type(exc).__name__}: {first_line(exc)})")
+            self._refuse(f"capturing it failed ({first_line_of(exc)})")
             return self.fn(*args)
         alias = entry.aliasing()
         if alias is not None:

@@ -11,7 +11,7 @@ from typing import Any, Callable, Mapping, Sequence
 import torch
 import torch.fx
 
-from .build import Built, call_delegate, check_engine_devices, first_line, pytorch_ops
+from .build import Built, call_delegate, check_engine_devices, first_line, first_line_of, pytorch_ops
 from .cache import CompiledCache, Stats, cache_key
 from .delegate import ENGINE_MODULES, TorchTensorRTDelegate, load_delegate
 from .cudagraphs import CapturePlan, CudaGraphs, capture_plan
@@ -315,7 +315,7 @@ class TrtMultidevBackend:
                     raise
                 self._warn_once((f"inductor-error:{type(exc).__name__}", label),
                                 f"trt_multidev: the inductor fallback failed on {label} "
-                                f"({type(exc).__name__}: {first_line(exc)}); running eager instead.")
+                                f"({first_line_of(exc)}); running eager instead.")
         return gm.forward  # not the module: its __call__ would add hooks and dispatch to every call
 
 

@@ -24,7 +24,7 @@ from typing import Any, Callable
 import filelock
 import torch
 
-from .build import Built, first_line
+from .build import Built, first_line_of
 from .cache import Stats, disk_key
 from .delegate import delegate_versions, stable_identity
 from .device import DevicePlan
@@ -206,7 +206,7 @@ class Reuse:
                 return loaded, "loaded from the disk cache", payload, meta
             except Exception as exc:  # unreadable despite its checksum: rebuild and replace it
                 log.debug("loading disk cache entry %s failed", disk.key[:12], exc_info=True)
-                self._corrupt(disk, label, f"{type(exc).__name__}: {first_line(exc)}")
+                self._corrupt(disk, label, first_line_of(exc))
         built = build()
         meta = {"graph": graph_name(placement.gm), "delegate": disk.delegate, "device": str(plan.target),
                 "versions": disk.versions, "kept": built.kept, "excluded": built.excluded, "left": built.left}
@@ -215,7 +215,7 @@ class Reuse:
         except Exception as exc:
             self._warn_once((f"dumps-error:{type(exc).__name__}", label),
                             f"trt_multidev: could not serialize a compiled graph for the disk cache "
-                            f"({type(exc).__name__}: {first_line(exc)}); it stays in memory only.", exc_info=True)
+                            f"({first_line_of(exc)}); it stays in memory only.", exc_info=True)
             return built, "built (not disk-cached)", None, meta
         try:
             path = disk.store.write(disk.namespace, disk.key, payload, meta)

@@ -9,6 +9,12 @@ Each rewrite changes how a value is represented, never what is computed:
   they are. An index is below `num_embeddings` (or embedding raises), and a table has fewer than
   2**31 rows, so the cast is exact.
 
+- dropout outside training (``nn.Dropout`` of a model in eval mode) is removed: eager returns its
+  input itself then, so every use reads the input. Left in, it reaches Torch-TensorRT as a copy
+  (``aten.clone``), which Torch-TensorRT 2.11 cannot convert where it copies an engine input with
+  dynamic shapes; it then runs in PyTorch between engines (GPT-2's decode steps on an H200: 10
+  copies, 14 engines).
+
 And one for Torch-TensorRT 2.11 itself (`sizes_from_their_tensors`, applied by its delegate): a
 size argument dynamo adds for a dynamic dimension is computed from its tensor instead, where that
 tensor came through a list or a dict.
@@ -34,9 +40,20 @@ _EMBEDDINGS = {
 }
 
 
+_F = torch.nn.functional
+# dropout call -> (position of its training flag, its keyword, its default)
+_DROPOUTS = {
+    _F.dropout: (2, "training", True), _F.dropout1d: (2, "training", True),
+    _F.dropout2d: (2, "training", True), _F.dropout3d: (2, "training", True),
+    _F.alpha_dropout: (2, "training", False), _F.feature_alpha_dropout: (2, "training", False),
+    torch.dropout: (2, "train", None), torch.alpha_dropout: (2, "train", None),
+    torch.feature_dropout: (2, "train", None), torch.feature_alpha_dropout: (2, "train", None),
+}
+
+
 def rewrite_for_tensorrt(gm: torch.fx.GraphModule) -> list[str]:
     """Apply the rewrites to `gm` in place (a placed copy); returns a note per rewrite."""
-    notes = []
+    notes = _drop_eval_dropouts(gm)
     for node in list(gm.graph.nodes):
         if node.op != "call_function" or node.target not in _EMBEDDINGS:
             continue
@@ -56,6 +73,24 @@ def rewrite_for_tensorrt(gm: torch.fx.GraphModule) -> list[str]:
         cast.meta["example_value"] = _as_int32(index_value)
         node.update_arg(at, cast)
         notes.append(f"embedding {node.name}: int64 indices cast to int32 (exact: below {table_value.shape[0]} rows)")
+    if notes:
+        gm.recompile()
+    return notes
+
+
+def _drop_eval_dropouts(gm: torch.fx.GraphModule) -> list[str]:
+    """Remove dropout calls whose training flag is a constant False: their uses read the input."""
+    notes = []
+    for node in list(gm.graph.nodes):
+        if node.op != "call_function" or node.target not in _DROPOUTS or not node.args:
+            continue
+        at, keyword, default = _DROPOUTS[node.target]
+        training = node.args[at] if len(node.args) > at else node.kwargs.get(keyword, default)
+        if training is not False or not isinstance(node.args[0], torch.fx.Node):
+            continue
+        node.replace_all_uses_with(node.args[0])
+        gm.graph.erase_node(node)
+        notes.append(f"{node.name}: dropout outside training removed (eager returns its input)")
     if notes:
         gm.recompile()
     return notes

@@ -15,8 +15,9 @@ segments; graphs with no host work are not split), and a graph whose state spans
 from __future__ import annotations
 
 import logging
+import operator
 from dataclasses import dataclass
-from typing import Any, Callable, Sequence
+from typing import Any, Callable, Hashable, Sequence
 
 import torch
 import torch.fx
@@ -27,7 +28,7 @@ from .device import DevicePlan
 from .graphinfo import meta_value, op_count
 from .placement import is_move
 
-__all__ = ["Segmented", "split_by_device", "split_graph", "install"]
+__all__ = ["Segmented", "split_by_device", "runs", "split_graph", "install"]
 
 log = logging.getLogger("trt_multidev.segments")
 
@@ -97,15 +98,8 @@ def split_by_device(gm: torch.fx.GraphModule, examples: Sequence[Any], plan: Dev
     if not gpus or (target is not None and all(c is not None for c in classes.values())):
         return None
 
-    partition: dict[torch.fx.Node, int] = {}
-    index, previous = 0, object()
-    for node, cls in classes.items():
-        if partition and cls != previous:
-            index += 1
-        partition[node] = index
-        previous = cls
+    partition, device_of = runs(gm, lambda node, seen: classes[node])
     split, pieces = split_graph(gm, examples, partition)
-    device_of = {partition[n]: classes[n] for n in classes}
     devices, hosts = [], []
     for name, inputs in pieces.items():
         device = device_of.get(int(name.split("_", 1)[1]))
@@ -114,6 +108,30 @@ def split_by_device(gm: torch.fx.GraphModule, examples: Sequence[Any], plan: Dev
         else:
             hosts.append(name)
     return Segmented(split, devices, hosts)
+
+
+def runs(gm: torch.fx.GraphModule, label: Callable[[torch.fx.Node, int], Hashable]
+         ) -> tuple[dict[torch.fx.Node, int], dict[int, Hashable]]:
+    """Every node of `gm` (placeholders and output aside) numbered by the run of equal labels it
+    falls in, in graph order (`label(node, ops before it)`), and each number's label; a tuple's
+    items stay with the op that made the tuple."""
+    pieces: dict[torch.fx.Node, int] = {}
+    labels: dict[int, Hashable] = {}
+    seen, index, previous = 0, -1, object()
+    for node in gm.graph.nodes:
+        if node.op in ("placeholder", "output"):
+            continue
+        source = node.args[0] if node.args else None
+        if node.op == "call_function" and node.target is operator.getitem and source in pieces:
+            pieces[node] = pieces[source]
+            continue
+        current = label(node, seen)
+        if index < 0 or current != previous:
+            index += 1
+            labels[index] = previous = current
+        pieces[node] = index
+        seen += node.op in ("call_function", "call_method", "call_module")
+    return pieces, labels
 
 
 def split_graph(gm: torch.fx.GraphModule, examples: Sequence[Any],
