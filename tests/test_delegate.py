@@ -56,3 +56,43 @@ def test_setup_deferral_is_scoped_to_the_block_and_the_thread():
                 raise RuntimeError("build failed")
     EngineModule().setup_engine()
     assert calls == ["other", threading.current_thread().name]
+
+
+def _fake_compilation_settings(monkeypatch, *, with_attn_field: bool = True) -> None:
+    """Stands in for Torch-TensorRT's CompilationSettings (its fields are what options_for reads)."""
+    import dataclasses
+    import sys
+    import types
+
+    fields = [("device", object, None), ("min_block_size", int, 5), ("workspace_size", int, 0),
+              ("pass_through_build_failures", bool, False), ("optimization_level", object, None),
+              ("torch_executed_ops", object, None), ("use_python_runtime", object, None),
+              ("lazy_engine_init", bool, False)]
+    if with_attn_field:
+        fields.append(("attn_bias_is_causal", bool, True))
+    settings_class = dataclasses.make_dataclass("CompilationSettings", fields)
+    package, dynamo = types.ModuleType("torch_tensorrt"), types.ModuleType("torch_tensorrt.dynamo")
+    dynamo.CompilationSettings = settings_class
+    package.dynamo = dynamo
+    monkeypatch.setitem(sys.modules, "torch_tensorrt", package)
+    monkeypatch.setitem(sys.modules, "torch_tensorrt.dynamo", dynamo)
+
+
+def test_attention_bias_is_not_assumed_causal(monkeypatch):
+    """Torch-TensorRT 2.11's default (True) ignores the values of memory-efficient attention's
+    bias; on an H200, GPT-2's generate() then gave other tokens than eager."""
+    import torch
+
+    _fake_compilation_settings(monkeypatch)
+    delegate, device = d.TorchTensorRTDelegate(), torch.device("cuda", 1)
+    assert delegate.options_for(device, resolve_settings({}, environ={}))["attn_bias_is_causal"] is False
+    asked = resolve_settings({"trt": {"attn_bias_is_causal": True}}, environ={})
+    assert delegate.options_for(device, asked)["attn_bias_is_causal"] is True
+
+
+def test_a_torch_tensorrt_without_that_setting_is_not_handed_it(monkeypatch):
+    import torch
+
+    _fake_compilation_settings(monkeypatch, with_attn_field=False)
+    options = d.TorchTensorRTDelegate().options_for(torch.device("cuda", 0), resolve_settings({}, environ={}))
+    assert "attn_bias_is_causal" not in options and options["min_block_size"] == 5
