@@ -1,5 +1,6 @@
 """The Torch-TensorRT delegate's decisions that do not need TensorRT: when trt_multidev's engine
-runner takes over, and the scoped deferral of Torch-TensorRT's engine setup."""
+runner takes over, the scoped deferral of Torch-TensorRT's engine setup, and the options it is
+handed."""
 
 from __future__ import annotations
 

@@ -1,6 +1,7 @@
-"""What users are told, and how often: each warning once per (reason, device) until reset, the
-resolved settings once per distinct set, reports at the level the `log_level` setting names.
-trt_multidev never changes a logger's level; it chooses the level of its own records."""
+"""What users are told, and how often: each warning once per (reason, device) until reset (among
+them what a build left to PyTorch), the resolved settings once per distinct set, reports at the
+level the `log_level` setting names. trt_multidev never changes a logger's level; it chooses the
+level of its own records."""
 
 from __future__ import annotations
 
@@ -8,6 +9,12 @@ import logging
 import threading
 from typing import Any
 
+import torch.fx
+
+from .build import Built, pytorch_ops
+from .delegate import ENGINE_MODULES
+from .graphinfo import op_count
+from .reuse import graph_name
 from .settings import Settings, unknown_env_vars
 
 __all__ = ["Notices"]
@@ -49,6 +56,31 @@ class Notices:
             self.warn_once(("unknown-env", name), f"trt_multidev: ignoring unknown environment variable {name} "
                                                   "(not a trt_multidev setting; a typo?)")
         self.log(settings, "settings: %s", "; ".join(f"{n}={v} ({s})" for n, v, s in rows))
+
+    def report_built(self, built: Built, gm: torch.fx.GraphModule, label: str, delegate: str,
+                     delegate_obj: Any) -> None:
+        """One warning per (op, device) the delegate could not convert, and per (reason, device)
+        for pieces a search by halves left to PyTorch: those run in PyTorch on the target, the
+        rest in its engines."""
+        if not built.excluded and not built.left:
+            return
+        left = pytorch_ops(built.callable, ENGINE_MODULES)
+        share = (f"; {left} op(s) of the compiled graph run in PyTorch (the graph had {op_count(gm)})"
+                 if left is not None else "")
+        if built.left:
+            why = built.left[0][2]
+            pieces = "; ".join(f"{ops} op(s): {names}" for ops, names, _ in built.left)
+            self.warn_once((f"pieces:{why}", label),
+                           f"trt_multidev: {delegate} could not build graph {graph_name(gm)} as a whole on "
+                           f"{label} ({why}); it was built in pieces instead, and the pieces that still "
+                           f"failed run in PyTorch on {label} ({pieces}){share}. (strict=1 raises instead; "
+                           "warned once per reason and device.)")
+        for op, reason in built.excluded:
+            note = getattr(delegate_obj, "exclusion_note", lambda _: None)(op)
+            instead = note or f"those nodes run in PyTorch on {label} and the rest in TensorRT engines"
+            self.warn_once((f"excluded:{op}", label),
+                           f"trt_multidev: {delegate} could not convert {op} on {label} ({reason}); {instead}"
+                           f"{share}. (strict=1 raises instead; warned once per op and device.)")
 
     @staticmethod
     def log(settings: Settings, msg: str, *args: Any) -> None:

@@ -11,9 +11,9 @@ from typing import Any, Callable, Mapping, Sequence
 import torch
 import torch.fx
 
-from .build import Built, call_delegate, check_engine_devices, first_line, first_line_of, pytorch_ops
+from .build import Built, call_delegate, check_engine_devices, first_line, first_line_of
 from .cache import CompiledCache, Stats, cache_key
-from .delegate import ENGINE_MODULES, TorchTensorRTDelegate, load_delegate
+from .delegate import TorchTensorRTDelegate, load_delegate
 from .cudagraphs import CapturePlan, CudaGraphs, capture_plan
 from .device import DevicePlan, check_visible, resolve_device
 from .engine import engine_options
@@ -149,7 +149,7 @@ class TrtMultidevBackend:
                                 f"(too few supported ops for min_block_size={settings.min_block_size}); "
                                 "it runs in PyTorch. Lower min_block_size to convert small graphs.")
             engines = f" ({delegate.describe(compiled)})"
-        self._report_excluded(built, gm, label, _short(identity), delegate)
+        self._notices.report_built(built, gm, label, _short(identity), delegate)
         self._log(settings, "graph %s: %s on %s by %s in %.2f s%s", graph_name(gm), how, label,
                   _short(identity), time.perf_counter() - start, engines)
         wrapper = self._wrap(compiled, plan, placement, settings, label, _short(identity),
@@ -232,31 +232,6 @@ class TrtMultidevBackend:
                                   settings)
         self._stats.bump(label, "compiles")
         return built
-
-    def _report_excluded(self, built: Built, gm: torch.fx.GraphModule, label: str, delegate: str,
-                         delegate_obj: Any) -> None:
-        """One warning per (op, device) the delegate could not convert, and per (reason, device)
-        for pieces a search by halves left to PyTorch: those run in PyTorch on the target, the
-        rest in its engines."""
-        if not built.excluded and not built.left:
-            return
-        left = pytorch_ops(built.callable, ENGINE_MODULES)
-        share = (f"; {left} op(s) of the compiled graph run in PyTorch (the graph had {op_count(gm)})"
-                 if left is not None else "")
-        if built.left:
-            why = built.left[0][2]
-            pieces = "; ".join(f"{ops} op(s): {names}" for ops, names, _ in built.left)
-            self._warn_once((f"pieces:{why}", label),
-                            f"trt_multidev: {delegate} could not build graph {graph_name(gm)} as a whole on "
-                            f"{label} ({why}); it was built in pieces instead, and the pieces that still "
-                            f"failed run in PyTorch on {label} ({pieces}){share}. (strict=1 raises instead; "
-                            "warned once per reason and device.)")
-        for op, reason in built.excluded:
-            note = getattr(delegate_obj, "exclusion_note", lambda _: None)(op)
-            instead = note or f"those nodes run in PyTorch on {label} and the rest in TensorRT engines"
-            self._warn_once((f"excluded:{op}", label),
-                            f"trt_multidev: {delegate} could not convert {op} on {label} ({reason}); {instead}"
-                            f"{share}. (strict=1 raises instead; warned once per op and device.)")
 
     def _wrap(self, compiled: Callable[..., Any], plan: DevicePlan, placement: Placement, settings: Settings,
               label: str, delegate: str, *, serialize: bool, fallback: str | None = None,
