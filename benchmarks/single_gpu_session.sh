@@ -1,12 +1,14 @@
 #!/usr/bin/env bash
-# One device call on a one-GPU machine (nvidia-h200), after ../shared/gpu's device_setup.sh
-# (source /tmp/trt_env.sh first): the GPU checks of the latest changes, in order of need.
-#   bash benchmarks/single_gpu_session.sh     # results under $OUT (default /tmp/out)
-# 1. all of tests/gpu in one process
-# 2. real_models.py gpt2,llama with generate(): attention traced without cuDNN's kernel
-# 3. real_models.py bert,t5: builds that fail at execution-context creation, searched by halves
-# 4. kernel_cache_probe.py --two-processes: does a warm second process compile kernels again?
+# The one-GPU run (nvidia-h200), after ../shared/gpu's device_setup.sh (source /tmp/trt_env.sh first).
+#   bash benchmarks/single_gpu_session.sh tests      # all of tests/gpu in one process
+#   bash benchmarks/single_gpu_session.sh decoders   # real_models.py gpt2,llama with generate()
+#   bash benchmarks/single_gpu_session.sh encoders   # real_models.py bert,t5 (the search in pieces)
+#   bash benchmarks/single_gpu_session.sh vision     # real_models.py vit_s16,convnext_t,resnet50,mobilenetv3_l
+#   bash benchmarks/single_gpu_session.sh kernels    # kernel_cache_probe.py --two-processes
+#   bash benchmarks/single_gpu_session.sh all        # tests, decoders, encoders, kernels (about 9 min)
+# Results under $OUT (default /tmp/out); each phase fits one device call (< 10 min).
 set -uo pipefail
+phase=${1:-all}
 out=${OUT:-/tmp/out}
 mkdir -p "$out"
 export PYTHONUNBUFFERED=1 PYTHONPATH=$PWD${PYTHONPATH:+:$PYTHONPATH}
@@ -14,13 +16,27 @@ export TRT_MULTIDEV_CACHE_DIR=${TRT_MULTIDEV_CACHE_DIR:-$(mktemp -d /tmp/trt_mul
 python3 -m pip install -q --no-deps --no-build-isolation --no-index -e . >/dev/null 2>&1
 nvidia-smi --query-gpu=index,name,memory.total --format=csv,noheader
 noise='logger passed into|DeprecationWarning|timing_cache|unparsable type|strongly typed|no max bound|warnings.warn|^INFO'
-timeout 200 python3 -m pytest tests/gpu -q -rfEx -p no:cacheprovider 2>&1 | grep -v "logger passed into" \
-  | tee "$out/gpu_tests.log" | grep -E "FAILED|ERROR|passed|failed" | tail -12
-mkdir -p "$out/decoders" "$out/encoders"
-timeout 190 python3 benchmarks/real_models.py --out "$out/decoders" --models gpt2,llama \
-  --backends eager,trt_multidev,inductor --iters 20 --rounds 2 2>&1 | grep -vE "$noise" > "$out/decoders/log"
-grep -E "^(gpt2|llama) " "$out/decoders/log" | sort -u
-timeout 130 python3 benchmarks/real_models.py --out "$out/encoders" --models bert,t5 --skip-generate \
-  --backends eager,trt_multidev,inductor --iters 20 --rounds 2 2>&1 | grep -vE "$noise" > "$out/encoders/log"
-grep -E "^(bert|t5) |in pieces" "$out/encoders/log" | sort -u | cut -c1-600
-timeout 60 python3 benchmarks/kernel_cache_probe.py --out "$out" --two-processes 2>&1 | grep "^{" | cut -c1-700
+
+models() {  # name, models, time limit, extra arguments
+  mkdir -p "$out/$1"
+  timeout "$3" python3 benchmarks/real_models.py --out "$out/$1" --models "$2" \
+    --backends eager,trt_multidev,inductor --iters 20 --rounds 2 "${@:4}" 2>&1 | grep -vE "$noise" > "$out/$1/log"
+  grep -E "^[a-z0-9_]+ +(eager|trt_multidev|inductor|generate)|in pieces|could not convert" "$out/$1/log" \
+    | sort -u | cut -c1-400
+}
+
+run() {
+  case "$1" in
+    tests)
+      timeout 200 python3 -m pytest tests/gpu -q -rfEx -p no:cacheprovider 2>&1 | grep -v "logger passed into" \
+        | tee "$out/gpu_tests.log" | grep -E "FAILED|ERROR|passed|failed" | tail -12 ;;
+    decoders) models decoders gpt2,llama 190 ;;
+    encoders) models encoders bert,t5 130 --skip-generate ;;
+    vision) models vision vit_s16,convnext_t,resnet50,mobilenetv3_l 400 ;;
+    kernels)
+      timeout 60 python3 benchmarks/kernel_cache_probe.py --out "$out" --two-processes 2>&1 | grep "^{" | cut -c1-700 ;;
+    all) for p in tests decoders encoders kernels; do run "$p"; done ;;
+    *) echo "unknown phase $1: tests, decoders, encoders, vision, kernels or all" >&2; return 2 ;;
+  esac
+}
+run "$phase"
