@@ -315,6 +315,32 @@ def test_dropout_in_training_is_kept():
     assert [c for c in delegate.calls if c in _DROPOUTS] == [F.dropout, F.dropout, torch.dropout, F.dropout2d]
 
 
+class FirstCacheStep(nn.Module):
+    """Hugging Face's KV cache at its first step: cat([torch.tensor([]), new keys], dim=-2)."""
+
+    def __init__(self, empty_dtype: torch.dtype | None = None) -> None:
+        super().__init__()
+        self.empty_dtype = empty_dtype
+
+    def forward(self, x):
+        keys = x.view(2, 4, 3, 2).transpose(1, 2)
+        empty = torch.tensor([], dtype=self.empty_dtype or x.dtype, device=x.device)
+        return torch.cat([empty, keys], dim=-2) * 2
+
+
+def test_empty_tensors_a_concatenation_skips_are_left_out_and_results_are_exact():
+    delegate, model, x = Recording(), FirstCacheStep(), torch.randn(2, 24)
+    out = torch.compile(model, backend="trt_multidev", options={"delegate": delegate})(x)
+    assert torch.equal(out, model(x)) and out.is_contiguous() == model(x).is_contiguous()
+    assert torch.tensor not in delegate.calls and torch.cat in delegate.calls
+
+
+def test_an_empty_tensor_that_changes_the_dtype_is_kept():
+    delegate, model, x = Recording(), FirstCacheStep(torch.float64), torch.randn(2, 24)
+    out = torch.compile(model, backend="trt_multidev", options={"delegate": delegate})(x)
+    assert out.dtype == torch.float64 and torch.equal(out, model(x)) and torch.tensor in delegate.calls
+
+
 @pytest.mark.parametrize("fn, dims", [(F.dropout, 2), (F.dropout1d, 3), (F.dropout2d, 4), (F.dropout3d, 5),
                                       (F.alpha_dropout, 2), (F.feature_alpha_dropout, 4), (torch.dropout, 2),
                                       (torch.alpha_dropout, 2), (torch.feature_dropout, 4),

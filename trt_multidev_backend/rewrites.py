@@ -15,6 +15,12 @@ Each rewrite changes how a value is represented, never what is computed:
   dynamic shapes; it then runs in PyTorch between engines (GPT-2's decode steps on an H200: 10
   copies, 14 engines).
 
+- one-dimensional empty tensors in a concatenation (``torch.cat([torch.tensor([]), k])``: the
+  first step of Hugging Face's KV cache) are dropped: ``cat`` skips them anyway, and TensorRT
+  refuses empty tensors (GPT-2's prompt pass on an H200 left 8 such concatenations in PyTorch,
+  between 5 engines). Only where another tensor remains and the others alone give the result's
+  dtype (an empty tensor still takes part in type promotion).
+
 And one for Torch-TensorRT 2.11 itself (`sizes_from_their_tensors`, applied by its delegate): a
 size argument dynamo adds for a dynamic dimension is computed from its tensor instead, where that
 tensor came through a list or a dict.
@@ -22,7 +28,8 @@ tensor came through a list or a dict.
 
 from __future__ import annotations
 
-from typing import Any
+import functools
+from typing import Any, Sequence
 
 import torch
 import torch.fx
@@ -51,9 +58,13 @@ _DROPOUTS = {
 }
 
 
+_CONCATS = (torch.cat, torch.concat, torch.concatenate, torch.ops.aten.cat.default)
+_FACTORIES = (torch.tensor, torch.empty, torch.zeros)
+
+
 def rewrite_for_tensorrt(gm: torch.fx.GraphModule) -> list[str]:
     """Apply the rewrites to `gm` in place (a placed copy); returns a note per rewrite."""
-    notes = _drop_eval_dropouts(gm)
+    notes = _drop_eval_dropouts(gm) + _drop_empty_concat_inputs(gm)
     for node in list(gm.graph.nodes):
         if node.op != "call_function" or node.target not in _EMBEDDINGS:
             continue
@@ -94,6 +105,48 @@ def _drop_eval_dropouts(gm: torch.fx.GraphModule) -> list[str]:
     if notes:
         gm.recompile()
     return notes
+
+
+def _drop_empty_concat_inputs(gm: torch.fx.GraphModule) -> list[str]:
+    """Leave out of each concatenation the 1-D empty tensors it skips, where the others alone
+    give the result's dtype."""
+    notes = []
+    for node in list(gm.graph.nodes):
+        if node.op != "call_function" or node.target not in _CONCATS:
+            continue
+        in_kwargs = "tensors" in node.kwargs
+        tensors = node.kwargs["tensors"] if in_kwargs else (node.args[0] if node.args else None)
+        result = meta_value(node)
+        if not isinstance(tensors, (list, tuple)) or not isinstance(result, torch.Tensor):
+            continue
+        kept = [t for t in tensors if not _skipped_by_cat(t)]
+        if not kept or len(kept) == len(tensors) or _promoted(kept) != result.dtype:
+            continue  # nothing to leave out, or the empty tensors decide the result's dtype
+        if in_kwargs:
+            node.update_kwarg("tensors", kept)
+        else:
+            node.update_arg(0, kept)
+        for gone in set(tensors) - set(kept):
+            if not gone.users and gone.op == "call_function" and gone.target in _FACTORIES:
+                gm.graph.erase_node(gone)
+        notes.append(f"{node.name}: {len(tensors) - len(kept)} empty input(s) left out (cat skips them)")
+    if notes:
+        gm.recompile()
+    return notes
+
+
+def _skipped_by_cat(arg: Any) -> bool:
+    value = _value(arg)
+    return (isinstance(arg, torch.fx.Node) and isinstance(value, torch.Tensor) and value.dim() == 1
+            and isinstance(value.shape[0], int) and value.shape[0] == 0)
+
+
+def _promoted(tensors: Sequence[Any]) -> torch.dtype | None:
+    """The dtype concatenating these gives, or None where a value is unknown."""
+    dtypes = [getattr(_value(t), "dtype", None) for t in tensors]
+    if None in dtypes:
+        return None
+    return functools.reduce(torch.promote_types, dtypes)
 
 
 def sizes_from_their_tensors(gm: torch.fx.GraphModule) -> list[str]:
