@@ -452,3 +452,31 @@ def test_ops_left_in_pytorch_count_method_calls_too():
 
     gm, _ = capture(lambda x: torch.tanh(x.view(4, 2, 4).transpose(1, 2)), torch.randn(4, 8))
     assert pytorch_ops(gm, ()) == 3
+
+
+def test_pieces_of_a_graph_for_cuda1_are_built_for_cuda1_with_its_tensors_only(fake_mode):
+    """The search by halves keeps the device promise: every piece goes to the delegate for the
+    graph's GPU, with example inputs on that GPU only (FakeTensor devices; the engine-like
+    delegate refuses any other device and propagates the examples through each piece)."""
+    from helpers import EngineLikeDelegate, fake, on_fake_device
+
+    class OpaqueEngineLike(EngineLikeDelegate):
+        def __call__(self, gm, example_inputs, *, device, settings):
+            if any(getattr(n.target, "__name__", "") == "exp" for n in gm.graph.nodes):
+                self.calls.append(None)
+                raise RuntimeError("TensorRT could not create an execution context for '_run_on_acc_1'")
+            return super().__call__(gm, example_inputs, device=device, settings=settings)
+
+        @staticmethod
+        def failing_op(exc):
+            return None
+
+    delegate = OpaqueEngineLike()
+    model = on_fake_device(Layers().requires_grad_(False), "cuda:1", fake_mode)
+    out = torch.compile(model, backend="trt_multidev", options={"delegate": delegate, "min_block_size": 1})(
+        fake(fake_mode, 4, 8, device="cuda:1"))
+    built = [c for c in delegate.calls if c is not None]
+    assert out.device == torch.device("cuda", 1) and len(built) >= 2
+    assert all(c.device == torch.device("cuda", 1) and set(c.input_devices) <= {torch.device("cuda", 1)}
+               for c in built)
+    assert tm.stats()["cuda:1"]["compiles"] == 1 and tm.stats()["cuda:1"]["fallbacks"] == 0
