@@ -569,12 +569,14 @@ def main() -> int:
     parser.add_argument("--device", default=None, help="cuda:N for model and inputs (default: see the docstring)")
     parser.add_argument("--min-block-size", type=int, default=1, help="min_block_size for both TensorRT backends")
     parser.add_argument("--skip-generate", action="store_true", help="no generate() runs for gpt2 and llama")
+    parser.add_argument("--options", default="{}", type=json.loads,
+                        help='more trt_multidev options, as JSON (e.g. \'{"trt": {"attn_bias_is_causal": true}}\')')
     args = parser.parse_args()
     models = parse_list(args.models, MODELS, "model")
     backends = ["eager"] + [b for b in parse_list(args.backends, BACKENDS, "backend") if b != "eager"]
     dev, placement = choose_device(args.device)
     # The disk cache off: first calls are cold builds, as plain torch_tensorrt's are.
-    trt_options = {"min_block_size": args.min_block_size, "cache": False}
+    trt_options = {"min_block_size": args.min_block_size, "cache": False, **args.options}
     os.makedirs(args.out, exist_ok=True)
     path = os.path.join(args.out, "real_models.json")
     status = git("status", "--porcelain")
