@@ -59,7 +59,9 @@ class Built:
 
 def call_delegate(delegate: Any, gm: torch.fx.GraphModule, inputs: Sequence[Any], device: torch.device,
                   settings: Settings, *, _search: _Search | None = None, _shallow: bool = False) -> Built:
-    """Call a delegate on a graph it may mutate (callers hold the target's guard).
+    """Call a delegate on a graph it may mutate (callers hold the target's guard), failing small
+    unless `strict`: ops it names excluded, else a search in pieces (`_search`: the one under way;
+    `_shallow`: a trial that raises instead of searching).
 
     Torch-TensorRT drops unused SymInt placeholders (dynamic shapes) from the graph it is given;
     the caller still passes them, so the result is adapted to take exactly the arguments that
@@ -67,7 +69,7 @@ def call_delegate(delegate: Any, gm: torch.fx.GraphModule, inputs: Sequence[Any]
     finder = None if settings.strict else getattr(delegate, "failing_op", None)
     excluded: list[tuple[str, str]] = []
     while True:
-        attempt = graph_copy(gm) if not settings.strict else gm
+        attempt = graph_copy(gm) if not settings.strict else gm  # retries start again from `gm`
         before = [n for n in attempt.graph.nodes if n.op == "placeholder"]
         asked = settings if not excluded else dataclasses.replace(
             settings, excluded_ops=tuple(op for op, _ in excluded))
