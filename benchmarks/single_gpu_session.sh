@@ -5,6 +5,7 @@
 #   bash benchmarks/single_gpu_session.sh encoders   # real_models.py bert,t5 (the search in pieces)
 #   bash benchmarks/single_gpu_session.sh vision     # real_models.py vit_s16,convnext_t,resnet50,mobilenetv3_l
 #   bash benchmarks/single_gpu_session.sh kernels    # kernel_cache_probe.py --two-processes
+#   bash benchmarks/single_gpu_session.sh attention  # attention_probe.py: which attention forms TensorRT builds
 #   bash benchmarks/single_gpu_session.sh all        # tests, decoders, encoders, kernels (about 9 min)
 # Results under $OUT (default /tmp/out); each phase fits one device call (< 10 min).
 set -uo pipefail
@@ -35,8 +36,10 @@ run() {
     vision) models vision vit_s16,convnext_t,resnet50,mobilenetv3_l 400 ;;
     kernels)
       timeout 60 python3 benchmarks/kernel_cache_probe.py --out "$out" --two-processes 2>&1 | grep "^{" | cut -c1-700 ;;
+    attention)
+      timeout 300 python3 benchmarks/attention_probe.py --out "$out" 2>&1 | grep "^{" | cut -c1-400 ;;
     all) for p in tests decoders encoders kernels; do run "$p"; done ;;
-    *) echo "unknown phase $1: tests, decoders, encoders, vision, kernels or all" >&2; return 2 ;;
+    *) echo "unknown phase $1: tests, decoders, encoders, vision, kernels, attention or all" >&2; return 2 ;;
   esac
 }
 run "$phase"

@@ -1,0 +1,148 @@
+"""Which forms of attention TensorRT builds, and how fast (issue 14: BERT's and GPT-2's attention).
+
+    python benchmarks/attention_probe.py --out DIR
+
+One attention layer (batch 4, 8 heads, 128 tokens, head size 64, fp16, on cuda:0) through
+trt_multidev with strict=1 (a failure raises instead of being searched around), for each mask
+(none with is_causal, a boolean mask, an additive float mask, an additive padding mask that is
+not causal) and each kernel scaled_dot_product_attention is traced to (PyTorch's choice; every
+kernel but cuDNN's; math only), with Torch-TensorRT's attn_bias_is_causal off (trt_multidev's
+default) and on. Per case: built or the error's first line, engines and ops left in PyTorch,
+relative error against eager, and the median ms of 50 calls. Writes DIR/attention_probe.json
+(GPU, versions, date).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import sys
+import time
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+sys.path.insert(0, HERE)
+import gpu_bench  # noqa: E402  (puts the repository root on sys.path)
+import trt_multidev_backend as tm  # noqa: E402
+
+B, H, S, D = 4, 8, 128, 64
+ENGINES = ("TensorRTEngine", "PythonTorchTensorRTModule", "TorchTensorRTModule")
+
+
+class Attention(torch.nn.Module):
+    def __init__(self, mask: str) -> None:
+        super().__init__()
+        self.mask = mask
+        self.qkv, self.out = torch.nn.Linear(H * D, 3 * H * D), torch.nn.Linear(H * D, H * D)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        q, k, v = self.qkv(x).view(B, S, 3, H, D).permute(2, 0, 3, 1, 4)
+        causal = torch.ones(S, S, dtype=torch.bool, device=x.device).tril()
+        if self.mask == "causal":
+            y = F.scaled_dot_product_attention(q, k, v, is_causal=True)
+        elif self.mask == "bool":
+            y = F.scaled_dot_product_attention(q, k, v, attn_mask=causal)
+        elif self.mask == "additive":
+            bias = torch.zeros(S, S, dtype=x.dtype, device=x.device).masked_fill(~causal, float("-inf"))
+            y = F.scaled_dot_product_attention(q, k, v, attn_mask=bias)
+        else:  # padding: the last 32 keys masked out for every query (not causal)
+            keep = torch.arange(S, device=x.device) < S - 32
+            bias = torch.zeros(S, dtype=x.dtype, device=x.device).masked_fill(~keep, float("-inf"))
+            y = F.scaled_dot_product_attention(q, k, v, attn_mask=bias.expand(S, S))
+        return self.out(y.transpose(1, 2).reshape(B, S, H * D))
+
+
+def kernels(name: str) -> Any:
+    from contextlib import nullcontext
+
+    from torch.nn.attention import SDPBackend, sdpa_kernel
+
+    if name == "default":
+        return nullcontext()
+    if name == "no_cudnn":
+        return sdpa_kernel([SDPBackend.FLASH_ATTENTION, SDPBackend.EFFICIENT_ATTENTION, SDPBackend.MATH])
+    return sdpa_kernel([SDPBackend.MATH])
+
+
+def left_in_pytorch(compiled: Any) -> tuple[int, list[str]]:
+    fn = getattr(compiled, "fn", compiled)
+    engines, names = 0, []
+    stack = [fn] if isinstance(fn, torch.nn.Module) else []
+    while stack:
+        module = stack.pop()
+        if type(module).__name__ in ENGINES:
+            engines += 1
+            continue
+        if isinstance(module, torch.fx.GraphModule):
+            names += [str(getattr(n.target, "__name__", n.target)) for n in module.graph.nodes
+                      if n.op in ("call_function", "call_method")]
+        stack += list(module.children())
+    return engines, names
+
+
+def case(mask: str, kernel: str, causal_bias: bool) -> dict[str, Any]:
+    torch._dynamo.reset()
+    tm.reset()
+    torch.manual_seed(0)
+    model = Attention(mask).cuda().half().eval()
+    x = torch.randn(B, S, H * D, device="cuda", dtype=torch.half)
+    row: dict[str, Any] = {"mask": mask, "kernel": kernel, "attn_bias_is_causal": causal_bias}
+    graphs: list[Any] = []
+
+    def capture(gm: Any, example_inputs: Any, **kwargs: Any) -> Any:
+        fn = tm.backend(gm, example_inputs, **kwargs)
+        graphs.append(fn)
+        return fn
+
+    options = {"strict": True, "cache": False, "min_block_size": 1, "trt": {"attn_bias_is_causal": causal_bias}}
+    with torch.no_grad():
+        ref = model(x)
+        compiled = torch.compile(model, backend=capture, options=options)
+        try:
+            with kernels(kernel):
+                out = compiled(x)
+        except Exception as exc:
+            row["error"] = f"{type(exc).__name__}: {str(exc).strip().splitlines()[0][:300] if str(exc).strip() else ''}"
+            return row
+        row["rel_error"] = gpu_bench.rel_error(out, ref)
+        engines, names = zip(*(left_in_pytorch(g) for g in graphs)) if graphs else ((), ())
+        row["engines"] = sum(engines)
+        row["left_in_pytorch"] = sorted({n for group in names for n in group})
+        times = []
+        for _ in range(60):
+            torch.cuda.synchronize()
+            start = time.perf_counter()
+            compiled(x)
+            torch.cuda.synchronize()
+            times.append((time.perf_counter() - start) * 1000)
+        row["median_ms"] = round(statistics.median(times[10:]), 4)
+    return row
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--out", required=True)
+    parser.add_argument("--masks", default="causal,bool,additive,padding")
+    parser.add_argument("--kernels", default="default,no_cudnn,math")
+    args = parser.parse_args()
+    os.makedirs(args.out, exist_ok=True)
+    result: dict[str, Any] = {"environment": gpu_bench.environment(),
+                              "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()), "rows": []}
+    for mask in args.masks.split(","):
+        for kernel in args.kernels.split(","):
+            for causal_bias in (False, True):
+                row = case(mask, kernel, causal_bias)
+                result["rows"].append(row)
+                print(json.dumps(row), flush=True)
+                with open(os.path.join(args.out, "attention_probe.json"), "w") as f:
+                    json.dump(result, f, indent=1)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
