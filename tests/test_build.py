@@ -480,3 +480,30 @@ def test_pieces_of_a_graph_for_cuda1_are_built_for_cuda1_with_its_tensors_only(f
     assert all(c.device == torch.device("cuda", 1) and set(c.input_devices) <= {torch.device("cuda", 1)}
                for c in built)
     assert tm.stats()["cuda:1"]["compiles"] == 1 and tm.stats()["cuda:1"]["fallbacks"] == 0
+
+
+class DynamicLayers(nn.Module):
+    """Sizes read once and used in every layer: pieces of a dynamic graph pass them along."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.fcs = nn.ModuleList(nn.Linear(8, 8) for _ in range(4))
+
+    def forward(self, x):
+        n = x.shape[0]
+        for i, fc in enumerate(self.fcs):
+            x = torch.exp(fc(x)) / 4 if i == 2 else torch.tanh(fc(x))
+            x = x.view(n, 2, 4).reshape(n, 8)
+        return x
+
+
+def test_pieces_of_a_dynamic_graph_run_every_batch_size():
+    delegate, model = Opaque({"exp"}), DynamicLayers().eval()
+    compiled = torch.compile(model, backend="trt_multidev", options={"delegate": delegate, "min_block_size": 1})
+    first = torch.randn(4, 8)
+    torch._dynamo.mark_dynamic(first, 0)
+    with torch.no_grad():
+        for x in (first, torch.randn(6, 8), torch.randn(9, 8), torch.randn(3, 8)):
+            assert torch.allclose(compiled(x), model(x))
+    assert len(delegate.built) >= 2 and all("exp" not in names for names in delegate.built)
+    assert tm.stats()["cpu"]["compiles"] == 1  # one dynamic graph, built once in pieces
