@@ -15,7 +15,6 @@ relative error against eager, and the median ms of 50 calls. Writes DIR/attentio
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import statistics
 import sys
@@ -131,16 +130,11 @@ def main() -> int:
     parser.add_argument("--kernels", default="default,no_cudnn,math")
     args = parser.parse_args()
     os.makedirs(args.out, exist_ok=True)
-    result: dict[str, Any] = {"environment": gpu_bench.environment(),
-                              "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()), "rows": []}
+    record = gpu_bench.Record(os.path.join(args.out, "attention_probe.json"))
     for mask in args.masks.split(","):
         for kernel in args.kernels.split(","):
             for causal_bias in (False, True):
-                row = case(mask, kernel, causal_bias)
-                result["rows"].append(row)
-                print(json.dumps(row), flush=True)
-                with open(os.path.join(args.out, "attention_probe.json"), "w") as f:
-                    json.dump(result, f, indent=1)
+                record.add(case(mask, kernel, causal_bias))
     return 0
 
 

@@ -190,6 +190,21 @@ def run_model(name: str, backends: list[str], iters: int, rounds: int) -> list[d
     return list(rows.values())
 
 
+class Record:
+    """A probe's JSON file: the environment (with the date), then rows, each printed as it comes
+    and the file rewritten after it, so a run cut short keeps what it measured."""
+
+    def __init__(self, path: str, **fields: Any) -> None:
+        self.path = path
+        self.doc: dict[str, Any] = {"environment": environment(), **fields, "rows": []}
+
+    def add(self, row: dict[str, Any]) -> None:
+        self.doc["rows"].append(row)
+        print(json.dumps(row), flush=True)
+        with open(self.path, "w") as f:
+            json.dump(self.doc, f, indent=1)
+
+
 def environment() -> dict[str, Any]:
     import importlib.metadata as md
 

@@ -111,18 +111,13 @@ def probe(name: str, strategy: str, cache_dir: str | None = None) -> dict[str, A
 
 
 def two_processes(out: str) -> int:
-    result: dict[str, Any] = {"environment": gpu_bench.environment(),
-                              "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()), "processes": []}
+    record = gpu_bench.Record(os.path.join(out, "kernel_cache_two_processes.json"))  # a row per process
     with tempfile.TemporaryDirectory(prefix="trt_multidev_probe_") as cache_dir:
         for _ in range(2):
             done = subprocess.run([sys.executable, __file__, "--out", out, "--child-cache-dir", cache_dir],
                                   capture_output=True, text=True)
             lines = [line for line in done.stdout.splitlines() if line.startswith("{")]
-            row = json.loads(lines[-1]) if lines else {"error": done.stderr[-600:]}
-            result["processes"].append(row)
-            print(json.dumps(row), flush=True)
-    with open(os.path.join(out, "kernel_cache_two_processes.json"), "w") as f:
-        json.dump(result, f, indent=1)
+            record.add(json.loads(lines[-1]) if lines else {"error": done.stderr[-600:]})
     return 0
 
 
@@ -140,18 +135,14 @@ def main() -> int:
     os.makedirs(args.out, exist_ok=True)
     if args.two_processes:
         return two_processes(args.out)
-    result: dict[str, Any] = {"environment": gpu_bench.environment(),
-                              "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()), "rows": []}
+    record = gpu_bench.Record(os.path.join(args.out, "kernel_cache_probe.json"))
     for name in args.models.split(","):
         for strategy in args.strategies.split(","):
             try:
                 row = probe(name, strategy)
             except Exception as exc:  # a probe: record and go on
                 row = {"model": name, "strategy": strategy, "error": f"{type(exc).__name__}: {exc}"[:300]}
-            result["rows"].append(row)
-            print(json.dumps(row), flush=True)
-            with open(os.path.join(args.out, "kernel_cache_probe.json"), "w") as f:
-                json.dump(result, f, indent=1)
+            record.add(row)
     return 0
 
 
