@@ -33,7 +33,7 @@ from .errors import EngineDeviceError
 from .graphinfo import op_count, writes_in_place
 from .placement import graph_copy
 from .runtime import SelectArgs
-from .segments import install, runs, split_graph
+from .segments import install, piece_number, runs, split_graph
 from .settings import Settings
 
 __all__ = ["Built", "call_delegate", "check_engine_devices", "pytorch_ops", "first_line", "first_line_of",
@@ -145,7 +145,7 @@ def _in_pieces(delegate: Any, gm: torch.fx.GraphModule, inputs: Sequence[Any], d
     built_any = False
     for name, piece_inputs in pieces.items():
         piece = getattr(split, name)
-        if _number(name) in suspected and set(_names(piece)) <= search.confirmed:
+        if piece_number(name) in suspected and set(_names(piece)) <= search.confirmed:
             part, why = None, first_line_of(failure)  # it failed alone: not built again
         else:
             part, why = _build_piece(delegate, piece, piece_inputs, device, settings, failure, search)
@@ -178,7 +178,7 @@ def _cut(delegate: Any, gm: torch.fx.GraphModule, inputs: Sequence[Any], device:
             if set(partition.values()) <= suspected:
                 raise failure  # nothing but suspects: what failed
         split, pieces = split_graph(gm, inputs, partition)
-        trial = next((name for name in pieces if _number(name) in suspected
+        trial = next((name for name in pieces if piece_number(name) in suspected
                       and not set(_names(getattr(split, name))) <= search.confirmed), None)
         if trial is None or search.builds <= 0:
             return split, pieces, suspected
@@ -230,10 +230,6 @@ def _floor(settings: Settings) -> int:
 def first_line_of(exc: BaseException) -> str:
     """"Type: first line" of an exception, for one-line reasons."""
     return f"{type(exc).__name__}: {first_line(exc)}"
-
-
-def _number(piece_name: str) -> int:
-    return int(piece_name.rsplit("_", 1)[1])
 
 
 def _name(node: torch.fx.Node) -> str:

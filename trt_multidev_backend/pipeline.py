@@ -128,7 +128,7 @@ class TrtMultidevBackend:
             remedy = ("the delegate's own traceback is chained below" if settings.strict else
                       "set strict=1 (TRT_MULTIDEV_STRICT=1) to raise instead, with the full traceback")
             reason = (first_line(exc) if isinstance(exc, EngineDeviceError) else
-                      f"the {_short(identity)} delegate raised {type(exc).__name__}: {first_line(exc)}")
+                      f"the {_short(identity)} delegate raised {first_line_of(exc)}")
             symbolic = symbolic_sizes(infos)
             if symbolic:  # what a dynamic graph's failure most likely comes from, and the way around it
                 reason += f" (on a graph with symbolic sizes: {'; '.join(symbolic)})"

@@ -28,7 +28,7 @@ from .device import DevicePlan
 from .graphinfo import meta_value, op_count
 from .placement import is_move
 
-__all__ = ["Segmented", "split_by_device", "runs", "split_graph", "install"]
+__all__ = ["Segmented", "split_by_device", "runs", "split_graph", "piece_number", "install"]
 
 log = logging.getLogger("trt_multidev.segments")
 
@@ -102,7 +102,7 @@ def split_by_device(gm: torch.fx.GraphModule, examples: Sequence[Any], plan: Dev
     split, pieces = split_graph(gm, examples, partition)
     devices, hosts = [], []
     for name, inputs in pieces.items():
-        device = device_of.get(int(name.split("_", 1)[1]))
+        device = device_of.get(piece_number(name))
         if device is not None:
             devices.append((name, device, inputs))
         else:
@@ -132,6 +132,11 @@ def runs(gm: torch.fx.GraphModule, label: Callable[[torch.fx.Node, int], Hashabl
         pieces[node] = index
         seen += node.op in ("call_function", "call_method", "call_module")
     return pieces, labels
+
+
+def piece_number(name: str) -> int:
+    """The number of a split graph's submodule ("submod_3" -> 3), as `runs` numbered it."""
+    return int(name.rsplit("_", 1)[1])
 
 
 def split_graph(gm: torch.fx.GraphModule, examples: Sequence[Any],
