@@ -1,15 +1,20 @@
 """Which forms of attention TensorRT builds, and how fast (issue 14: BERT's and GPT-2's attention).
 
-    python benchmarks/attention_probe.py --out DIR
+    python benchmarks/attention_probe.py --out DIR [--masks ...] [--kernels ...] [--causal-bias off,on]
 
 One attention layer (batch 4, 8 heads, 128 tokens, head size 64, fp16, on cuda:0) through
-trt_multidev with strict=1 (a failure raises instead of being searched around), for each mask
-(none with is_causal, a boolean mask, an additive float mask, an additive padding mask that is
-not causal) and each kernel scaled_dot_product_attention is traced to (PyTorch's choice; every
+trt_multidev with strict=1 (a failure raises instead of being searched around), for each mask:
+none with is_causal ("causal"); built in the graph from constants, as Hugging Face builds them
+(a boolean causal mask "bool", an additive 0/-inf causal mask "additive", an additive padding mask
+that is not causal "padding"; trt_multidev's rewrites turn the first two into is_causal and leave
+the third); passed in as an input ("input": a boolean [4, 1, 128, 128] mask, causal with the
+first 8 keys of each row masked out); and a decode step ("decode": one query over 129 keys, a
+boolean [4, 1, 1, 129] input mask with 8 keys masked out, as Hugging Face's generate() passes
+it), and for each kernel scaled_dot_product_attention is traced to (PyTorch's choice; every
 kernel but cuDNN's; math only), with Torch-TensorRT's attn_bias_is_causal off (trt_multidev's
-default) and on. Per case: built or the error's first line, engines and ops left in PyTorch,
-relative error against eager, and the median ms of 50 calls. Writes DIR/attention_probe.json
-(GPU, versions, date).
+default) and, if asked, on. Per case: built or the error's first line, engines and ops left in
+PyTorch, relative error against eager, and the median ms of 50 calls. Writes
+DIR/attention_probe.json (GPU, versions, date).
 """
 
 from __future__ import annotations
@@ -39,8 +44,11 @@ class Attention(torch.nn.Module):
         self.mask = mask
         self.qkv, self.out = torch.nn.Linear(H * D, 3 * H * D), torch.nn.Linear(H * D, H * D)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        q, k, v = self.qkv(x).view(B, S, 3, H, D).permute(2, 0, 3, 1, 4)
+    def forward(self, x: torch.Tensor, given: torch.Tensor | None = None) -> torch.Tensor:
+        keys = x.shape[1]
+        q, k, v = self.qkv(x).view(B, keys, 3, H, D).permute(2, 0, 3, 1, 4)
+        if self.mask == "decode":
+            q = q[:, :, -1:]  # the newest token's query over every key
         causal = torch.ones(S, S, dtype=torch.bool, device=x.device).tril()
         if self.mask == "causal":
             y = F.scaled_dot_product_attention(q, k, v, is_causal=True)
@@ -49,11 +57,29 @@ class Attention(torch.nn.Module):
         elif self.mask == "additive":
             bias = torch.zeros(S, S, dtype=x.dtype, device=x.device).masked_fill(~causal, float("-inf"))
             y = F.scaled_dot_product_attention(q, k, v, attn_mask=bias)
-        else:  # padding: the last 32 keys masked out for every query (not causal)
+        elif self.mask == "padding":  # the last 32 keys masked out for every query (not causal)
             keep = torch.arange(S, device=x.device) < S - 32
             bias = torch.zeros(S, dtype=x.dtype, device=x.device).masked_fill(~keep, float("-inf"))
             y = F.scaled_dot_product_attention(q, k, v, attn_mask=bias.expand(S, S))
-        return self.out(y.transpose(1, 2).reshape(B, S, H * D))
+        else:  # "input", "decode": the mask comes from the caller
+            y = F.scaled_dot_product_attention(q, k, v, attn_mask=given)
+        return self.out(y.transpose(1, 2).reshape(B, q.shape[2], H * D))
+
+
+def inputs(mask: str) -> tuple[torch.Tensor, ...]:
+    """The layer's arguments: tokens, and the mask where the caller passes one."""
+    keys = S + 1 if mask == "decode" else S
+    x = torch.randn(B, keys, H * D, device="cuda", dtype=torch.half)
+    if mask == "input":
+        given = torch.ones(S, S, dtype=torch.bool, device="cuda").tril().expand(B, 1, S, S).clone()
+        given[..., :8] = False
+        given[..., :8, :8] |= torch.eye(8, dtype=torch.bool, device="cuda")  # every row keeps a key
+        return x, given
+    if mask == "decode":
+        given = torch.ones(B, 1, 1, keys, dtype=torch.bool, device="cuda")
+        given[..., :8] = False
+        return x, given
+    return (x,)
 
 
 def kernels(name: str) -> Any:
@@ -89,7 +115,7 @@ def case(mask: str, kernel: str, causal_bias: bool) -> dict[str, Any]:
     tm.reset()
     torch.manual_seed(0)
     model = Attention(mask).cuda().half().eval()
-    x = torch.randn(B, S, H * D, device="cuda", dtype=torch.half)
+    args = inputs(mask)
     row: dict[str, Any] = {"mask": mask, "kernel": kernel, "attn_bias_is_causal": causal_bias}
     graphs: list[Any] = []
 
@@ -100,11 +126,11 @@ def case(mask: str, kernel: str, causal_bias: bool) -> dict[str, Any]:
 
     options = {"strict": True, "cache": False, "min_block_size": 1, "trt": {"attn_bias_is_causal": causal_bias}}
     with torch.no_grad():
-        ref = model(x)
+        ref = model(*args)
         compiled = torch.compile(model, backend=capture, options=options)
         try:
             with kernels(kernel):
-                out = compiled(x)
+                out = compiled(*args)
         except Exception as exc:
             row["error"] = f"{type(exc).__name__}: {str(exc).strip().splitlines()[0][:300] if str(exc).strip() else ''}"
             return row
@@ -116,7 +142,7 @@ def case(mask: str, kernel: str, causal_bias: bool) -> dict[str, Any]:
         for _ in range(60):
             torch.cuda.synchronize()
             start = time.perf_counter()
-            compiled(x)
+            compiled(*args)
             torch.cuda.synchronize()
             times.append((time.perf_counter() - start) * 1000)
         row["median_ms"] = round(statistics.median(times[10:]), 4)
@@ -126,14 +152,15 @@ def case(mask: str, kernel: str, causal_bias: bool) -> dict[str, Any]:
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--out", required=True)
-    parser.add_argument("--masks", default="causal,bool,additive,padding")
+    parser.add_argument("--masks", default="causal,bool,additive,padding,input,decode")
     parser.add_argument("--kernels", default="default,no_cudnn,math")
+    parser.add_argument("--causal-bias", default="off", help="attn_bias_is_causal values: off, on or off,on")
     args = parser.parse_args()
     os.makedirs(args.out, exist_ok=True)
     record = gpu_bench.Record(os.path.join(args.out, "attention_probe.json"))
     for mask in args.masks.split(","):
         for kernel in args.kernels.split(","):
-            for causal_bias in (False, True):
+            for causal_bias in (value == "on" for value in args.causal_bias.split(",")):
                 record.add(case(mask, kernel, causal_bias))
     return 0
 

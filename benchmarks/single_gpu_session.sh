@@ -6,7 +6,7 @@
 #   bash benchmarks/single_gpu_session.sh vision     # real_models.py vit_s16,convnext_t,resnet50,mobilenetv3_l
 #   bash benchmarks/single_gpu_session.sh kernels    # kernel_cache_probe.py --two-processes
 #   bash benchmarks/single_gpu_session.sh attention  # attention_probe.py: which attention forms TensorRT builds
-#   bash benchmarks/single_gpu_session.sh all        # tests, decoders, encoders, kernels (about 9 min)
+#   bash benchmarks/single_gpu_session.sh all        # tests, decoders, encoders, kernels (about 10 min)
 # Results under $OUT (default /tmp/out); each phase fits one device call (< 10 min).
 set -uo pipefail
 phase=${1:-all}
@@ -22,7 +22,7 @@ models() {  # name, models, time limit, extra arguments
   mkdir -p "$out/$1"
   timeout "$3" python3 benchmarks/real_models.py --out "$out/$1" --models "$2" \
     --backends eager,trt_multidev,inductor --iters 20 --rounds 2 "${@:4}" 2>&1 | grep -vE "$noise" > "$out/$1/log"
-  grep -E "^[a-z0-9_]+ +(eager|trt_multidev|inductor|generate)|in pieces|could not convert" "$out/$1/log" \
+  grep -E "^[a-z0-9_]+ +(eager|trt_multidev|inductor|generate)|in pieces|could not convert|left to PyTorch" "$out/$1/log" \
     | sort -u | cut -c1-400
 }
 
@@ -31,13 +31,14 @@ run() {
     tests)
       timeout 200 python3 -m pytest tests/gpu -q -rfEx -p no:cacheprovider 2>&1 | grep -v "logger passed into" \
         | tee "$out/gpu_tests.log" | grep -E "FAILED|ERROR|passed|failed" | tail -12 ;;
-    decoders) models decoders gpt2,llama 190 ;;
-    encoders) models encoders bert,t5 130 --skip-generate ;;
+    decoders) models decoders gpt2,llama 280 --options '{"log_level": "warning"}' ;;  # every graph's build line
+    encoders) models encoders bert,t5 130 --skip-generate --options '{"log_level": "warning"}' ;;
     vision) models vision vit_s16,convnext_t,resnet50,mobilenetv3_l 400 ;;
     kernels)
       timeout 60 python3 benchmarks/kernel_cache_probe.py --out "$out" --two-processes 2>&1 | grep "^{" | cut -c1-700 ;;
     attention)
-      timeout 300 python3 benchmarks/attention_probe.py --out "$out" 2>&1 | grep "^{" | cut -c1-400 ;;
+      timeout 300 python3 benchmarks/attention_probe.py --out "$out" --kernels default,no_cudnn 2>&1 | grep "^{" \
+        | cut -c1-400 ;;
     all) for p in tests decoders encoders kernels; do run "$p"; done ;;
     *) echo "unknown phase $1: tests, decoders, encoders, vision, kernels, attention or all" >&2; return 2 ;;
   esac

@@ -78,6 +78,18 @@ def test_only_the_refused_ops_leave_the_delegate_and_the_result_is_cached(caplog
     assert len(warnings_of(caplog)) == 2  # once per op and device
 
 
+def test_every_graph_s_log_line_says_what_it_left_to_pytorch_after_the_warning_was_given(caplog):
+    caplog.set_level("INFO", logger="trt_multidev")
+    delegate = Refusing({torch.relu})
+    x = torch.randn(4, 8)
+    for model in (Net().eval(), Chain()):  # two graphs, the same refused op
+        torch.compile(model, backend="trt_multidev", options={"delegate": delegate})(x)
+    built = [r.getMessage() for r in caplog.records if r.levelname == "INFO" and " by test_build:Refusing in " in
+             r.getMessage()]
+    assert len(built) == 2 and len(warnings_of(caplog)) == 1
+    assert all(m.endswith("; left to PyTorch: torch.relu (Refused: no converter for torch.relu)") for m in built)
+
+
 def test_strict_raises_at_the_first_refused_op():
     delegate = Refusing({torch.relu})
     with pytest.raises(tm.TrtMultidevError, match="no converter for torch.relu"):
@@ -218,10 +230,39 @@ class WritesInPlace(Layers):
         return super().forward(y)
 
 
-def test_a_graph_that_writes_in_place_is_not_cut():
+class WritesThroughAView(Layers):
+    """The write goes to a view only the write reads; its base, read later, sees it."""
+
+    def forward(self, x):
+        base = torch.tanh(self.fcs[0](x)) * 2
+        view = base.view(8, 4)
+        view += 1
+        return super().forward(base)
+
+
+@pytest.mark.parametrize("model", [WritesInPlace, WritesThroughAView])
+def test_a_graph_that_writes_in_place_is_not_cut(model):
     delegate = Opaque({"exp"})
-    compiled = tm.backend(*_captured(WritesInPlace().eval()), options={"delegate": delegate, "min_block_size": 1})
-    assert delegate.calls == [24] and compiled.fallback is not None
+    compiled = tm.backend(*_captured(model().eval()), options={"delegate": delegate, "min_block_size": 1})
+    assert len(delegate.calls) == 1 and compiled.fallback is not None
+
+
+class WritesAFreshTensor(Layers):
+    """T5's pattern (relative_buckets += ...): an in-place add on a tensor only the write reads."""
+
+    def forward(self, x):
+        y = torch.tanh(self.fcs[0](x)) * 2
+        y += torch.sigmoid(x)
+        return super().forward(y)
+
+
+def test_a_write_to_a_fresh_tensor_nothing_else_reads_does_not_stop_the_cut():
+    delegate, model, x = Opaque({"exp"}), WritesAFreshTensor().eval(), torch.randn(4, 8)
+    compiled = torch.compile(model, backend="trt_multidev", options={"delegate": delegate, "min_block_size": 1})
+    with torch.no_grad():
+        assert torch.allclose(compiled(x), model(x))
+    assert tm.stats()["cpu"]["fallbacks"] == 0 and len(delegate.calls) > 1
+    assert all("exp" not in names for names in delegate.built) and any("iadd" in n for n in delegate.built)
 
 
 def _captured(model: nn.Module | None = None):

@@ -5,6 +5,8 @@ recorded on its nodes. Device resolution, placement and cache keys all read grap
 
 from __future__ import annotations
 
+import collections
+
 import enum
 import operator
 from dataclasses import dataclass
@@ -177,9 +179,27 @@ def _mutated_args(node: torch.fx.Node) -> list[Any]:
 
 
 def writes_in_place(gm: torch.fx.GraphModule) -> bool:
-    """Whether some op of the graph writes a tensor in place. Such a graph is not cut into pieces
-    compiled apart: a delegate that functionalizes a piece would keep the write inside it."""
-    return any(_mutated_args(n) or n.kwargs.get("inplace") is True for n in gm.graph.nodes)
+    """Whether some op of the graph writes in place a tensor that something else can see. Such a
+    graph is not cut into pieces compiled apart: a delegate that functionalizes a piece would keep
+    the write inside it. A write to a fresh tensor that nothing but the write reads, and that
+    shares its storage with no other value (T5's ``relative_buckets += ...``), is seen only
+    through the write's own result, which the pieces pass along like any other value."""
+    sharing: dict[Any, int] | None = None
+    for node in gm.graph.nodes:
+        written = _mutated_args(node)
+        if not written and node.kwargs.get("inplace") is not True:
+            continue
+        if node.kwargs.get("inplace") is True or any(
+                a.op not in ("call_function", "call_method") or len(a.users) != 1 for a in written):
+            return True
+        if sharing is None:  # how many values of the graph use each storage
+            sharing = collections.Counter(s for s in map(_storage, gm.graph.nodes) if s is not None)
+        for a in written:
+            storage = _storage(a)
+            # the written tensor and the write's result (itself): any third value is a view of it
+            if storage is None or sharing[storage] > 2:
+                return True
+    return False
 
 
 def _storage(node: torch.fx.Node) -> Any:

@@ -83,5 +83,14 @@ class Notices:
                            f"{share}. (strict=1 raises instead; warned once per op and device.)")
 
     @staticmethod
+    def left_summary(built: Built) -> str:
+        """What this build left to PyTorch, for its log line (the warnings say it once per op and
+        device; this says it for every graph)."""
+        parts = [f"{op.rsplit('.', 2)[-2] if op.startswith('torch.ops.') else op} ({reason[:80]})"
+                 for op, reason in built.excluded]
+        parts += [f"{ops} op(s): {names} ({why[:80]})" for ops, names, why in built.left]
+        return "; left to PyTorch: " + "; ".join(parts) if parts else ""
+
+    @staticmethod
     def log(settings: Settings, msg: str, *args: Any) -> None:
         log.log(_LEVELS[settings.log_level], msg, *args)

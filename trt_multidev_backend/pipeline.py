@@ -150,8 +150,8 @@ class TrtMultidevBackend:
                                 "it runs in PyTorch. Lower min_block_size to convert small graphs.")
             engines = f" ({delegate.describe(compiled)})"
         self._notices.report_built(built, gm, label, _short(identity), delegate)
-        self._log(settings, "graph %s: %s on %s by %s in %.2f s%s", graph_name(gm), how, label,
-                  _short(identity), time.perf_counter() - start, engines)
+        self._log(settings, "graph %s: %s on %s by %s in %.2f s%s%s", graph_name(gm), how, label,
+                  _short(identity), time.perf_counter() - start, engines, self._notices.left_summary(built))
         wrapper = self._wrap(compiled, plan, placement, settings, label, _short(identity),
                              serialize=not getattr(delegate, "thread_safe", True), capture=capture)
         self._cache.put(key, wrapper)

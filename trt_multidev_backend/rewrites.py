@@ -21,6 +21,15 @@ Each rewrite changes how a value is represented, never what is computed:
   between 5 engines). Only where another tensor remains and the others alone give the result's
   dtype (an empty tensor still takes part in type promotion).
 
+- an attention mask the graph builds from constants only (Hugging Face's causal mask, from
+  ``arange`` comparisons) is evaluated when the graph is compiled: a mask that keeps every position
+  is removed, and a causal one (``tril`` of a square L x L score matrix, as a boolean mask or as
+  0 / -inf) becomes ``is_causal=True``, the same mask as PyTorch defines it. Torch-TensorRT 2.11
+  folds such a mask into a constant and its attention converters then fail on it
+  (``add_cast(): incompatible function arguments``), so GPT-2's, Llama's and BERT's attention ran
+  in PyTorch between engines (an H200: 5 engines for GPT-2's 4 layers). Any other mask, and masks
+  built from inputs or state, stay as they are.
+
 And one for Torch-TensorRT 2.11 itself (`sizes_from_their_tensors`, applied by its delegate): a
 size argument dynamo adds for a dynamic dimension is computed from its tensor instead, where that
 tensor came through a list or a dict.
@@ -64,7 +73,7 @@ _FACTORIES = (torch.tensor, torch.empty, torch.zeros)
 
 def rewrite_for_tensorrt(gm: torch.fx.GraphModule) -> list[str]:
     """Apply the rewrites to `gm` in place (a placed copy); returns a note per rewrite."""
-    notes = _drop_eval_dropouts(gm) + _drop_empty_concat_inputs(gm)
+    notes = _drop_eval_dropouts(gm) + _drop_empty_concat_inputs(gm) + _constant_attention_masks(gm)
     for node in list(gm.graph.nodes):
         if node.op != "call_function" or node.target not in _EMBEDDINGS:
             continue
@@ -133,6 +142,128 @@ def _drop_empty_concat_inputs(gm: torch.fx.GraphModule) -> list[str]:
     if notes:
         gm.recompile()
     return notes
+
+
+_ATTENTION = torch.nn.functional.scaled_dot_product_attention
+_MASK_NUMEL = 2**24  # a constant mask (and each step building it) is evaluated only up to this size
+
+
+def _constant_attention_masks(gm: torch.fx.GraphModule) -> list[str]:
+    """Attention masks built from constants only: removed where they keep every position,
+    `is_causal=True` where they are the causal mask of a square score matrix."""
+    notes, values = [], {}
+    for node in list(gm.graph.nodes):
+        if node.op != "call_function" or node.target is not _ATTENTION or len(node.args) < 3:
+            continue
+        at_kwarg = "attn_mask" in node.kwargs
+        mask = node.kwargs["attn_mask"] if at_kwarg else (node.args[3] if len(node.args) > 3 else None)
+        causal = node.kwargs.get("is_causal", node.args[5] if len(node.args) > 5 else False)
+        if not isinstance(mask, torch.fx.Node) or causal is not False or _reads_placeholders(mask):
+            continue
+        if mask not in values:
+            values[mask] = _evaluate(gm, mask)
+        kind = _mask_kind(values[mask], _value(node.args[0]), _value(node.args[1]))
+        if kind is None:
+            continue
+        if at_kwarg:
+            node.update_kwarg("attn_mask", None)
+        else:
+            node.update_arg(3, None)
+        if kind == "causal":
+            if len(node.args) > 5:
+                node.update_arg(5, True)
+            else:
+                node.update_kwarg("is_causal", True)
+        notes.append(f"{node.name}: constant attention mask " + ("replaced by is_causal=True (the same mask)"
+                                                                 if kind == "causal" else "that keeps every position removed"))
+    for mask in reversed(list(values)):  # what built the masks, where nothing else reads it
+        _erase_unused(gm, mask)
+    if notes:
+        gm.recompile()
+    return notes
+
+
+def _mask_kind(mask: torch.Tensor | None, query: Any, key: Any) -> str | None:
+    """"keep-all", "causal" or None (any other mask, or sizes not known)."""
+    if mask is None or not isinstance(query, torch.Tensor) or not isinstance(key, torch.Tensor):
+        return None
+    length, keys = query.shape[-2], key.shape[-2]
+    if not isinstance(length, int) or not isinstance(keys, int):
+        return None
+    if mask.dtype == torch.bool:
+        keep, drop = True, False
+    elif mask.is_floating_point():
+        keep, drop = 0.0, float("-inf")
+    else:
+        return None
+    if bool((mask == keep).all()):
+        return "keep-all"
+    if length != keys or tuple(mask.shape[-2:]) != (length, keys):
+        return None
+    lower = torch.ones(length, keys, dtype=torch.bool).tril()
+    expected = torch.full((length, keys), drop, dtype=mask.dtype).masked_fill(lower, keep)
+    return "causal" if bool((mask == expected).all()) else None
+
+
+def _evaluate(gm: torch.fx.GraphModule, mask: torch.fx.Node) -> torch.Tensor | None:
+    """The value of a node built from constants only, computed on the CPU (its devices replaced:
+    the values are the same). None where a step is too large, unknown or fails."""
+    from torch._subclasses.fake_tensor import unset_fake_temporarily
+
+    steps: list[torch.fx.Node] = []
+    seen: set[torch.fx.Node] = set()
+    todo = [mask]
+    while todo:
+        node = todo.pop()
+        if node in seen:
+            continue
+        seen.add(node)
+        value = meta_value(node)
+        if node.op not in ("call_function", "call_method") or (node.op == "call_method" and node.target == "cuda"):
+            return None
+        if isinstance(value, torch.Tensor) and (not isinstance(value.numel(), int) or value.numel() > _MASK_NUMEL):
+            return None
+        steps.append(node)
+        todo.extend(node.all_input_nodes)
+    graph = torch.fx.Graph()
+    env: dict[torch.fx.Node, torch.fx.Node] = {}
+    for node in gm.graph.nodes:  # graph order
+        if node in seen:
+            env[node] = graph.node_copy(node, lambda n: env[n])
+            env[node].args, env[node].kwargs = _on_cpu(env[node].args), _on_cpu(env[node].kwargs)
+    graph.output(env[mask])
+    try:
+        with unset_fake_temporarily(), torch.no_grad():
+            value = torch.fx.GraphModule(torch.nn.Module(), graph)()
+    except Exception:  # noqa: BLE001 - a mask that cannot be evaluated here is left as it is
+        return None
+    return value if isinstance(value, torch.Tensor) else None
+
+
+def _on_cpu(arg: Any) -> Any:
+    """Arguments with every device replaced by the CPU."""
+    if isinstance(arg, torch.device):
+        return torch.device("cpu")
+    if isinstance(arg, str) and arg.split(":")[0] in ("cuda", "cpu"):
+        return "cpu"
+    if isinstance(arg, dict):
+        return {k: _on_cpu(v) for k, v in arg.items()}
+    if isinstance(arg, (list, tuple)):
+        return type(arg)(_on_cpu(v) for v in arg)
+    return arg
+
+
+def _erase_unused(gm: torch.fx.GraphModule, node: torch.fx.Node) -> None:
+    """Remove `node` and what only it used, where nothing reads them any more."""
+    todo, erased = [node], set()
+    while todo:
+        current = todo.pop()
+        if current in erased or current.users or current.op not in ("call_function", "call_method"):
+            continue
+        inputs = current.all_input_nodes
+        gm.graph.erase_node(current)
+        erased.add(current)
+        todo.extend(inputs)
 
 
 def _skipped_by_cat(arg: Any) -> bool:
