@@ -252,17 +252,33 @@ class WritesAFreshTensor(Layers):
 
     def forward(self, x):
         y = torch.tanh(self.fcs[0](x)) * 2
-        y += torch.sigmoid(x)
+        y += torch.sigmoid(x)  # the graph's only add
         return super().forward(y)
 
 
-def test_a_write_to_a_fresh_tensor_nothing_else_reads_does_not_stop_the_cut():
+def test_a_write_to_a_fresh_tensor_nothing_else_reads_is_made_out_of_place_and_cut():
     delegate, model, x = Opaque({"exp"}), WritesAFreshTensor().eval(), torch.randn(4, 8)
     compiled = torch.compile(model, backend="trt_multidev", options={"delegate": delegate, "min_block_size": 1})
     with torch.no_grad():
-        assert torch.allclose(compiled(x), model(x))
+        assert torch.equal(compiled(x), model(x))
     assert tm.stats()["cpu"]["fallbacks"] == 0 and len(delegate.calls) > 1
-    assert all("exp" not in names for names in delegate.built) and any("iadd" in n for n in delegate.built)
+    built = [name for names in delegate.built for name in names]
+    assert "exp" not in built and "iadd" not in built and built.count("add") == 1
+
+
+class WidensInPlace(Layers):
+    """`y += x` keeps y's dtype (fp16 here); `y + x` would give fp32: it stays in place."""
+
+    def forward(self, x):
+        y = torch.tanh(self.fcs[0](x)).half()
+        y += x
+        return super().forward(y.float())
+
+
+def test_an_update_whose_out_of_place_form_changes_the_dtype_stays_in_place():
+    delegate = Opaque({"exp"})
+    compiled = tm.backend(*_captured(WidensInPlace().eval()), options={"delegate": delegate, "min_block_size": 1})
+    assert len(delegate.calls) == 1 and compiled.fallback is not None  # in place: not cut
 
 
 def _captured(model: nn.Module | None = None):

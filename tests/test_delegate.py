@@ -97,3 +97,20 @@ def test_a_torch_tensorrt_without_that_setting_is_not_handed_it(monkeypatch):
     _fake_compilation_settings(monkeypatch, with_attn_field=False)
     options = d.TorchTensorRTDelegate().options_for(torch.device("cuda", 0), resolve_settings({}, environ={}))
     assert "attn_bias_is_causal" not in options and options["min_block_size"] == 5
+
+
+@pytest.mark.parametrize("queries, kv_heads, uneven", [(6, 2, False), (1, 2, True), (6, 1, True)])
+def test_uneven_attention_is_seen_in_the_graph(queries, kv_heads, uneven):
+    """A decode step (1 query over 6 keys) or grouped keys (1 head of keys for 2 of queries):
+    shapes Torch-TensorRT 2.11's attention converters refuse, so the delegate decomposes them."""
+    import torch
+    import torch.nn.functional as F
+
+    from helpers import capture
+
+    def attend(q, k, v):
+        return F.scaled_dot_product_attention(q, k, v, enable_gqa=kv_heads != 2)
+
+    gm, _ = capture(attend, torch.randn(1, 2, queries, 4), torch.randn(1, kv_heads, 6, 4),
+                    torch.randn(1, kv_heads, 6, 4))
+    assert d.uneven_attention(gm) is uneven

@@ -22,7 +22,9 @@ import torch
 import torch.fx
 
 from . import engine as _engine
+from .graphinfo import meta_value
 from .guard import Releaser, cuda_usable, real_device, watch_collections
+from .placement import graph_copy
 from .rewrites import sizes_from_their_tensors
 from .settings import Settings, SettingsError
 
@@ -266,13 +268,31 @@ class TorchTensorRTDelegate:
             from torch_tensorrt.dynamo.runtime import PythonTorchTensorRTModule
         attention = (_without_cudnn_attention() if CUDNN_ATTENTION in settings.excluded_ops
                      else contextlib.nullcontext())
-        with _deferring_setup(PythonTorchTensorRTModule) if runner else contextlib.nullcontext(), attention:
-            if detect_fake_mode(inputs) is None:
-                # Called outside dynamo (aot tools, direct use): Torch-TensorRT needs a fake mode.
-                with tracing(TracingContext(FakeTensorMode(allow_non_fake_inputs=True))):
-                    compiled = torch_tensorrt_backend(gm, inputs, options=options)
-            else:
-                compiled = torch_tensorrt_backend(gm, inputs, options=options)
+        decompose = ("decompose_attention" not in settings.trt and "decompose_attention" in options_fields()
+                     and uneven_attention(gm))
+        original = graph_copy(gm) if decompose else gm
+
+        def build(graph: torch.fx.GraphModule, options: dict[str, Any]) -> Any:
+            with _deferring_setup(PythonTorchTensorRTModule) if runner else contextlib.nullcontext(), attention:
+                if detect_fake_mode(inputs) is None:
+                    # Called outside dynamo (aot tools, direct use): Torch-TensorRT needs a fake mode.
+                    with tracing(TracingContext(FakeTensorMode(allow_non_fake_inputs=True))):
+                        return torch_tensorrt_backend(graph, inputs, options=options)
+                return torch_tensorrt_backend(graph, inputs, options=options)
+
+        if decompose:
+            # Torch-TensorRT 2.11 converts attention only where queries, keys and values have one
+            # shape; a decode step's single query over the cached keys stayed in PyTorch between
+            # engines. Decomposed (matmul, softmax, matmul: PyTorch's own reference form) it
+            # can be built; if that build fails, the attention kernels are built as before.
+            try:
+                compiled = build(gm, {**options, "decompose_attention": True})
+            except Exception as exc:  # noqa: BLE001 - the undecomposed build decides
+                log.info("graph with uneven attention on %s: the decomposed build failed (%s); building "
+                         "it with attention kept whole", device, type(exc).__name__)
+                compiled = build(original, options)
+        else:
+            compiled = build(gm, options)
         if runner:
             compiled = _adopt_engines(compiled, device)
         own_engines(compiled, device)
@@ -369,6 +389,25 @@ class TorchTensorRTDelegate:
     @staticmethod
     def count_engines(compiled: Any) -> int:
         return len(_engine_modules(compiled))
+
+
+def options_fields() -> set[str]:
+    """The settings the installed Torch-TensorRT's CompilationSettings has."""
+    from torch_tensorrt.dynamo import CompilationSettings
+
+    return {f.name for f in dataclasses.fields(CompilationSettings)}
+
+
+def uneven_attention(gm: torch.fx.GraphModule) -> bool:
+    """Whether some attention call's queries, keys and values differ in shape (a decode step: one
+    new query over the cached keys), which Torch-TensorRT 2.11's attention converters refuse."""
+    for node in gm.graph.nodes:
+        if node.op != "call_function" or node.target is not torch.nn.functional.scaled_dot_product_attention:
+            continue
+        shapes = [getattr(meta_value(a), "shape", None) for a in node.args[:3]]
+        if len(shapes) == 3 and None not in shapes and len({tuple(map(str, s)) for s in shapes}) > 1:
+            return True
+    return False
 
 
 def _without_cudnn_attention() -> Any:

@@ -5,8 +5,6 @@ recorded on its nodes. Device resolution, placement and cache keys all read grap
 
 from __future__ import annotations
 
-import collections
-
 import enum
 import operator
 from dataclasses import dataclass
@@ -15,7 +13,7 @@ from typing import Any, Iterator, Sequence
 import torch
 import torch.fx
 
-__all__ = ["Role", "ArgInfo", "classify_args", "meta_value", "fetch_attr", "attr_tensors", "op_count",
+__all__ = ["Role", "ArgInfo", "classify_args", "meta_value", "storage_of", "fetch_attr", "attr_tensors", "op_count",
            "symbolic_sizes", "changed_in_place"]
 
 _INPLACE_OPERATORS = {operator.setitem, operator.iadd, operator.isub, operator.imul, operator.itruediv,
@@ -179,30 +177,13 @@ def _mutated_args(node: torch.fx.Node) -> list[Any]:
 
 
 def writes_in_place(gm: torch.fx.GraphModule) -> bool:
-    """Whether some op of the graph writes in place a tensor that something else can see. Such a
-    graph is not cut into pieces compiled apart: a delegate that functionalizes a piece would keep
-    the write inside it. A write to a fresh tensor that nothing but the write reads, and that
-    shares its storage with no other value (T5's ``relative_buckets += ...``), is seen only
-    through the write's own result, which the pieces pass along like any other value."""
-    sharing: dict[Any, int] | None = None
-    for node in gm.graph.nodes:
-        written = _mutated_args(node)
-        if not written and node.kwargs.get("inplace") is not True:
-            continue
-        if node.kwargs.get("inplace") is True or any(
-                a.op not in ("call_function", "call_method") or len(a.users) != 1 for a in written):
-            return True
-        if sharing is None:  # how many values of the graph use each storage
-            sharing = collections.Counter(s for s in map(_storage, gm.graph.nodes) if s is not None)
-        for a in written:
-            storage = _storage(a)
-            # the written tensor and the write's result (itself): any third value is a view of it
-            if storage is None or sharing[storage] > 2:
-                return True
-    return False
+    """Whether some op of the graph writes a tensor in place. Such a graph is not cut into pieces
+    compiled apart: a delegate that functionalizes a piece would keep the write inside it."""
+    return any(_mutated_args(n) or n.kwargs.get("inplace") is True for n in gm.graph.nodes)
 
 
-def _storage(node: torch.fx.Node) -> Any:
+def storage_of(node: torch.fx.Node) -> Any:
+    """The memory a node's value lives in, as dynamo's metadata tells (views share it); None when unknown."""
     from torch.multiprocessing.reductions import StorageWeakRef
 
     value = meta_value(node)
@@ -221,7 +202,7 @@ def changed_in_place(gm: torch.fx.GraphModule, infos: Sequence[ArgInfo],
     inputs = {info.node: info.name for info in infos if info.role in roles}
     storages = {}
     for node, name in inputs.items():
-        storage = _storage(node)
+        storage = storage_of(node)
         if storage is not None:
             storages[storage] = name
     found: list[str] = []
@@ -229,7 +210,7 @@ def changed_in_place(gm: torch.fx.GraphModule, infos: Sequence[ArgInfo],
         for arg in _mutated_args(node):
             name = inputs.get(arg)
             if name is None:
-                storage = _storage(arg)
+                storage = storage_of(arg)
                 name = storages.get(storage) if storage is not None else None
             if name is not None and name not in found:
                 found.append(name)

@@ -30,6 +30,12 @@ Each rewrite changes how a value is represented, never what is computed:
   in PyTorch between engines (an H200: 5 engines for GPT-2's 4 layers). Any other mask, and masks
   built from inputs or state, stay as they are.
 
+- an in-place update of a fresh tensor that nothing but the update reads (T5's
+  ``relative_buckets += ...``) becomes its out-of-place form, where that gives the same dtype and
+  shape: no one can see the difference. A graph that writes in place is not cut into pieces when a
+  build fails (graphinfo.writes_in_place), and Torch-TensorRT refuses a piece that mutates its
+  input (``aot_export_joint_simple does not support input mutations``), so T5 fell back whole.
+
 And one for Torch-TensorRT 2.11 itself (`sizes_from_their_tensors`, applied by its delegate): a
 size argument dynamo adds for a dynamic dimension is computed from its tensor instead, where that
 tensor came through a list or a dict.
@@ -37,13 +43,15 @@ tensor came through a list or a dict.
 
 from __future__ import annotations
 
+import collections
 import functools
+import operator
 from typing import Any, Sequence
 
 import torch
 import torch.fx
 
-from .graphinfo import meta_value
+from .graphinfo import meta_value, storage_of
 
 __all__ = ["rewrite_for_tensorrt", "sizes_from_their_tensors"]
 
@@ -73,7 +81,8 @@ _FACTORIES = (torch.tensor, torch.empty, torch.zeros)
 
 def rewrite_for_tensorrt(gm: torch.fx.GraphModule) -> list[str]:
     """Apply the rewrites to `gm` in place (a placed copy); returns a note per rewrite."""
-    notes = _drop_eval_dropouts(gm) + _drop_empty_concat_inputs(gm) + _constant_attention_masks(gm)
+    notes = (_drop_eval_dropouts(gm) + _drop_empty_concat_inputs(gm) + _constant_attention_masks(gm)
+             + _fresh_updates_out_of_place(gm))
     for node in list(gm.graph.nodes):
         if node.op != "call_function" or node.target not in _EMBEDDINGS:
             continue
@@ -264,6 +273,62 @@ def _erase_unused(gm: torch.fx.GraphModule, node: torch.fx.Node) -> None:
         gm.graph.erase_node(current)
         erased.add(current)
         todo.extend(inputs)
+
+
+_OUT_OF_PLACE = {operator.iadd: operator.add, operator.isub: operator.sub, operator.imul: operator.mul,
+                 operator.itruediv: operator.truediv, operator.ifloordiv: operator.floordiv,
+                 operator.imod: operator.mod, operator.ipow: operator.pow, operator.iand: operator.and_,
+                 operator.ior: operator.or_, operator.ixor: operator.xor}
+
+
+def _fresh_updates_out_of_place(gm: torch.fx.GraphModule) -> list[str]:
+    """In-place updates of a tensor the graph made itself, read by nothing but the update and
+    sharing its memory with no other value, turned into their out-of-place form where that gives
+    the same dtype and shape."""
+    notes, storages = [], None
+    for node in list(gm.graph.nodes):
+        if node.op == "call_function" and node.target in _OUT_OF_PLACE:
+            replacement: Any = _OUT_OF_PLACE[node.target]
+        elif (node.op == "call_method" and isinstance(node.target, str) and node.target.endswith("_")
+              and not node.target.startswith("_") and hasattr(torch.Tensor, node.target[:-1])):
+            replacement = node.target[:-1]
+        else:
+            continue
+        written = node.args[0] if node.args else None
+        if (not isinstance(written, torch.fx.Node) or written.op not in ("call_function", "call_method")
+                or len(written.users) != 1 or node.kwargs.get("out") is not None):
+            continue
+        if storages is None:  # how many values of the graph use each storage
+            storages = collections.Counter(s for s in map(storage_of, gm.graph.nodes) if s is not None)
+        storage = storage_of(written)
+        if storage is None or storages[storage] > 2:  # a third value sharing it: a view someone reads
+            continue
+        if not _same_result(node, replacement):
+            continue
+        node.target = replacement
+        notes.append(f"{node.name}: in-place update of a tensor only it reads made out of place")
+    if notes:
+        gm.recompile()
+    return notes
+
+
+def _same_result(node: torch.fx.Node, replacement: Any) -> bool:
+    """Whether the out-of-place form gives the in-place result's dtype and shape (in place keeps
+    the tensor's own dtype; out of place may promote or broadcast)."""
+    result = meta_value(node)
+    mode = getattr(result, "fake_mode", None)
+    if not isinstance(result, torch.Tensor) or mode is None:
+        return False
+    args = torch.fx.node.map_arg(node.args, meta_value)
+    kwargs = torch.fx.node.map_arg(node.kwargs, meta_value)
+    try:
+        with mode:
+            out = (replacement(*args, **kwargs) if callable(replacement)
+                   else getattr(args[0], replacement)(*args[1:], **kwargs))
+    except Exception:  # noqa: BLE001 - not something to rewrite
+        return False
+    return isinstance(out, torch.Tensor) and out.dtype == result.dtype and tuple(map(str, out.shape)) == tuple(
+        map(str, result.shape))
 
 
 def _skipped_by_cat(arg: Any) -> bool:
