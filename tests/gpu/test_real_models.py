@@ -9,6 +9,8 @@ import torch
 
 import trt_multidev_backend as tm
 from scenarios import rel_error
+from trt_multidev_backend.build import pytorch_ops
+from trt_multidev_backend.delegate import ENGINE_MODULES
 
 transformers = pytest.importorskip("transformers")
 DEVICE = torch.device("cuda", 1 if torch.cuda.device_count() > 1 else 0)
@@ -42,9 +44,10 @@ def test_llama_runs_in_tensorrt_engines():
 
 def test_gpt2_generate_gives_eagers_tokens():
     """generate() with a KV cache: the prompt pass and the decode steps (dynamic shapes after the
-    second recompile) are built into engines, and the tokens are eager's. Measured on b136a4e
-    (attention traced to memory-efficient attention with Torch-TensorRT's default
-    attn_bias_is_causal=True): other tokens from the first one."""
+    second recompile) are built into engines, with nothing left in PyTorch (attention included:
+    constant causal masks become is_causal, a decode step's uneven attention is decomposed), and
+    the tokens are eager's. Measured on b136a4e (attention traced to memory-efficient attention
+    with Torch-TensorRT's default attn_bias_is_causal=True): other tokens from the first one."""
     torch.manual_seed(0)
     lm = transformers.GPT2LMHeadModel(transformers.GPT2Config(
         n_layer=2, n_embd=256, n_head=4, vocab_size=1000, n_positions=128, initializer_range=0.1))
@@ -70,4 +73,5 @@ def test_gpt2_generate_gives_eagers_tokens():
             vars(lm).pop("forward", None)
     assert torch.equal(out, ref)
     assert len(graphs) >= 2 and all(g.fallback is None for g in graphs)
+    assert [pytorch_ops(g.fn, ENGINE_MODULES) for g in graphs] == [0] * len(graphs)
     assert torch.cuda.current_device() == 0
