@@ -10,7 +10,6 @@ import traceback
 import pytest
 import torch
 import torch._dynamo.exc
-import torch.nn as nn
 
 import trt_multidev_backend as tm
 from helpers import capture, TwoLinear as Net

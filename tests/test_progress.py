@@ -11,7 +11,6 @@ import time
 
 import pytest
 import torch
-import torch.nn as nn
 
 import _delegates
 import trt_multidev_backend as tm

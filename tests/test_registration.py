@@ -7,7 +7,6 @@ import sys
 import textwrap
 from importlib.metadata import EntryPoint
 
-import pytest
 import torch
 
 import trt_multidev_backend as tm

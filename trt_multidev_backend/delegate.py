@@ -183,9 +183,7 @@ class TorchTensorRTDelegate:
     def options_for(self, device: torch.device, settings: Settings, *, runner: bool = False) -> dict[str, Any]:
         """The options handed to Torch-TensorRT: validated pass-through plus our own keys. With
         `runner`, engines come back as Python modules whose setup trt_multidev does itself."""
-        from torch_tensorrt.dynamo import CompilationSettings
-
-        fields = {f.name for f in dataclasses.fields(CompilationSettings)}
+        fields = options_fields()
         accepted = sorted(fields | set(_EXTRA_TRT_KEYS))
         for key in settings.trt:
             if key not in accepted:
@@ -226,9 +224,7 @@ class TorchTensorRTDelegate:
         """Why a non-fp32 `precision` cannot take effect with the installed TensorRT, if it cannot."""
         if settings.precision == ("fp32",):
             return None
-        from torch_tensorrt.dynamo import CompilationSettings
-
-        fields = {f.name for f in dataclasses.fields(CompilationSettings)}
+        fields = options_fields()
         features = getattr(importlib.import_module("torch_tensorrt._features"), "ENABLED_FEATURES", None)
         if "enabled_precisions" not in fields or getattr(features, "tensorrt_rtx", False):
             return (
