@@ -42,6 +42,7 @@ class MaskedAttention(nn.Module):
         self.q, self.k, self.v = (nn.Linear(H * D, H * D) for _ in range(3))
 
     def forward(self, x, given=None):
+        B, S = x.shape[:2]  # noqa: N806 - the module's sizes, or a larger input's
         q, k, v = (fc(x).view(B, S, H, D).transpose(1, 2) for fc in (self.q, self.k, self.v))
         q = q.narrow(2, S - self.queries, self.queries)
         rows = torch.arange(S - self.queries, S, device=x.device).view(1, 1, -1, 1)
@@ -106,3 +107,13 @@ def test_a_mask_built_on_a_fake_gpu_is_evaluated_without_one(fake_mode):
     assert out.device == torch.device("cuda", 1)
     assert delegate.attention == [(None, True)]
     assert tm.stats()["cuda:1"]["fallbacks"] == 0
+
+
+def test_a_large_mask_expanded_to_the_batch_is_evaluated_by_what_it_stores(fake_mode):
+    """Batch 64 x 2048 tokens: the expanded mask has 2**28 elements but stores 2**22 (one 2048 x
+    2048 matrix); it is read once, not per batch row (fake inputs: nothing else runs)."""
+    delegate = Recording()
+    model = on_fake_device(MaskedAttention("hf_causal", 2048).eval(), "cuda:1", fake_mode)
+    torch.compile(model, backend="trt_multidev", options={"delegate": delegate})(
+        fake(fake_mode, 64, 2048, H * D, device="cuda:1"))
+    assert delegate.attention == [(None, True)]

@@ -154,7 +154,7 @@ def _drop_empty_concat_inputs(gm: torch.fx.GraphModule) -> list[str]:
 
 
 _ATTENTION = torch.nn.functional.scaled_dot_product_attention
-_MASK_NUMEL = 2**24  # a constant mask (and each step building it) is evaluated only up to this size
+_MASK_ELEMENTS = 2**26  # a constant mask (each step building it) is evaluated up to this many stored elements
 
 
 def _constant_attention_masks(gm: torch.fx.GraphModule) -> list[str]:
@@ -205,6 +205,7 @@ def _mask_kind(mask: torch.Tensor | None, query: Any, key: Any) -> str | None:
         keep, drop = 0.0, float("-inf")
     else:
         return None
+    mask = _distinct(mask)
     if bool((mask == keep).all()):
         return "keep-all"
     if length != keys or tuple(mask.shape[-2:]) != (length, keys):
@@ -212,6 +213,26 @@ def _mask_kind(mask: torch.Tensor | None, query: Any, key: Any) -> str | None:
     lower = torch.ones(length, keys, dtype=torch.bool).tril()
     expected = torch.full((length, keys), drop, dtype=mask.dtype).masked_fill(lower, keep)
     return "causal" if bool((mask == expected).all()) else None
+
+
+def _stored(value: torch.Tensor) -> int | None:
+    """How many elements a tensor really holds: its size along the dimensions it is not expanded
+    in (an `expand` to the batch is a view); None for symbolic sizes."""
+    count = 1
+    for size, stride in zip(value.shape, value.stride()):
+        if not isinstance(size, int) or not isinstance(stride, int):
+            return None
+        count *= size if stride != 0 else 1
+    return count
+
+
+def _distinct(value: torch.Tensor) -> torch.Tensor:
+    """`value` without the copies an expand made: one slice along each dimension of stride 0.
+    Comparing that slice is comparing every copy, and compares broadcast as before."""
+    for dim, stride in enumerate(value.stride()):
+        if stride == 0 and value.shape[dim] > 1:
+            value = value.narrow(dim, 0, 1)
+    return value
 
 
 def _evaluate(gm: torch.fx.GraphModule, mask: torch.fx.Node) -> torch.Tensor | None:
@@ -230,7 +251,7 @@ def _evaluate(gm: torch.fx.GraphModule, mask: torch.fx.Node) -> torch.Tensor | N
         value = meta_value(node)
         if node.op not in ("call_function", "call_method") or (node.op == "call_method" and node.target == "cuda"):
             return None
-        if isinstance(value, torch.Tensor) and (not isinstance(value.numel(), int) or value.numel() > _MASK_NUMEL):
+        if isinstance(value, torch.Tensor) and (_stored(value) or _MASK_ELEMENTS + 1) > _MASK_ELEMENTS:
             return None
         steps.append(node)
         todo.extend(node.all_input_nodes)
