@@ -114,3 +114,11 @@ def test_uneven_attention_is_seen_in_the_graph(queries, kv_heads, uneven):
     gm, _ = capture(attend, torch.randn(1, 2, queries, 4), torch.randn(1, kv_heads, 6, 4),
                     torch.randn(1, kv_heads, 6, 4))
     assert d.uneven_attention(gm) is uneven
+
+
+@pytest.mark.parametrize("version, refuses", [("2.11.0", True), ("2.10.0+cu130", True), ("2.12.0", False),
+                                              ("2.13.0rc13", False), ("3.0.0", False)])
+def test_only_torch_tensorrt_before_2_12_gets_uneven_attention_decomposed(version, refuses):
+    """2.12 accepts queries and keys of different shapes (its validator compares keys and values
+    only); decomposing there would only slow attention down."""
+    assert d.refuses_uneven_attention(version) is refuses

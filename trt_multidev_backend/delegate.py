@@ -14,6 +14,7 @@ import difflib
 import importlib
 import importlib.util
 import logging
+import re
 import threading
 from dataclasses import dataclass
 from typing import Any, Callable, Iterator, Protocol, Sequence
@@ -265,7 +266,7 @@ class TorchTensorRTDelegate:
         attention = (_without_cudnn_attention() if CUDNN_ATTENTION in settings.excluded_ops
                      else contextlib.nullcontext())
         decompose = ("decompose_attention" not in settings.trt and "decompose_attention" in options_fields()
-                     and uneven_attention(gm))
+                     and refuses_uneven_attention() and uneven_attention(gm))
         original = graph_copy(gm) if decompose else gm
 
         def build(graph: torch.fx.GraphModule, options: dict[str, Any]) -> Any:
@@ -392,6 +393,15 @@ def options_fields() -> set[str]:
     from torch_tensorrt.dynamo import CompilationSettings
 
     return {f.name for f in dataclasses.fields(CompilationSettings)}
+
+
+def refuses_uneven_attention(version: str | None = None) -> bool:
+    """Whether the installed Torch-TensorRT refuses attention whose queries and keys differ in
+    shape: 2.11 and earlier; 2.12 converts it (only keys and values must match)."""
+    if version is None:
+        version = importlib.import_module("torch_tensorrt").__version__
+    numbers = [int(part) for part in re.findall(r"\d+", version)[:2]]
+    return len(numbers) == 2 and tuple(numbers) < (2, 12)
 
 
 def uneven_attention(gm: torch.fx.GraphModule) -> bool:
