@@ -59,8 +59,10 @@ def test_setup_deferral_is_scoped_to_the_block_and_the_thread():
     assert calls == ["other", threading.current_thread().name]
 
 
-def _fake_compilation_settings(monkeypatch, *, with_attn_field: bool = True) -> None:
-    """Stands in for Torch-TensorRT's CompilationSettings (its fields are what options_for reads)."""
+def _fake_compilation_settings(monkeypatch, *, with_attn_field: bool = True, version: str = "2.11.0",
+                               backend=None) -> None:
+    """Stands in for Torch-TensorRT: its CompilationSettings (whose fields are what options_for
+    reads), its version, and, if given, its dynamo backend function."""
     import dataclasses
     import sys
     import types
@@ -68,15 +70,21 @@ def _fake_compilation_settings(monkeypatch, *, with_attn_field: bool = True) -> 
     fields = [("device", object, None), ("min_block_size", int, 5), ("workspace_size", int, 0),
               ("pass_through_build_failures", bool, False), ("optimization_level", object, None),
               ("torch_executed_ops", object, None), ("use_python_runtime", object, None),
-              ("lazy_engine_init", bool, False)]
+              ("lazy_engine_init", bool, False), ("decompose_attention", bool, False)]
     if with_attn_field:
         fields.append(("attn_bias_is_causal", bool, True))
     settings_class = dataclasses.make_dataclass("CompilationSettings", fields)
     package, dynamo = types.ModuleType("torch_tensorrt"), types.ModuleType("torch_tensorrt.dynamo")
+    package.__version__ = version
     dynamo.CompilationSettings = settings_class
     package.dynamo = dynamo
     monkeypatch.setitem(sys.modules, "torch_tensorrt", package)
     monkeypatch.setitem(sys.modules, "torch_tensorrt.dynamo", dynamo)
+    if backend is not None:
+        backends = types.ModuleType("torch_tensorrt.dynamo.backend.backends")
+        backends.torch_tensorrt_backend = backend
+        monkeypatch.setitem(sys.modules, "torch_tensorrt.dynamo.backend", types.ModuleType("backend"))
+        monkeypatch.setitem(sys.modules, "torch_tensorrt.dynamo.backend.backends", backends)
 
 
 def test_attention_bias_is_not_assumed_causal(monkeypatch):
@@ -122,3 +130,72 @@ def test_only_torch_tensorrt_before_2_12_gets_uneven_attention_decomposed(versio
     """2.12 accepts queries and keys of different shapes (its validator compares keys and values
     only); decomposing there would only slow attention down."""
     assert d.refuses_uneven_attention(version) is refuses
+
+
+class StandInBackend:
+    """Torch-TensorRT's dynamo backend, standing in: records whether each build was asked to
+    decompose attention and whether the graph it got still holds attention, fails decomposed
+    builds if told to, and returns the graph (which then runs in PyTorch)."""
+
+    def __init__(self, fail_decomposed: bool = False) -> None:
+        self.fail_decomposed = fail_decomposed
+        self.builds: list[tuple[bool, bool]] = []
+
+    def __call__(self, gm, inputs, *, options):
+        import torch.nn.functional as F
+
+        decomposed = options.get("decompose_attention", False)
+        self.builds.append((decomposed, any(n.target is F.scaled_dot_product_attention for n in gm.graph.nodes)))
+        if decomposed and self.fail_decomposed:
+            for node in gm.graph.nodes:  # a failed build may leave its graph changed: that must not matter
+                if node.target is F.scaled_dot_product_attention:
+                    node.args = (node.args[0],) * 3
+            gm.recompile()
+            raise RuntimeError("TensorRT could not create an execution context for '_run_on_acc_0'")
+        return gm
+
+
+def _decode_step(queries: int = 1):
+    import torch
+    import torch.nn.functional as F
+
+    from helpers import capture
+
+    def attend(q, k, v):
+        return F.scaled_dot_product_attention(q, k, v) * 2
+
+    q, k, v = torch.randn(1, 2, queries, 4), torch.randn(1, 2, 6, 4), torch.randn(1, 2, 6, 4)
+    gm, inputs = capture(attend, q, k, v)
+    return gm, inputs, attend(q, k, v)
+
+
+@pytest.mark.parametrize("fail_decomposed, builds", [(False, [(True, True)]),
+                                                     (True, [(True, True), (False, True)])])
+def test_a_decode_step_is_built_decomposed_or_else_whole(monkeypatch, fail_decomposed, builds):
+    import torch
+
+    backend = StandInBackend(fail_decomposed)
+    _fake_compilation_settings(monkeypatch, backend=backend)
+    delegate = d.TorchTensorRTDelegate()
+    delegate._runner_supported = False
+    gm, inputs, expected = _decode_step()
+    compiled = delegate(gm, inputs, device=torch.device("cuda", 0), settings=resolve_settings({}, environ={}))
+    assert backend.builds == builds
+    assert torch.allclose(compiled(*inputs)[0], expected)
+
+
+@pytest.mark.parametrize("queries, options, version", [
+    (6, {}, "2.11.0"),                                     # queries and keys alike: nothing to decompose
+    (1, {"trt": {"decompose_attention": False}}, "2.11.0"),  # the user's choice wins
+    (1, {}, "2.12.0"),                                     # converted as it is from 2.12 on
+])
+def test_attention_is_not_decomposed_otherwise(monkeypatch, queries, options, version):
+    import torch
+
+    backend = StandInBackend()
+    _fake_compilation_settings(monkeypatch, backend=backend, version=version)
+    delegate = d.TorchTensorRTDelegate()
+    delegate._runner_supported = False
+    gm, inputs, _ = _decode_step(queries)
+    delegate(gm, inputs, device=torch.device("cuda", 0), settings=resolve_settings(options, environ={}))
+    assert backend.builds == [(False, True)]
