@@ -61,7 +61,7 @@ class Attention(torch.nn.Module):
             keep = torch.arange(S, device=x.device) < S - 32
             bias = torch.zeros(S, dtype=x.dtype, device=x.device).masked_fill(~keep, float("-inf"))
             y = F.scaled_dot_product_attention(q, k, v, attn_mask=bias.expand(S, S))
-        else:  # "input", "decode": the mask comes from the caller
+        else:  # "input", "input_additive", "decode": the mask comes from the caller
             y = F.scaled_dot_product_attention(q, k, v, attn_mask=given)
         return self.out(y.transpose(1, 2).reshape(B, q.shape[2], H * D))
 
@@ -70,10 +70,12 @@ def inputs(mask: str) -> tuple[torch.Tensor, ...]:
     """The layer's arguments: tokens, and the mask where the caller passes one."""
     keys = S + 1 if mask == "decode" else S
     x = torch.randn(B, keys, H * D, device="cuda", dtype=torch.half)
-    if mask == "input":
+    if mask in ("input", "input_additive"):
         given = torch.ones(S, S, dtype=torch.bool, device="cuda").tril().expand(B, 1, S, S).clone()
         given[..., :8] = False
         given[..., :8, :8] |= torch.eye(8, dtype=torch.bool, device="cuda")  # every row keeps a key
+        if mask == "input_additive":
+            given = torch.zeros(given.shape, dtype=torch.half, device="cuda").masked_fill(~given, float("-inf"))
         return x, given
     if mask == "decode":
         given = torch.ones(B, 1, 1, keys, dtype=torch.bool, device="cuda")
@@ -152,7 +154,7 @@ def case(mask: str, kernel: str, causal_bias: bool) -> dict[str, Any]:
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--out", required=True)
-    parser.add_argument("--masks", default="causal,bool,additive,padding,input,decode")
+    parser.add_argument("--masks", default="causal,bool,additive,padding,input,input_additive,decode")
     parser.add_argument("--kernels", default="default,no_cudnn,math")
     parser.add_argument("--causal-bias", default="off", help="attn_bias_is_causal values: off, on or off,on")
     args = parser.parse_args()
