@@ -21,9 +21,7 @@ from __future__ import annotations
 
 import argparse
 import os
-import statistics
 import sys
-import time
 from typing import Any
 
 import torch
@@ -33,6 +31,7 @@ HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, HERE)
 import gpu_bench  # noqa: E402  (puts the repository root on sys.path)
 import trt_multidev_backend as tm  # noqa: E402
+from trt_multidev_backend.build import first_line_of  # noqa: E402
 
 B, H, S, D = 4, 8, 128, 64
 ENGINES = ("TensorRTEngine", "PythonTorchTensorRTModule", "TorchTensorRTModule")
@@ -134,20 +133,13 @@ def case(mask: str, kernel: str, causal_bias: bool) -> dict[str, Any]:
             with kernels(kernel):
                 out = compiled(*args)
         except Exception as exc:
-            row["error"] = f"{type(exc).__name__}: {str(exc).strip().splitlines()[0][:300] if str(exc).strip() else ''}"
+            row["error"] = first_line_of(exc)
             return row
         row["rel_error"] = gpu_bench.rel_error(out, ref)
         engines, names = zip(*(left_in_pytorch(g) for g in graphs)) if graphs else ((), ())
         row["engines"] = sum(engines)
         row["left_in_pytorch"] = sorted({n for group in names for n in group})
-        times = []
-        for _ in range(60):
-            torch.cuda.synchronize()
-            start = time.perf_counter()
-            compiled(*args)
-            torch.cuda.synchronize()
-            times.append((time.perf_counter() - start) * 1000)
-        row["median_ms"] = round(statistics.median(times[10:]), 4)
+        row["median_ms"] = round(gpu_bench.median_latency_ms(lambda: compiled(*args), iters=50, warmup=10), 4)
     return row
 
 

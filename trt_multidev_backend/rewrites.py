@@ -167,7 +167,7 @@ def _constant_attention_masks(gm: torch.fx.GraphModule) -> list[str]:
         at_kwarg = "attn_mask" in node.kwargs
         mask = node.kwargs["attn_mask"] if at_kwarg else (node.args[3] if len(node.args) > 3 else None)
         causal = node.kwargs.get("is_causal", node.args[5] if len(node.args) > 5 else False)
-        if not isinstance(mask, torch.fx.Node) or causal is not False or _reads_placeholders(mask):
+        if not isinstance(mask, torch.fx.Node) or causal is not False:
             continue
         if mask not in values:
             values[mask] = _evaluate(gm, mask)
@@ -237,10 +237,10 @@ def _distinct(value: torch.Tensor) -> torch.Tensor:
 
 def _evaluate(gm: torch.fx.GraphModule, mask: torch.fx.Node) -> torch.Tensor | None:
     """The value of a node built from constants only, computed on the CPU (its devices replaced:
-    the values are the same). None where a step is too large, unknown or fails."""
+    the values are the same). None where it reads the graph's inputs or state, or a step is too
+    large, unknown or fails."""
     from torch._subclasses.fake_tensor import unset_fake_temporarily
 
-    steps: list[torch.fx.Node] = []
     seen: set[torch.fx.Node] = set()
     todo = [mask]
     while todo:
@@ -253,7 +253,6 @@ def _evaluate(gm: torch.fx.GraphModule, mask: torch.fx.Node) -> torch.Tensor | N
             return None
         if isinstance(value, torch.Tensor) and (_stored(value) or _MASK_ELEMENTS + 1) > _MASK_ELEMENTS:
             return None
-        steps.append(node)
         todo.extend(node.all_input_nodes)
     graph = torch.fx.Graph()
     env: dict[torch.fx.Node, torch.fx.Node] = {}
