@@ -10,7 +10,9 @@ that is not causal "padding"; trt_multidev's rewrites turn the first two into is
 the third); passed in as an input ("input": a boolean [4, 1, 128, 128] mask, causal with the
 first 8 keys of each row masked out); and a decode step ("decode": one query over 129 keys, a
 boolean [4, 1, 1, 129] input mask with 8 keys masked out, as Hugging Face's generate() passes
-it), and for each kernel scaled_dot_product_attention is traced to (PyTorch's choice; every
+it); T5's forms with scale 1.0 ("t5": a bias per head looked up in an embedding by constant
+distances, put through a constant keep-all `where`, as transformers' T5 builds it; "head_bias":
+a [4, 8, 128, 128] fp16 bias passed in), and for each kernel scaled_dot_product_attention is traced to (PyTorch's choice; every
 kernel but cuDNN's; math only), with Torch-TensorRT's attn_bias_is_causal off (trt_multidev's
 default) and, if asked, on. Per case: built or the error's first line, engines and ops left in
 PyTorch, relative error against eager, and the median ms of 50 calls. Writes
@@ -42,6 +44,7 @@ class Attention(torch.nn.Module):
         super().__init__()
         self.mask = mask
         self.qkv, self.out = torch.nn.Linear(H * D, 3 * H * D), torch.nn.Linear(H * D, H * D)
+        self.relative = torch.nn.Embedding(32, H)  # "t5": a learned bias per head and distance
 
     def forward(self, x: torch.Tensor, given: torch.Tensor | None = None) -> torch.Tensor:
         keys = x.shape[1]
@@ -60,6 +63,15 @@ class Attention(torch.nn.Module):
             keep = torch.arange(S, device=x.device) < S - 32
             bias = torch.zeros(S, dtype=x.dtype, device=x.device).masked_fill(~keep, float("-inf"))
             y = F.scaled_dot_product_attention(q, k, v, attn_mask=bias.expand(S, S))
+        elif self.mask == "t5":  # T5's position bias: parameters indexed by constant distances
+            distance = torch.arange(S, device=x.device)[None, :] - torch.arange(S, device=x.device)[:, None]
+            buckets = distance.abs().clamp(max=31)
+            bias = self.relative(buckets).permute(2, 0, 1).unsqueeze(0)  # [1, H, S, S]
+            keep = (torch.arange(S, device=x.device) >= 0)[None, None, :, None].expand(B, -1, S, S)
+            bias = torch.where(keep, bias, torch.finfo(x.dtype).min)
+            y = F.scaled_dot_product_attention(q, k, v, attn_mask=bias, scale=1.0)
+        elif self.mask == "head_bias":  # T5's form passed in: a float bias per head
+            y = F.scaled_dot_product_attention(q, k, v, attn_mask=given, scale=1.0)
         else:  # "input", "input_additive", "decode": the mask comes from the caller
             y = F.scaled_dot_product_attention(q, k, v, attn_mask=given)
         return self.out(y.transpose(1, 2).reshape(B, q.shape[2], H * D))
@@ -76,6 +88,8 @@ def inputs(mask: str) -> tuple[torch.Tensor, ...]:
         if mask == "input_additive":
             given = torch.zeros(given.shape, dtype=torch.half, device="cuda").masked_fill(~given, float("-inf"))
         return x, given
+    if mask == "head_bias":
+        return x, torch.randn(B, H, S, S, device="cuda", dtype=torch.half)
     if mask == "decode":
         given = torch.ones(B, 1, 1, keys, dtype=torch.bool, device="cuda")
         given[..., :8] = False
@@ -146,7 +160,7 @@ def case(mask: str, kernel: str, causal_bias: bool) -> dict[str, Any]:
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--out", required=True)
-    parser.add_argument("--masks", default="causal,bool,additive,padding,input,input_additive,decode")
+    parser.add_argument("--masks", default="causal,bool,additive,padding,input,input_additive,decode,t5,head_bias")
     parser.add_argument("--kernels", default="default,no_cudnn,math")
     parser.add_argument("--causal-bias", default="off", help="attn_bias_is_causal values: off, on or off,on")
     args = parser.parse_args()

@@ -172,11 +172,26 @@ def t5(dev: torch.device) -> Case:
                 inputs, {"class": "T5Model", "vocab_size": vocab, **config})
 
 
+def _calibrated(model: nn.Module, batch: int, dev: torch.device) -> nn.Module:
+    """fp16 in eval mode, with batch-norm statistics measured on random images first (fp32, train
+    mode, cumulative average). With initial statistics (mean 0, variance 1) activations grow layer
+    by layer and MobileNetV3's fp16 output overflows to inf, leaving nothing to compare."""
+    model = model.to(dev).train()
+    for bn in (m for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)):
+        bn.reset_running_stats()
+        bn.momentum = None
+    with torch.no_grad():
+        for _ in range(2):
+            model(torch.randn(batch, 3, 224, 224, device=dev))
+    return _fp16(model, dev)
+
+
 def _timm(name: str, batch: int) -> Callable[[torch.device], Case]:
     def build(dev: torch.device) -> Case:
         import timm
 
-        return Case(_fp16(timm.create_model(name, pretrained=False), dev), (_images(batch, dev),), {"timm": name})
+        model = _calibrated(timm.create_model(name, pretrained=False), batch, dev)
+        return Case(model, (_images(batch, dev),), {"timm": name, "batch_norm": "calibrated"})
     return build
 
 
@@ -184,8 +199,8 @@ def _torchvision(name: str, batch: int) -> Callable[[torch.device], Case]:
     def build(dev: torch.device) -> Case:
         import torchvision
 
-        model = torchvision.models.get_model(name, weights=None)
-        return Case(_fp16(model, dev), (_images(batch, dev),), {"torchvision": name})
+        model = _calibrated(torchvision.models.get_model(name, weights=None), batch, dev)
+        return Case(model, (_images(batch, dev),), {"torchvision": name, "batch_norm": "calibrated"})
     return build
 
 
@@ -461,6 +476,8 @@ def run_generate(lm: nn.Module, vocab: int, dev: torch.device, backends: Sequenc
                 row["same_tokens"] = all(t.shape == reference.shape and torch.equal(t, reference)
                                          for t in [tokens, *(t for t, _ in runs)])
                 row["matching_prefix"] = matching_prefix(tokens, reference)
+                if row["matching_prefix"] < min(tokens.shape[1], reference.shape[1]):
+                    row["first_difference"] = first_difference(lm, prompt, tokens, reference, row["matching_prefix"])
         except Exception as exc:
             row["error"] = first_line(exc)
         finally:
@@ -476,6 +493,22 @@ def matching_prefix(tokens: torch.Tensor, reference: torch.Tensor) -> int:
     n = min(tokens.shape[1], reference.shape[1])
     differs = (tokens[:, :n] != reference[:, :n]).any(0).nonzero()
     return int(differs[0]) if len(differs) else n
+
+
+def first_difference(lm: nn.Module, prompt: torch.Tensor, tokens: torch.Tensor, reference: torch.Tensor,
+                     step: int) -> dict[str, Any]:
+    """Where a compiled generate() left eager's tokens: eager's own logits for that step (eager's
+    prefix, eager forward), and how far the compiled choice was below eager's. A gap that is small
+    against the logits' spread is a near-tie fp16 rounding can flip, not a wrong model."""
+    prefix = torch.cat([prompt, reference[:, :step]], dim=1)
+    with torch.no_grad():
+        logits = type(lm).forward(lm, prefix, use_cache=False).logits[0, -1].float()
+    chosen, expected = int(tokens[0, step]), int(reference[0, step])
+    top2 = logits.topk(2).values
+    return {"step": step, "eager_token": expected, "token": chosen,
+            "eager_gap_to_token": round(float(logits[expected] - logits[chosen]), 5),
+            "eager_top2_gap": round(float(top2[0] - top2[1]), 5),
+            "logit_std": round(float(logits.std()), 5)}
 
 
 def free_memory() -> None:
@@ -542,8 +575,11 @@ def table(models: dict[str, dict[str, Any]]) -> str:
         for backend, row in result.get("generate", {}).get("backends", {}).items():
             ops = row.get("ops", {})
             fallback = f"; fallback: {ops['fallback']}" if ops.get("fallback") else ""
+            diff = row.get("first_difference")
+            gap = (f"; eager's logit gap there {diff['eager_gap_to_token']} (logit std {diff['logit_std']})"
+                   if diff else "")
             note = row.get("error") or (f"same_tokens {row.get('same_tokens')}, "
-                                        f"matching {row.get('matching_prefix')}/{NEW_TOKENS}{fallback}")
+                                        f"matching {row.get('matching_prefix')}/{NEW_TOKENS}{gap}{fallback}")
             lines.append(f"{model:<14} {'generate:' + backend:<22} {fmt(row.get('first_run_s'), '.2f'):>8} "
                          f"{fmt(row.get('ms_per_token'), '.3f'):>10} {'ms/tok':>8} "
                          f"{fmt(ops.get('share_in_trt'), '.2f'):>6}  {note}")

@@ -6,6 +6,8 @@
 #   bash benchmarks/single_gpu_session.sh vision     # real_models.py vit_s16,convnext_t,resnet50,mobilenetv3_l
 #   bash benchmarks/single_gpu_session.sh kernels    # kernel_cache_probe.py --two-processes
 #   bash benchmarks/single_gpu_session.sh attention  # attention_probe.py: which attention forms TensorRT builds
+#   bash benchmarks/single_gpu_session.sh probes     # T5's attention forms (default kernel) and dynamic=True's failure
+#   bash benchmarks/single_gpu_session.sh llama mobilenet t5_decomposed   # one model each (t5: attention decomposed)
 #   bash benchmarks/single_gpu_session.sh tests decoders   # several phases in one call (about 6 min)
 # Results under $OUT (default /tmp/out). One device call runs at most 10 minutes: about 6 min for
 # tests + decoders, 5 min for encoders + attention + kernels, 7 min for vision.
@@ -16,6 +18,7 @@ export PYTHONUNBUFFERED=1 PYTHONPATH=$PWD${PYTHONPATH:+:$PYTHONPATH}
 export TRT_MULTIDEV_CACHE_DIR=${TRT_MULTIDEV_CACHE_DIR:-$(mktemp -d /tmp/trt_multidev_cache.XXXX)}
 python3 -m pip install -q --no-deps --no-build-isolation --no-index -e . >/dev/null 2>&1
 nvidia-smi --query-gpu=index,name,memory.total --format=csv,noheader
+PHASES="tests decoders encoders vision kernels attention probes llama mobilenet t5_decomposed"
 noise='logger passed into|DeprecationWarning|timing_cache|unparsable type|strongly typed|no max bound|warnings.warn|^INFO'
 
 models() {  # name, models, time limit, extra arguments
@@ -39,11 +42,19 @@ run() {
     attention)
       timeout 300 python3 benchmarks/attention_probe.py --out "$out" --kernels default,no_cudnn 2>&1 | grep "^{" \
         | cut -c1-400 ;;
-    *) echo "unknown phase $1: tests, decoders, encoders, vision, kernels or attention" >&2; return 2 ;;
+    probes)
+      timeout 150 python3 benchmarks/attention_probe.py --out "$out" --masks t5,head_bias,input_additive,padding \
+        --kernels default 2>&1 | grep "^{" | cut -c1-400
+      timeout 90 python3 benchmarks/dynamic_true_probe.py --out "$out" 2>&1 | grep "^{" | cut -c1-1500 ;;
+    llama) models llama llama 200 --options '{"log_level": "warning"}' ;;
+    mobilenet) models mobilenet mobilenetv3_l 120 ;;
+    t5_decomposed)
+      models t5_decomposed t5 200 --skip-generate --options '{"log_level": "warning", "trt": {"decompose_attention": true}}' ;;
+    *) echo "unknown phase $1: $PHASES" >&2; return 2 ;;
   esac
 }
-[ $# -gt 0 ] || { echo "usage: $0 PHASE... (tests, decoders, encoders, vision, kernels, attention)" >&2; exit 2; }
+[ $# -gt 0 ] || { echo "usage: $0 PHASE... ($PHASES)" >&2; exit 2; }
 for phase in "$@"; do  # every name checked before anything runs
-  case "$phase" in tests|decoders|encoders|vision|kernels|attention) ;; *) run "$phase"; exit 2 ;; esac
+  case " $PHASES " in *" $phase "*) ;; *) run "$phase"; exit 2 ;; esac
 done
 for phase in "$@"; do run "$phase"; done
