@@ -25,8 +25,10 @@ import torch.fx
 from . import engine as _engine
 from .graphinfo import meta_value
 from .guard import Releaser, cuda_usable, real_device, watch_collections
+from .masks import split_mask_prefix
 from .placement import graph_copy
 from .rewrites import sizes_from_their_tensors
+from .segments import install
 from .settings import Settings, SettingsError
 
 __all__ = [
@@ -252,6 +254,13 @@ class TorchTensorRTDelegate:
         from torch._subclasses.fake_tensor import FakeTensor, FakeTensorMode
         from torch_tensorrt.dynamo.backend.backends import torch_tensorrt_backend
 
+        prefixed = split_mask_prefix(gm, example_inputs)
+        if prefixed is not None:  # masks from constants and state: computed in PyTorch, passed in
+            log.info("graph on %s: %d op(s) computing attention masks from constants and module state run in "
+                     "PyTorch ahead of the engine (again only when that state changes)", device, prefixed.ops)
+            rest = getattr(prefixed.whole, prefixed.rest)
+            install(prefixed.whole, prefixed.rest, self(rest, prefixed.rest_inputs, device=device, settings=settings))
+            return prefixed.whole
         runner = self.runner_applies(settings)
         options = self.options_for(device, settings, runner=runner)
         inputs = [_materialize(x, device) if isinstance(x, FakeTensor) else x for x in example_inputs]

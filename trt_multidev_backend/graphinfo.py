@@ -14,7 +14,7 @@ import torch
 import torch.fx
 
 __all__ = ["Role", "ArgInfo", "classify_args", "meta_value", "storage_of", "fetch_attr", "attr_tensors", "op_count",
-           "symbolic_sizes", "changed_in_place"]
+           "symbolic_sizes", "changed_in_place", "writes", "writes_in_place"]
 
 _INPLACE_OPERATORS = {operator.setitem, operator.iadd, operator.isub, operator.imul, operator.itruediv,
                       operator.ifloordiv, operator.imod, operator.ipow, operator.iand, operator.ior,
@@ -176,10 +176,15 @@ def _mutated_args(node: torch.fx.Node) -> list[Any]:
     return [a for a in written if isinstance(a, torch.fx.Node)]
 
 
+def writes(node: torch.fx.Node) -> bool:
+    """Whether `node` writes a tensor in place (an in-place op, `out=`, `inplace=True`)."""
+    return bool(_mutated_args(node)) or node.kwargs.get("inplace") is True
+
+
 def writes_in_place(gm: torch.fx.GraphModule) -> bool:
     """Whether some op of the graph writes a tensor in place. Such a graph is not cut into pieces
     compiled apart: a delegate that functionalizes a piece would keep the write inside it."""
-    return any(_mutated_args(n) or n.kwargs.get("inplace") is True for n in gm.graph.nodes)
+    return any(writes(n) for n in gm.graph.nodes)
 
 
 def storage_of(node: torch.fx.Node) -> Any:

@@ -139,12 +139,13 @@ def piece_number(name: str) -> int:
     return int(name.rsplit("_", 1)[1])
 
 
-def split_graph(gm: torch.fx.GraphModule, examples: Sequence[Any],
-                partition: dict[torch.fx.Node, int]) -> tuple[torch.fx.GraphModule, dict[str, list[Any]]]:
+def split_graph(gm: torch.fx.GraphModule, examples: Sequence[Any], partition: dict[torch.fx.Node, int],
+                known: dict[str, Any] | None = None) -> tuple[torch.fx.GraphModule, dict[str, list[Any]]]:
     """`gm` cut into submodules submod_<n> by `partition` (every node but placeholders and the
-    output, numbered in graph order), and each submodule's example inputs, in order."""
+    output, numbered in graph order), and each submodule's example inputs, in order: the values
+    `known` gives by node name, else made from the nodes' metadata."""
     split = split_module(gm, gm, lambda n: partition[n], keep_original_order=True)
-    values: dict[str, Any] = {}
+    values: dict[str, Any] = dict(known or {})
     placeholders = [n for n in gm.graph.nodes if n.op == "placeholder"]
     for node, example in zip(placeholders, examples):
         values[node.name] = example

@@ -14,6 +14,7 @@ import torch
 import trt_multidev_backend as tm
 from scenarios import Mlp, rel_error
 from trt_multidev_backend.cudagraphs import CudaGraphs
+from trt_multidev_backend.masks import MaskPrefix
 
 DEVICE = torch.device("cuda", 1 if torch.cuda.device_count() > 1 else 0)
 
@@ -53,6 +54,44 @@ def test_reduce_overhead_captures_once_and_replays_what_eager_computes(engine_ru
         model.net[0].weight.mul_(0.5)  # a parameter changed in place: replays read it where it lives
         assert rel_error(compiled(xs[0]), model(xs[0])) < 1e-2
         assert wrapped[0].captures == 1
+    assert torch.cuda.current_device() == 0
+
+
+class PositionBias(torch.nn.Module):
+    """One attention layer with T5's kind of mask: a learned bias per head, looked up by constant
+    distances (computed by trt_multidev's mask prefix, ahead of the engine)."""
+
+    def __init__(self, heads: int = 4, size: int = 32) -> None:
+        super().__init__()
+        self.heads, self.size = heads, size
+        self.qkv = torch.nn.Linear(64, 3 * 64)
+        self.relative = torch.nn.Embedding(16, heads)
+
+    def forward(self, x):
+        batch, tokens = x.shape[:2]
+        q, k, v = self.qkv(x).view(batch, tokens, 3, self.heads, 64 // self.heads).permute(2, 0, 3, 1, 4)
+        distance = torch.arange(tokens, device=x.device)[None, :] - torch.arange(tokens, device=x.device)[:, None]
+        bias = self.relative(distance.abs().clamp(max=15)).permute(2, 0, 1).unsqueeze(0)
+        y = torch.nn.functional.scaled_dot_product_attention(q, k, v, attn_mask=bias.expand(batch, -1, -1, -1))
+        return y.transpose(1, 2).reshape(batch, tokens, 64)
+
+
+def test_replays_see_a_mask_prefix_state_change():
+    """With CUDA graphs the mask prefix runs inside the captured graph: after the bias table
+    changes in place, replays compute the new mask (not the one held from before)."""
+    torch._dynamo.reset()
+    torch.cuda.set_device(0)
+    torch.manual_seed(0)
+    model = PositionBias().eval().half().to(DEVICE)
+    compiled, graphs = compile_keeping(model, cuda_graphs=True)
+    x = torch.randn(2, 32, 64, device=DEVICE, dtype=torch.half)
+    with torch.no_grad():
+        for _ in range(3):
+            assert rel_error(compiled(x), model(x)) < 1e-2
+        assert [g.fn.captures for g in graphs if isinstance(g.fn, CudaGraphs)] == [1]
+        assert any(isinstance(m, MaskPrefix) for g in graphs for m in g.fn.fn.modules())  # the bias went ahead
+        model.relative.weight.mul_(4)
+        assert rel_error(compiled(x), model(x)) < 1e-2
     assert torch.cuda.current_device() == 0
 
 

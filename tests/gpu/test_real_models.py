@@ -56,6 +56,32 @@ def test_llama_runs_in_tensorrt_engines():
     _check(transformers.LlamaForCausalLM(config))
 
 
+def test_t5_runs_in_one_engine_after_its_position_bias():
+    """T5 (encoder-decoder, fp16): its position bias, computed from constant distances and a
+    learned table, runs in PyTorch ahead of the engine, which receives it as an input (with the
+    bias computed inside, TensorRT-RTX failed to create the engine's execution context and most
+    of T5 ran in PyTorch); nothing else is left in PyTorch, and the output is eager's."""
+    torch.manual_seed(0)
+    config = transformers.T5Config(d_model=256, d_kv=32, d_ff=512, num_layers=2, num_decoder_layers=2, num_heads=4,
+                                   vocab_size=1000)
+    model = transformers.T5Model(config).eval().half().to(DEVICE)
+    ids = torch.randint(0, 1000, (2, 64), device=DEVICE)
+    decoder_ids = torch.randint(0, 1000, (2, 32), device=DEVICE)
+    graphs: list = []
+    torch.cuda.set_device(0)
+    with torch.no_grad():
+        ref = model(input_ids=ids, decoder_input_ids=decoder_ids, use_cache=False).last_hidden_state
+        compiled = torch.compile(model, backend=_counting(graphs))
+        out = compiled(input_ids=ids, decoder_input_ids=decoder_ids, use_cache=False).last_hidden_state
+    assert out.device == DEVICE and rel_error(out, ref) < 2e-2
+    assert tm.stats()[str(DEVICE)]["fallbacks"] == 0
+    for g in graphs:
+        prefix = getattr(g.fn, "submod_0", None)
+        assert prefix is not None  # the masks were computed ahead of the engine
+        assert pytorch_ops(g.fn, ENGINE_MODULES) == pytorch_ops(prefix, ENGINE_MODULES)
+    assert torch.cuda.current_device() == 0
+
+
 def test_gpt2_generate_gives_eagers_tokens():
     """generate() with a KV cache: the prompt pass and the decode steps (dynamic shapes after the
     second recompile) are built into engines, with nothing left in PyTorch (attention included:

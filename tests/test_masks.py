@@ -1,0 +1,152 @@
+"""Attention masks computed from constants and module state run in PyTorch ahead of the engine,
+which receives them as inputs (T5's position bias; a constant padding mask)."""
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from helpers import capture
+from test_delegate import StandInBackend, _fake_compilation_settings
+from trt_multidev_backend import delegate as d
+from trt_multidev_backend.masks import mask_prefix, split_mask_prefix
+from trt_multidev_backend.settings import resolve_settings
+
+B, H, S, D = 2, 4, 16, 8
+
+
+class Attention(torch.nn.Module):
+    """One attention call whose mask comes from `kind`: "t5" (a learned bias per head looked up
+    by constant distances, as transformers' T5 builds it), "padding" (constants only), "input"
+    (built from the caller's tensor), "dropout" (state, but random), "inplace" (state, written in
+    place)."""
+
+    def __init__(self, kind: str) -> None:
+        super().__init__()
+        self.kind = kind
+        self.relative = torch.nn.Embedding(8, H)
+
+    def forward(self, q, k, v, lengths):
+        distance = torch.arange(S)[None, :] - torch.arange(S)[:, None]
+        if self.kind == "t5":
+            bias = self.relative(distance.abs().clamp(max=7)).permute(2, 0, 1).unsqueeze(0)
+            keep = (torch.arange(S) >= 0)[None, None, :, None].expand(B, -1, S, S)
+            mask = torch.where(keep, bias, torch.finfo(q.dtype).min)
+        elif self.kind == "padding":
+            mask = torch.zeros(S).masked_fill(torch.arange(S) >= S - 4, float("-inf")).expand(S, S)
+        elif self.kind == "input":
+            mask = (torch.arange(S)[None, :] < lengths[:, None])[:, None, None, :]
+        elif self.kind == "dropout":
+            mask = F.dropout(self.relative.weight.sum(), p=0.5, training=True) + distance.float()
+        else:  # "inplace"
+            mask = distance.float()
+            mask.mul_(self.relative.weight.sum())
+        return F.scaled_dot_product_attention(q, k, v, attn_mask=mask, scale=1.0) * 2
+
+
+def _captured(kind: str):
+    torch.manual_seed(0)
+    model = Attention(kind).eval()
+    args = (torch.randn(B, H, S, D), torch.randn(B, H, S, D), torch.randn(B, H, S, D), torch.tensor([S, S - 3]))
+    with torch.no_grad():
+        gm, inputs = capture(model, *args)
+        return gm, inputs, model(*args)
+
+
+def _built_by_stand_in(monkeypatch, kind: str):
+    backend = StandInBackend()
+    seen = []
+    original = backend.__call__
+
+    def record(gm, inputs, *, options):
+        seen.append(gm)
+        return original(gm, inputs, options=options)
+
+    _fake_compilation_settings(monkeypatch, backend=record)
+    delegate = d.TorchTensorRTDelegate()
+    delegate._runner_supported = False
+    gm, inputs, expected = _captured(kind)
+    compiled = delegate(gm, inputs, device=torch.device("cuda", 0), settings=resolve_settings({}, environ={}))
+    return seen, compiled, inputs, expected
+
+
+def _mask_source(gm):
+    attention = next(n for n in gm.graph.nodes if n.target is F.scaled_dot_product_attention)
+    return attention.kwargs["attn_mask"]
+
+
+@pytest.mark.parametrize("kind", ["t5", "padding"])
+def test_masks_from_constants_and_state_reach_the_delegate_as_inputs(monkeypatch, kind):
+    seen, compiled, inputs, expected = _built_by_stand_in(monkeypatch, kind)
+    assert len(seen) == 1
+    assert _mask_source(seen[0]).op == "placeholder"  # computed ahead, passed in
+    names = {str(getattr(n.target, "__name__", n.target)) for n in seen[0].graph.nodes}
+    assert not names & {"embedding", "where", "masked_fill", "expand", "zeros"}  # the masks' work went ahead
+    with torch.no_grad():
+        assert torch.equal(compiled(*inputs)[0], expected)  # the prefix runs on every call, exactly
+
+
+@pytest.mark.parametrize("kind", ["input", "dropout", "inplace"])
+def test_other_masks_stay_in_the_graph(monkeypatch, kind):
+    seen, _, _, _ = _built_by_stand_in(monkeypatch, kind)
+    assert len(seen) == 1
+    assert _mask_source(seen[0]).op != "placeholder"
+
+
+def test_the_prefix_is_exactly_the_masks_work():
+    gm, inputs, _ = _captured("t5")
+    names = {str(getattr(n.target, "__name__", n.target)) for n in mask_prefix(gm, inputs)}
+    assert "embedding" in names and "where" in names
+    assert "scaled_dot_product_attention" not in names and "mul" not in names  # the attention and after
+    prefixed = split_mask_prefix(gm, inputs)
+    assert prefixed is not None and prefixed.ops == len([n for n in mask_prefix(gm, inputs)])
+    rest = getattr(prefixed.whole, prefixed.rest)
+    names = [n.name for n in rest.graph.nodes if n.op == "placeholder"]
+    assert len(prefixed.rest_inputs) == len(names)
+    # The rest's example for the mask is the mask itself (not zeros made from metadata).
+    table = next(x for x in inputs if isinstance(x, torch.nn.Parameter))
+    example = prefixed.rest_inputs[names.index("mask")]
+    assert torch.equal(example, prefixed.whole.submod_0(table)) and example.abs().sum() > 0
+
+
+def test_the_prefix_runs_again_when_its_state_changes(monkeypatch):
+    """Computed once while the state stays as it is; a write to the bias table (training, a
+    loaded state dict) is seen at the next call."""
+    _, compiled, inputs, expected = _built_by_stand_in(monkeypatch, "t5")
+    prefix = compiled.submod_0
+    calls = []
+    monkeypatch.setattr(prefix.prefix, "forward", _counted(prefix.prefix.forward, calls))
+    with torch.no_grad():
+        assert torch.equal(compiled(*inputs)[0], expected)
+        assert torch.equal(compiled(*inputs)[0], expected)
+        assert len(calls) == 1
+        table = next(x for x in inputs if isinstance(x, torch.nn.Parameter))
+        table.mul_(3)
+        changed = compiled(*inputs)[0]
+    assert len(calls) == 2 and not torch.equal(changed, expected)
+    reference = Attention("t5").eval()
+    reference.relative.weight = table
+    with torch.no_grad():
+        assert torch.equal(changed, reference(*inputs[1:4], torch.tensor([S, S - 3])))
+
+
+def _counted(fn, calls):
+    def counted(*args):
+        calls.append(1)
+        return fn(*args)
+    return counted
+
+
+def test_a_stored_graph_keeps_the_prefix_and_not_its_results(monkeypatch):
+    """The disk cache stores the compiled graph: the prefix goes with it, what it computed last
+    does not (it belongs to this process's state)."""
+    import io
+
+    _, compiled, inputs, expected = _built_by_stand_in(monkeypatch, "t5")
+    with torch.no_grad():
+        compiled(*inputs)
+    buffer = io.BytesIO()
+    torch.save(compiled, buffer)
+    loaded = torch.load(io.BytesIO(buffer.getvalue()), weights_only=False)
+    assert compiled.submod_0._memo is not None and loaded.submod_0._memo is None
+    with torch.no_grad():
+        assert torch.equal(loaded(*inputs)[0], expected)

@@ -1,0 +1,202 @@
+"""Attention masks made without the caller's tensors: computed in PyTorch, handed to the engine.
+
+A mask a graph computes from constants and module state alone (T5's position bias: a learned
+bias per head looked up by constant distances; a constant padding mask) reaches TensorRT as
+part of the engine's own work, and on Torch-TensorRT 2.11 with TensorRT-RTX that fails: a mask
+folded to a constant makes Torch-TensorRT's attention converter call `add_cast` on a
+`torch.Tensor` (TypeError), and a bias computed inside the engine makes TensorRT's fused attention
+fail when the execution context is created ("cuDNN graph compilation failed"). The same
+attention with its mask passed in builds (benchmarks/attention_probe.py, H200). So those masks
+are computed by a small PyTorch prefix, run on the target before the engine on every call
+(exact: the same ops on the same values), and the rest of the graph, masks as inputs, goes to
+the delegate. Masks that depend on the caller's tensors, masks that are already inputs or state,
+and masks with symbolic sizes are left as they are.
+"""
+
+from __future__ import annotations
+
+import operator
+from typing import Any, NamedTuple, Sequence
+
+import torch
+import torch.fx
+import torch.nn.functional as F
+from torch._subclasses.fake_tensor import FakeTensor
+
+from .graphinfo import Role, classify_args, meta_value, op_count, writes, writes_in_place
+from .segments import split_graph
+
+__all__ = ["split_mask_prefix", "mask_prefix", "MaskPrefix", "Prefixed", "MAX_PREFIX_OPS"]
+
+MAX_PREFIX_OPS = 128  # the prefix runs on every call: masks costing more stay in the engine
+_ATTENTION = {F.scaled_dot_product_attention, torch.ops.aten.scaled_dot_product_attention.default}
+_RANDOM = ("rand", "dropout", "bernoulli", "normal", "uniform", "multinomial")
+
+
+def _mask_of(node: torch.fx.Node) -> Any:
+    return node.kwargs.get("attn_mask", node.args[3] if len(node.args) > 3 else None)
+
+
+def _pure(node: torch.fx.Node) -> bool:
+    """Safe to run ahead of everything else, every call: no write, no randomness, no side effect."""
+    if node.op == "get_attr":
+        return True
+    if node.op not in ("call_function", "call_method"):
+        return False
+    name = node.target if isinstance(node.target, str) else getattr(node.target, "__name__", "")
+    return not writes(node) and not node.is_impure() and not any(word in name for word in _RANDOM)
+
+
+def _static(node: torch.fx.Node) -> bool:
+    value = meta_value(node)
+    if isinstance(value, (tuple, list)):
+        return all(_static_value(v) for v in value)
+    return _static_value(value)
+
+
+def _static_value(value: Any) -> bool:
+    if isinstance(value, torch.SymInt):
+        return False
+    if isinstance(value, torch.Tensor):
+        return not any(isinstance(s, torch.SymInt) for s in value.shape)
+    return True
+
+
+def mask_prefix(gm: torch.fx.GraphModule, example_inputs: Sequence[Any]) -> list[torch.fx.Node]:
+    """The nodes (graph order) that compute attention masks from constants and state only."""
+    inputs = {info.node for info in classify_args(gm, example_inputs) if info.role is Role.INPUT}
+    chosen: set[torch.fx.Node] = set()
+    for node in gm.graph.nodes:
+        if node.op != "call_function" or node.target not in _ATTENTION:
+            continue
+        mask = _mask_of(node)
+        if not isinstance(mask, torch.fx.Node) or mask.op == "placeholder" or mask in chosen:
+            continue
+        closure: set[torch.fx.Node] = set()
+        stack, usable = [mask], True
+        while stack and usable:
+            current = stack.pop()
+            if current in closure or current in chosen or current.op == "placeholder":
+                usable = current not in inputs
+                continue
+            usable = _pure(current) and _static(current)
+            closure.add(current)
+            stack += current.all_input_nodes
+        if usable and len(chosen) + len(closure) <= MAX_PREFIX_OPS:
+            chosen |= closure
+    # The items of a tuple the prefix makes go with it.
+    for node in gm.graph.nodes:
+        if node.op == "call_function" and node.target is operator.getitem and node.args[0] in chosen:
+            chosen.add(node)
+    return [n for n in gm.graph.nodes if n in chosen]
+
+
+class MaskPrefix(torch.nn.Module):
+    """The prefix, computed again only when its arguments (module state) changed: another
+    tensor, or the same one written in place (its version counter moved). Its outputs are read
+    only by the rest of the graph, never returned, so nothing can change them in between. While
+    a CUDA graph is captured it runs in full, so replays never use masks of older state."""
+
+    def __init__(self, prefix: torch.fx.GraphModule) -> None:
+        super().__init__()
+        self.prefix = prefix
+        self._memo: tuple[tuple, Any, _Ready | None] | None = None  # (key, outputs, ready): swapped whole
+
+    def forward(self, *args: Any) -> Any:
+        if torch.cuda.is_available() and torch.cuda.is_current_stream_capturing():
+            return self.prefix(*args)  # a CUDA graph replays the masks' kernels: each replay reads the state anew
+        key, memo = _state_key(args), self._memo
+        if key is not None and memo is not None and memo[0] == key:
+            if memo[2] is not None:  # computed on another caller's stream, perhaps
+                torch.cuda.current_stream(memo[2].device).wait_event(memo[2].event)
+            return memo[1]
+        out = self.prefix(*args)
+        if key is not None:
+            self._memo = (key, out, _Ready.after(out))
+        return out
+
+    def __getstate__(self) -> dict[str, Any]:
+        return {**self.__dict__, "_memo": None}
+
+
+class _Ready:
+    def __init__(self, device: torch.device, event: Any) -> None:
+        self.device, self.event = device, event
+
+    @staticmethod
+    def after(out: Any) -> "_Ready | None":
+        values = out if isinstance(out, (tuple, list)) else (out,)
+        device = next((v.device for v in values if isinstance(v, torch.Tensor) and v.is_cuda), None)
+        if device is None:
+            return None
+        event = torch.cuda.Event()
+        event.record(torch.cuda.current_stream(device))
+        return _Ready(device, event)
+
+
+def _state_key(args: Sequence[Any]) -> tuple | None:
+    """Who and which version each argument is; None where that cannot be told (inference tensors)."""
+    key = []
+    for arg in args:
+        if not isinstance(arg, torch.Tensor):
+            return None
+        try:
+            key.append((id(arg), arg._version, arg.data_ptr()))
+        except RuntimeError:
+            return None
+    return tuple(key)
+
+
+def _evaluated(gm: torch.fx.GraphModule, prefix: list[torch.fx.Node], placeholders: list[torch.fx.Node],
+               example_inputs: Sequence[Any]) -> dict[str, Any]:
+    """The prefix's values for real example inputs, by node name: the rest's examples are then
+    the masks it will be given, on the device they will be on. Nothing for fake examples."""
+    if any(isinstance(x, FakeTensor) for x in example_inputs):
+        return {}
+    interpreter = torch.fx.Interpreter(gm)
+    interpreter.env = dict(zip(placeholders, example_inputs))
+    with torch.no_grad():
+        for node in prefix:
+            interpreter.env[node] = interpreter.run_node(node)
+    return {node.name: interpreter.env[node] for node in prefix}
+
+
+class Prefixed(NamedTuple):
+    whole: torch.fx.GraphModule  # calls submod_0 (the prefix), then submod_1 (the rest)
+    rest: str                    # "submod_1", for the delegate
+    rest_inputs: list[Any]       # its example inputs, the masks among them
+    ops: int                     # the prefix's ops
+
+
+def split_mask_prefix(gm: torch.fx.GraphModule, example_inputs: Sequence[Any]) -> Prefixed | None:
+    """`gm` as a PyTorch prefix computing its state-only masks and the rest, which receives the
+    masks as inputs; None when no mask qualifies. `gm` is reordered in place (the prefix moved to
+    the top)."""
+    placeholders = [n for n in gm.graph.nodes if n.op == "placeholder"]
+    if not all(_static(n) for n in placeholders):
+        return None  # dynamic shapes: Torch-TensorRT may drop SymInt inputs of the rest
+    if writes_in_place(gm):
+        return None  # a write after the prefix ran (to a mask, or through a view of one) would be lost
+    prefix = mask_prefix(gm, example_inputs)
+    if not prefix:
+        return None
+    chosen = set(prefix)
+    leaving = [n for n in prefix if any(user not in chosen for user in n.users)]
+    if any(not isinstance(meta_value(n), torch.Tensor) for n in leaving):
+        return None  # the rest's example inputs are made from this metadata
+    anchor = placeholders[-1]
+    for node in prefix:  # every input of a prefix node is a placeholder or an earlier prefix node
+        anchor.append(node)
+        anchor = node
+    gm.graph.lint()
+    gm.recompile()
+    split, pieces = split_graph(gm, example_inputs, {n: 0 if n in chosen else 1 for n in gm.graph.nodes
+                                                     if n.op not in ("placeholder", "output")},
+                                known=_evaluated(gm, prefix, placeholders, example_inputs))
+    if set(pieces) != {"submod_0", "submod_1"}:
+        return None
+    ops = op_count(split.submod_0)
+    output = next(n for n in gm.graph.nodes if n.op == "output")
+    if not chosen & set(output.all_input_nodes):  # returned masks are computed every call
+        split.submod_0 = MaskPrefix(split.submod_0)
+    return Prefixed(split, "submod_1", pieces["submod_1"], ops)
