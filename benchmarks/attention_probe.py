@@ -24,6 +24,7 @@ from __future__ import annotations
 import argparse
 import os
 import sys
+import traceback
 from typing import Any
 
 import torch
@@ -148,6 +149,8 @@ def case(mask: str, kernel: str, causal_bias: bool) -> dict[str, Any]:
                 out = compiled(*args)
         except Exception as exc:
             row["error"] = first_line_of(exc)
+            if DEBUG:
+                traceback.print_exception(exc)
             return row
         row["rel_error"] = gpu_bench.rel_error(out, ref)
         engines, names = zip(*(left_in_pytorch(g) for g in graphs)) if graphs else ((), ())
@@ -157,13 +160,45 @@ def case(mask: str, kernel: str, causal_bias: bool) -> dict[str, Any]:
     return row
 
 
+DEBUG = False
+
+
+def debug() -> None:
+    """--debug: what Torch-TensorRT is handed (placeholders with shapes and strides, then ops),
+    trt_multidev's INFO lines, full tracebacks of failures."""
+    global DEBUG
+    import logging
+
+    from torch_tensorrt.dynamo.backend import backends
+
+    DEBUG = True
+    logging.basicConfig(level=logging.WARNING)
+    logging.getLogger("trt_multidev").setLevel(logging.INFO)  # this script's own output, not the library's
+    original = backends.torch_tensorrt_backend
+
+    def shown(gm: Any, inputs: Any, **kwargs: Any) -> Any:
+        print("# torch_tensorrt receives:", flush=True)
+        for node, value in zip([n for n in gm.graph.nodes if n.op == "placeholder"], inputs):
+            layout = (tuple(value.shape), tuple(value.stride()), str(value.dtype)) if isinstance(value, torch.Tensor) else value
+            print(f"#   {node.name}: {layout}", flush=True)
+        print("#   ops: " + ", ".join(str(getattr(n.target, "__name__", n.target)) for n in gm.graph.nodes
+                                     if n.op == "call_function"), flush=True)
+        return original(gm, inputs, **kwargs)
+
+    backends.torch_tensorrt_backend = shown
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--out", required=True)
     parser.add_argument("--masks", default="causal,bool,additive,padding,input,input_additive,decode,t5,head_bias")
     parser.add_argument("--kernels", default="default,no_cudnn,math")
     parser.add_argument("--causal-bias", default="off", help="attn_bias_is_causal values: off, on or off,on")
+    parser.add_argument("--debug", action="store_true",
+                        help="print each graph Torch-TensorRT receives, trt_multidev's INFO lines and full tracebacks")
     args = parser.parse_args()
+    if args.debug:
+        debug()
     os.makedirs(args.out, exist_ok=True)
     record = gpu_bench.Record(os.path.join(args.out, "attention_probe.json"))
     for mask in args.masks.split(","):

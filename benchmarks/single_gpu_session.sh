@@ -19,7 +19,7 @@ export PYTHONUNBUFFERED=1 PYTHONPATH=$PWD${PYTHONPATH:+:$PYTHONPATH}
 export TRT_MULTIDEV_CACHE_DIR=${TRT_MULTIDEV_CACHE_DIR:-$(mktemp -d /tmp/trt_multidev_cache.XXXX)}
 python3 -m pip install -q --no-deps --no-build-isolation --no-index -e . >/dev/null 2>&1
 nvidia-smi --query-gpu=index,name,memory.total --format=csv,noheader
-PHASES="tests decoders encoders vision kernels attention probes llama mobilenet t5 t5_decomposed dynamic_true"
+PHASES="tests decoders encoders vision kernels attention probes llama mobilenet t5 t5_decomposed dynamic_true masks"
 noise='logger passed into|DeprecationWarning|timing_cache|unparsable type|strongly typed|no max bound|warnings.warn|^INFO'
 
 models() {  # name, models, time limit, extra arguments
@@ -33,7 +33,7 @@ models() {  # name, models, time limit, extra arguments
 run() {
   case "$1" in
     tests)
-      timeout 200 python3 -m pytest tests/gpu -q -rfEx -p no:cacheprovider 2>&1 | grep -v "logger passed into" \
+      timeout 320 python3 -m pytest tests/gpu -q -rfEx -p no:cacheprovider 2>&1 | grep -v "logger passed into" \
         | tee "$out/gpu_tests.log" | grep -E "FAILED|ERROR|passed|failed" | tail -12 ;;
     decoders) models decoders gpt2,llama 280 --options '{"log_level": "warning"}' ;;  # every graph's build line
     encoders) models encoders bert,t5 200 --skip-generate --options '{"log_level": "warning"}' ;;
@@ -50,6 +50,12 @@ run() {
     llama) models llama llama 200 --options '{"log_level": "warning"}' ;;
     mobilenet) models mobilenet mobilenetv3_l 120 ;;
     t5) models t5 t5 200 --skip-generate --options '{"log_level": "warning"}' ;;
+    masks)  # what Torch-TensorRT receives for T5's forms and a padding mask, with full tracebacks
+      timeout 120 python3 benchmarks/attention_probe.py --out "$out" --masks t5,padding,head_bias --kernels default \
+        --debug > "$out/masks_debug.log" 2>&1
+      grep -E "^\{|^#|trt_multidev" "$out/masks_debug.log" | cut -c1-300 | head -60
+      timeout 90 python3 -m pytest "tests/gpu/test_cuda_graphs.py::test_replays_see_a_mask_prefix_state_change" -q \
+        -p no:cacheprovider 2>&1 | tee "$out/mask_cuda_graphs.log" | grep -E "^E |passed|failed" | head -20 ;;
     dynamic_true)  # the known xfail, run to see why it fails
       timeout 60 python3 -m pytest "tests/gpu/test_gpu_core.py::test_catalog_scenario_matches_eager[dynamic=True]" -q \
         -p no:cacheprovider --runxfail 2>&1 \

@@ -104,8 +104,19 @@ def test_the_prefix_is_exactly_the_masks_work():
     assert len(prefixed.rest_inputs) == len(names)
     # The rest's example for the mask is the mask itself (not zeros made from metadata).
     table = next(x for x in inputs if isinstance(x, torch.nn.Parameter))
-    example = prefixed.rest_inputs[names.index("mask")]
+    example = prefixed.rest_inputs[names.index(_mask_source(rest).name)]
     assert torch.equal(example, prefixed.whole.submod_0(table)) and example.abs().sum() > 0
+    assert example.is_contiguous()  # made dense once, in the prefix (not at every engine call)
+
+
+def test_a_lower_rank_mask_reaches_the_engine_with_the_queries_rank(monkeypatch):
+    """Torch-TensorRT 2.11 does not broadcast a [queries, keys] mask: it gets [1, 1, queries, keys]."""
+    seen, compiled, inputs, expected = _built_by_stand_in(monkeypatch, "padding")
+    mask = _mask_source(seen[0])
+    value = mask.meta.get("example_value", mask.meta.get("val"))
+    assert value.shape == (1, 1, S, S) and value.is_contiguous()
+    with torch.no_grad():
+        assert torch.equal(compiled(*inputs)[0], expected)
 
 
 def test_the_prefix_runs_again_when_its_state_changes(monkeypatch):

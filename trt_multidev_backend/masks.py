@@ -147,6 +147,38 @@ def _state_key(args: Sequence[Any]) -> tuple | None:
     return tuple(key)
 
 
+def _as_engine_inputs(gm: torch.fx.GraphModule, chosen: set[torch.fx.Node]) -> list[torch.fx.Node]:
+    """Each hoisted mask as the engine wants it: with the queries' rank (Torch-TensorRT 2.11's
+    converter does not broadcast a [keys] or [queries, keys] mask; leading ones are what PyTorch's
+    broadcasting adds) and contiguous (an expanded mask would be copied at every call, not once).
+    Returns the nodes added, which belong to the prefix."""
+    added: list[torch.fx.Node] = []
+    for node in list(gm.graph.nodes):
+        if node.op != "call_function" or node.target not in _ATTENTION or _mask_of(node) not in chosen:
+            continue
+        mask, query = _mask_of(node), meta_value(node.args[0])
+        value = meta_value(mask)
+        if not isinstance(query, torch.Tensor) or value.dim() > query.dim():
+            continue
+        shape = (1,) * (query.dim() - value.dim()) + tuple(value.shape)
+        if shape == tuple(value.shape) and value.is_contiguous():
+            continue
+        with gm.graph.inserting_after(mask):
+            view = gm.graph.call_method("view", (mask, shape))
+            view.meta["example_value"] = value.view(shape)
+        with gm.graph.inserting_after(view):
+            dense = gm.graph.call_method("contiguous", (view,))
+            dense.meta["example_value"] = view.meta["example_value"].contiguous()
+        kwargs = dict(node.kwargs)
+        if "attn_mask" in kwargs:
+            kwargs["attn_mask"] = dense
+            node.kwargs = kwargs
+        else:
+            node.args = node.args[:3] + (dense,) + node.args[4:]
+        added += [view, dense]
+    return added
+
+
 def _evaluated(gm: torch.fx.GraphModule, prefix: list[torch.fx.Node], placeholders: list[torch.fx.Node],
                example_inputs: Sequence[Any]) -> dict[str, Any]:
     """The prefix's values for real example inputs, by node name: the rest's examples are then
@@ -184,6 +216,8 @@ def split_mask_prefix(gm: torch.fx.GraphModule, example_inputs: Sequence[Any]) -
     leaving = [n for n in prefix if any(user not in chosen for user in n.users)]
     if any(not isinstance(meta_value(n), torch.Tensor) for n in leaving):
         return None  # the rest's example inputs are made from this metadata
+    prefix += _as_engine_inputs(gm, chosen)
+    chosen = set(prefix)
     anchor = placeholders[-1]
     for node in prefix:  # every input of a prefix node is a placeholder or an earlier prefix node
         anchor.append(node)
