@@ -62,3 +62,58 @@ def test_a_cpu_model_with_a_cpu_device_setting_is_not_moved():
     torch.compile(model, backend="trt_multidev", options={"delegate": "_delegates:run_graph", "device": "cpu"})(
         torch.randn(1, 3))
     assert _delegates.CALLS == [("cpu", ("fp32",))]
+
+
+class Normed(nn.Module):
+    """Linear, GELU, LayerNorm: with dynamic=True dynamo passes the norm's eps as a 0-d tensor
+    read with .item(), which Torch-TensorRT 2.11's export cannot read (H200, session 7)."""
+
+    def __init__(self):
+        super().__init__()
+        self.fc, self.norm = nn.Linear(8, 8), nn.LayerNorm(8)
+
+    def forward(self, x, scale=None):
+        y = self.norm(torch.nn.functional.gelu(self.fc(x)))
+        return y if scale is None else y * scale
+
+
+def _no_item_delegate(seen):
+    """Stands in for Torch-TensorRT's export: refuses a graph that reads a tensor's value."""
+    def delegate(gm, example_inputs, *, device, settings):
+        if any(n.op == "call_method" and n.target == "item" for n in gm.graph.nodes):
+            raise RuntimeError("DataDependentOutputException: aten._local_scalar_dense.default")
+        seen.append(gm)
+        return gm.forward
+    return delegate
+
+
+def test_a_module_scalar_read_with_item_is_pinned_and_checked():
+    torch._dynamo.reset()
+    tm.reset()
+    seen = []
+    model = Normed().eval()
+    compiled = torch.compile(model, backend="trt_multidev", dynamic=True,
+                             options={"delegate": _no_item_delegate(seen), "strict": True})
+    with torch.no_grad():
+        for batch in (2, 5):
+            x = torch.randn(batch, 8)
+            torch.testing.assert_close(compiled(x), model(x))
+        assert len(seen) == 1 and tm.stats()["cpu"]["fallbacks"] == 0
+        model.norm.eps = 0.5  # dynamo compiles again (the runtime's check is the net where it would not)
+        x = torch.randn(3, 8)
+        torch.testing.assert_close(compiled(x), model(x))
+    assert len(seen) == 2 and all(not any(n.op == "call_method" and n.target == "item" for n in g.graph.nodes)
+                                  for g in seen)
+
+
+def test_a_callers_scalar_is_not_pinned():
+    torch._dynamo.reset()
+    tm.reset()
+    seen = []
+    model = Normed().eval()
+    compiled = torch.compile(model, backend="trt_multidev", dynamic=True, options={"delegate": _no_item_delegate(seen)})
+    with torch.no_grad():
+        for scale in (0.5, 2.0):
+            x = torch.randn(3, 8)
+            torch.testing.assert_close(compiled(x, scale), model(x, scale))  # the fallback: right for any scale
+    assert seen == [] and tm.stats()["cpu"]["fallbacks"] == 1

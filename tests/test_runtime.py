@@ -121,3 +121,15 @@ def test_serialized_calls_from_four_threads_match_single_threaded():
 def test_repr_says_where_and_how(fake_mode):
     compiled, _, _ = compiled_on_cuda1(fake_mode)
     assert "cuda:1" in repr(compiled) and "EngineLikeDelegate" in repr(compiled)
+
+
+def test_a_pinned_scalar_is_checked_at_every_call():
+    """A module scalar the graph holds as a constant (rewrites.pin_state_scalars): the call goes
+    through while it holds that value, and a change is a clear error, not a silently old value."""
+    eps = torch.tensor(1e-5, dtype=torch.float64)
+    wrapped = GuardedCallable(lambda x, e: x * 2, torch.device("cpu"),
+                              [ArgAction("pinned", 1, torch.device("cpu"), "self.norm.eps", 1e-5)])
+    assert torch.equal(wrapped(torch.ones(2), eps), torch.full((2,), 2.0))
+    eps.fill_(0.5)
+    with pytest.raises(tm.TrtMultidevError, match=r"'self\.norm\.eps' was 1e-05 .* is now 0\.5.*torch\._dynamo\.reset"):
+        wrapped(torch.ones(2), eps)

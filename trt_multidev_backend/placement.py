@@ -61,13 +61,16 @@ class ArgAction:
 
     kind: "check"  - a caller input expected on `device` (error or move per input_policy);
           "move"   - a caller input the graph itself moves to `device` (moved, as eager would);
-          "state"  - module state swapped for a copy on `device`, made once and reused.
+          "state"  - module state swapped for a copy on `device`, made once and reused;
+          "pinned" - a module scalar the graph was compiled with as the constant `value`: checked
+                     to be unchanged (see rewrites.pin_state_scalars).
     """
 
     kind: str
     index: int
     device: torch.device
     name: str
+    value: Any = None
 
 
 @dataclass

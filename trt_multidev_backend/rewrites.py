@@ -46,14 +46,14 @@ from __future__ import annotations
 import collections
 import functools
 import operator
-from typing import Any, Sequence
+from typing import Any, NamedTuple, Sequence
 
 import torch
 import torch.fx
 
-from .graphinfo import meta_value, storage_of
+from .graphinfo import ArgInfo, Role, meta_value, storage_of
 
-__all__ = ["rewrite_for_tensorrt", "sizes_from_their_tensors"]
+__all__ = ["rewrite_for_tensorrt", "sizes_from_their_tensors", "pin_state_scalars", "Pin"]
 
 _INT32_ROWS = 2**31 - 1
 # embedding call -> (position of the indices, position of the table) among its arguments
@@ -105,6 +105,48 @@ def rewrite_for_tensorrt(gm: torch.fx.GraphModule) -> list[str]:
     if notes:
         gm.recompile()
     return notes
+
+
+class Pin(NamedTuple):
+    index: int    # the placeholder's position
+    name: str     # where it comes from: "self.norm.eps"
+    value: Any    # the Python number the graph now holds
+
+
+def pin_state_scalars(gm: torch.fx.GraphModule, infos: Sequence[ArgInfo]) -> list[Pin]:
+    """Module scalars dynamo passes as 0-d CPU tensors read with ``.item()`` (with dynamic=True,
+    float attributes such as LayerNorm's eps stay unspecialized) become constants in `gm` (a
+    placed copy whose placeholders are `infos`' in order). Torch-TensorRT 2.11's export cannot
+    read a tensor's value while tracing (DataDependentOutputException on _local_scalar_dense),
+    so such graphs used to fall back whole. The caller checks at every call that the attribute
+    still holds the value (a change must not go unnoticed). Caller inputs are left alone."""
+    placeholders = [n for n in gm.graph.nodes if n.op == "placeholder"]
+    pins: list[Pin] = []
+    for info, node in zip(infos, placeholders):
+        example = info.example
+        if (info.role is not Role.STATE or not isinstance(example, torch.Tensor)
+                or isinstance(example, torch.nn.Parameter) or example.dim() != 0 or example.device.type != "cpu"
+                or example.is_floating_point() is False and example.dtype not in _INTEGERS):
+            continue
+        reads = list(node.users)
+        if not reads or any(r.op != "call_method" or r.target != "item" for r in reads):
+            continue
+        try:
+            value = example.item()
+        except Exception:  # a fake or meta tensor: no value to pin
+            continue
+        for read in reads:
+            for user in list(read.users):
+                user.args = torch.fx.node.map_arg(user.args, lambda n, r=read: value if n is r else n)
+                user.kwargs = torch.fx.node.map_arg(user.kwargs, lambda n, r=read: value if n is r else n)
+            gm.graph.erase_node(read)
+        pins.append(Pin(info.index, info.name, value))
+    if pins:
+        gm.recompile()
+    return pins
+
+
+_INTEGERS = (torch.int64, torch.int32, torch.int16, torch.int8, torch.uint8, torch.bool)
 
 
 def _drop_eval_dropouts(gm: torch.fx.GraphModule) -> list[str]:

@@ -16,13 +16,13 @@ import torch
 
 from . import guard as _guard
 from .guard import guard_index
-from .errors import InputDeviceError
+from .errors import InputDeviceError, TrtMultidevError
 from .placement import ArgAction
 
 __all__ = ["GuardedCallable", "SelectArgs", "tensor_version"]
 
-_CHECK, _MOVE, _STATE = 0, 1, 2
-_KINDS = {"check": _CHECK, "move": _MOVE, "state": _STATE}
+_CHECK, _MOVE, _STATE, _PINNED = 0, 1, 2, 3
+_KINDS = {"check": _CHECK, "move": _MOVE, "state": _STATE, "pinned": _PINNED}
 
 
 def _replace(values: Sequence[Any], i: int, value: Any) -> list[Any]:
@@ -69,7 +69,8 @@ class GuardedCallable:
         self.notes = tuple(notes)
         self._index = guard_index(device)
         self.actions = tuple(actions)
-        self._actions = tuple((_KINDS[a.kind], a.index, a.device, a.name) for a in actions)
+        self._actions = tuple((_KINDS[a.kind], a.index, a.device if a.kind != "pinned" else a.value, a.name)
+                              for a in actions)
         self._move_inputs = input_policy == "move"
         self._outputs = tuple(output_moves)
         self._lock = threading.Lock() if serialize else None
@@ -117,6 +118,12 @@ class GuardedCallable:
                 continue
             if kind == _STATE:
                 values = _replace(values, i, self._state_copy(i, value, device))
+            elif kind == _PINNED:  # `device` holds the value the graph was compiled with
+                if value.item() != device:
+                    raise TrtMultidevError(
+                        f"trt_multidev: '{name}' was {device!r} when this graph was compiled and is now "
+                        f"{value.item()!r}; the engine holds it as a constant (Torch-TensorRT cannot read it at "
+                        f"run time). Call torch._dynamo.reset() to compile again with the new value.")
             elif value.device != device:
                 if kind == _MOVE or self._move_inputs:
                     values = _replace(values, i, value.to(device))
