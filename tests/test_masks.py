@@ -161,3 +161,42 @@ def test_a_stored_graph_keeps_the_prefix_and_not_its_results(monkeypatch):
     assert compiled.submod_0._memo is not None and loaded.submod_0._memo is None
     with torch.no_grad():
         assert torch.equal(loaded(*inputs)[0], expected)
+
+
+class TwoLayers(torch.nn.Module):
+    """Two attention calls sharing one position bias, as T5's layers share the first layer's."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.relative = torch.nn.Embedding(8, H)
+
+    def forward(self, q, k, v):
+        distance = torch.arange(S)[None, :] - torch.arange(S)[:, None]
+        bias = self.relative(distance.abs().clamp(max=7)).permute(2, 0, 1)  # [H, S, S], a permuted view
+        y = F.scaled_dot_product_attention(q, k, v, attn_mask=bias)
+        return F.scaled_dot_product_attention(y, k, v, attn_mask=bias)
+
+
+def test_a_shared_mask_is_handed_over_once(monkeypatch):
+    backend = StandInBackend()
+    seen = []
+
+    def record(gm, inputs, *, options):
+        seen.append(gm)
+        return backend(gm, inputs, options=options)
+
+    _fake_compilation_settings(monkeypatch, backend=record)
+    delegate = d.TorchTensorRTDelegate()
+    delegate._runner_supported = False
+    torch.manual_seed(0)
+    model = TwoLayers().eval()
+    args = tuple(torch.randn(B, H, S, D) for _ in range(3))
+    with torch.no_grad():
+        gm, inputs = capture(model, *args)
+        compiled = delegate(gm, inputs, device=torch.device("cuda", 0), settings=resolve_settings({}, environ={}))
+        # The same mask values; PyTorch's CPU attention rounds a dense [1, H, S, S] mask and a
+        # permuted [H, S, S] view in a different order (last bits).
+        torch.testing.assert_close(compiled(*inputs)[0], model(*args), rtol=1e-6, atol=1e-6)
+    masks = {_mask_source(seen[0])} | {n.kwargs["attn_mask"] for n in seen[0].graph.nodes
+                                       if n.target is F.scaled_dot_product_attention}
+    assert len(masks) == 1 and next(iter(masks)).op == "placeholder"

@@ -1,16 +1,17 @@
 """Attention masks made without the caller's tensors: computed in PyTorch, handed to the engine.
 
 A mask a graph computes from constants and module state alone (T5's position bias: a learned
-bias per head looked up by constant distances; a constant padding mask) reaches TensorRT as
-part of the engine's own work, and on Torch-TensorRT 2.11 with TensorRT-RTX that fails: a mask
-folded to a constant makes Torch-TensorRT's attention converter call `add_cast` on a
-`torch.Tensor` (TypeError), and a bias computed inside the engine makes TensorRT's fused attention
-fail when the execution context is created ("cuDNN graph compilation failed"). The same
-attention with its mask passed in builds (benchmarks/attention_probe.py, H200). So those masks
-are computed by a small PyTorch prefix, run on the target before the engine on every call
-(exact: the same ops on the same values), and the rest of the graph, masks as inputs, goes to
-the delegate. Masks that depend on the caller's tensors, masks that are already inputs or state,
-and masks with symbolic sizes are left as they are.
+bias per head looked up by constant distances; a constant padding mask) fails on Torch-TensorRT
+2.11 with TensorRT-RTX when it is the engine's own work: folded to a constant, Torch-TensorRT's
+attention converter calls `add_cast` on a `torch.Tensor` (TypeError); computed inside the engine,
+TensorRT's fused attention fails when the execution context is created ("cuDNN graph compilation
+failed"). Passed in, dense and with the queries' rank, the same attention builds into one engine
+(benchmarks/attention_probe.py, H200; a permuted view, or a [queries, keys] mask, still fails).
+So a small PyTorch prefix computes those masks on the target ahead of the engine (exact: the same
+ops on the same values), again only when the state it reads changes, and the rest of the graph
+goes to the delegate with the masks as inputs. Masks that depend on the caller's tensors, masks
+that are already inputs or state, and graphs with symbolic sizes or in-place writes are left as
+they are.
 """
 
 from __future__ import annotations
@@ -153,6 +154,7 @@ def _as_engine_inputs(gm: torch.fx.GraphModule, chosen: set[torch.fx.Node]) -> l
     broadcasting adds) and contiguous (an expanded mask would be copied at every call, not once).
     Returns the nodes added, which belong to the prefix."""
     added: list[torch.fx.Node] = []
+    made: dict[tuple[torch.fx.Node, tuple[int, ...]], torch.fx.Node] = {}  # one per mask and shape (T5 reuses its bias)
     for node in list(gm.graph.nodes):
         if node.op != "call_function" or node.target not in _ATTENTION or _mask_of(node) not in chosen:
             continue
@@ -163,19 +165,21 @@ def _as_engine_inputs(gm: torch.fx.GraphModule, chosen: set[torch.fx.Node]) -> l
         shape = (1,) * (query.dim() - value.dim()) + tuple(value.shape)
         if shape == tuple(value.shape) and value.is_contiguous():
             continue
-        with gm.graph.inserting_after(mask):
-            view = gm.graph.call_method("view", (mask, shape))
-            view.meta["example_value"] = value.view(shape)
-        with gm.graph.inserting_after(view):
-            dense = gm.graph.call_method("contiguous", (view,))
-            dense.meta["example_value"] = view.meta["example_value"].contiguous()
+        dense = made.get((mask, shape))
+        if dense is None:
+            with gm.graph.inserting_after(mask):
+                view = gm.graph.call_method("view", (mask, shape))
+                view.meta["example_value"] = value.view(shape)
+            with gm.graph.inserting_after(view):
+                dense = made[mask, shape] = gm.graph.call_method("contiguous", (view,))
+                dense.meta["example_value"] = view.meta["example_value"].contiguous()
+            added += [view, dense]
         kwargs = dict(node.kwargs)
         if "attn_mask" in kwargs:
             kwargs["attn_mask"] = dense
             node.kwargs = kwargs
         else:
             node.args = node.args[:3] + (dense,) + node.args[4:]
-        added += [view, dense]
     return added
 
 
