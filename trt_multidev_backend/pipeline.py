@@ -20,7 +20,7 @@ from .engine import engine_options
 from .errors import EngineDeviceError, TrtMultidevError, through_dynamo
 from .graphinfo import Role, changed_in_place, classify_args, op_count, symbolic_sizes
 from .guard import cuda_usable, device_guard
-from .placement import ArgAction, Placement, graph_copy, place
+from .placement import Placement, graph_copy, place
 from .progress import current as current_progress, track
 from .reuse import Reuse, graph_name
 from .rewrites import pin_state_scalars, rewrite_for_tensorrt
@@ -102,13 +102,9 @@ class TrtMultidevBackend:
                                   f"{_short(identity)} delegate would not write back",
                                   "return the new value from the model instead of updating an input or buffer in "
                                   "place", placement=placement, capture=capture)
-        pins = pin_state_scalars(placement.gm, infos)
-        if pins:  # the graph holds them as constants now: checked at every call, never moved
-            pinned = {pin.index for pin in pins}
-            placement.actions = [a for a in placement.actions if a.index not in pinned] + [
-                ArgAction("pinned", pin.index, plan.target, pin.name, pin.value) for pin in pins]
-        pin_notes = [f"{pin.name}: read with .item(), pinned to {pin.value!r} (checked at every call)" for pin in pins]
-        for line in placement.notes + pin_notes + rewrite_for_tensorrt(placement.gm):
+        for pin in pin_state_scalars(placement.gm, infos):
+            placement.pin(pin.index, pin.name, pin.value, plan.target)
+        for line in placement.notes + rewrite_for_tensorrt(placement.gm):
             self._log(settings, "  placed %s", line)
         key = cache_key(placement.gm, placement.example_inputs, plan.target, settings, identity)
         hit = self._cache.get(key)

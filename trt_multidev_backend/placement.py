@@ -82,6 +82,13 @@ class Placement:
     notes: list[str] = field(default_factory=list)
     originals: dict[int, Any] = field(default_factory=dict)  # relocated state: index -> caller's tensor
 
+    def pin(self, index: int, name: str, value: Any, device: torch.device) -> None:
+        """Argument `index` is now a constant in the graph: it is checked at every call to still
+        hold `value`, and no longer moved or copied."""
+        self.actions = [a for a in self.actions if a.index != index] + [ArgAction("pinned", index, device, name, value)]
+        self.originals.pop(index, None)
+        self.notes.append(f"{name}: read with .item(), pinned to {value!r} (checked at every call)")
+
 
 # Known devices of tensor nodes that carry no metadata (graphs from torch.fx.symbolic_trace,
 # hand-built graphs): placeholders from their example inputs, get_attr nodes from the attribute.
