@@ -8,6 +8,7 @@
 #   bash benchmarks/single_gpu_session.sh attention  # attention_probe.py: which attention forms TensorRT builds
 #   bash benchmarks/single_gpu_session.sh probes     # T5's attention forms (default kernel) and dynamic=True's failure
 #   bash benchmarks/single_gpu_session.sh llama mobilenet t5 t5_decomposed   # one model each (attention decomposed)
+#   bash benchmarks/single_gpu_session.sh llama_no_tf32   # Llama with Torch-TensorRT's disable_tf32
 #   bash benchmarks/single_gpu_session.sh dynamic_true   # the known dynamic=True xfail, run with --runxfail
 #   bash benchmarks/single_gpu_session.sh tests decoders   # several phases in one call (about 6 min)
 # Results under $OUT (default /tmp/out). One device call runs at most 10 minutes: about 6 min for
@@ -19,7 +20,7 @@ export PYTHONUNBUFFERED=1 PYTHONPATH=$PWD${PYTHONPATH:+:$PYTHONPATH}
 export TRT_MULTIDEV_CACHE_DIR=${TRT_MULTIDEV_CACHE_DIR:-$(mktemp -d /tmp/trt_multidev_cache.XXXX)}
 python3 -m pip install -q --no-deps --no-build-isolation --no-index -e . >/dev/null 2>&1
 nvidia-smi --query-gpu=index,name,memory.total --format=csv,noheader
-PHASES="tests decoders encoders vision kernels attention probes llama mobilenet t5 t5_decomposed dynamic_true masks"
+PHASES="tests decoders encoders vision kernels attention probes llama llama_no_tf32 mobilenet t5 t5_decomposed dynamic_true masks"
 noise='logger passed into|DeprecationWarning|timing_cache|unparsable type|strongly typed|no max bound|warnings.warn|^INFO'
 
 models() {  # name, models, time limit, extra arguments
@@ -48,6 +49,8 @@ run() {
         --kernels default 2>&1 | grep "^{" | cut -c1-400
       timeout 90 python3 benchmarks/dynamic_true_probe.py --out "$out" 2>&1 | grep "^{" | cut -c1-1500 ;;
     llama) models llama llama 200 --options '{"log_level": "warning"}' ;;
+    llama_no_tf32)  # does TF32 in the rotary matmul (fp32, inv_freq @ positions) explain Llama's error?
+      models llama_no_tf32 llama 200 --options '{"log_level": "warning", "trt": {"disable_tf32": true}}' ;;
     mobilenet) models mobilenet mobilenetv3_l 120 ;;
     t5) models t5 t5 200 --skip-generate --options '{"log_level": "warning"}' ;;
     masks)  # what Torch-TensorRT receives for T5's forms and a padding mask, with full tracebacks
