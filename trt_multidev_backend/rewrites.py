@@ -126,7 +126,7 @@ def pin_state_scalars(gm: torch.fx.GraphModule, infos: Sequence[ArgInfo]) -> lis
         example = info.example
         if (info.role is not Role.STATE or not isinstance(example, torch.Tensor)
                 or isinstance(example, torch.nn.Parameter) or example.dim() != 0 or example.device.type != "cpu"
-                or example.is_floating_point() is False and example.dtype not in _INTEGERS):
+                or not (example.is_floating_point() or example.dtype in _INTEGERS)):
             continue
         reads = list(node.users)
         if not reads or any(r.op != "call_method" or r.target != "item" for r in reads):
