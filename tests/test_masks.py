@@ -134,6 +134,13 @@ def test_the_prefix_runs_again_when_its_state_changes(monkeypatch):
         table.mul_(3)
         changed = compiled(*inputs)[0]
     assert len(calls) == 2 and not torch.equal(changed, expected)
+    with torch.no_grad():  # another tensor in its place (load_state_dict(assign=True), say): computed again
+        other = torch.nn.Parameter(table.clone())
+        while other._version < table._version:
+            other.add_(0)  # the same version count: only who it is differs
+        swapped = [other if x is table else x for x in inputs]
+        assert torch.equal(compiled(*swapped)[0], changed)
+    assert len(calls) == 3
     reference = Attention("t5").eval()
     reference.relative.weight = table
     with torch.no_grad():

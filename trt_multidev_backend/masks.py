@@ -17,6 +17,7 @@ they are.
 from __future__ import annotations
 
 import operator
+import weakref
 from typing import Any, NamedTuple, Sequence
 
 import torch
@@ -107,7 +108,7 @@ class MaskPrefix(torch.nn.Module):
         if torch.cuda.is_available() and torch.cuda.is_current_stream_capturing():
             return self.prefix(*args)  # a CUDA graph replays the masks' kernels: each replay reads the state anew
         key, memo = _state_key(args), self._memo
-        if key is not None and memo is not None and memo[0] == key:
+        if key is not None and memo is not None and _same(memo[0], key):
             if memo[2] is not None:  # computed on another caller's stream, perhaps
                 torch.cuda.current_stream(memo[2].device).wait_event(memo[2].event)
             return memo[1]
@@ -136,16 +137,22 @@ class _Ready:
 
 
 def _state_key(args: Sequence[Any]) -> tuple | None:
-    """Who and which version each argument is; None where that cannot be told (inference tensors)."""
+    """Who (a weak reference: an id could be reused), which version and where each argument is;
+    None where that cannot be told (inference tensors keep no version)."""
     key = []
     for arg in args:
         if not isinstance(arg, torch.Tensor):
             return None
         try:
-            key.append((id(arg), arg._version, arg.data_ptr()))
-        except RuntimeError:
+            key.append((weakref.ref(arg), arg._version, arg.data_ptr()))
+        except (RuntimeError, TypeError):
             return None
     return tuple(key)
+
+
+def _same(old: tuple, new: tuple) -> bool:
+    return len(old) == len(new) and all(a[0]() is not None and a[0]() is b[0]() and a[1:] == b[1:]
+                                        for a, b in zip(old, new))
 
 
 def _as_engine_inputs(gm: torch.fx.GraphModule, chosen: set[torch.fx.Node]) -> list[torch.fx.Node]:
