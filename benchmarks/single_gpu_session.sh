@@ -34,8 +34,9 @@ models() {  # name, models, time limit, extra arguments
 run() {
   case "$1" in
     tests)
-      timeout 320 python3 -m pytest tests/gpu -q -rfEx -p no:cacheprovider 2>&1 | grep -v "logger passed into" \
-        | tee "$out/gpu_tests.log" | grep -E "FAILED|ERROR|passed|failed" | tail -12 ;;
+      # -v: each test's name and outcome as it ends, so a run cut by the limit still says which failed
+      timeout 320 python3 -m pytest tests/gpu -v --tb=short -rfEx -p no:cacheprovider 2>&1 \
+        | grep -v "logger passed into" | tee "$out/gpu_tests.log" | grep -E "FAILED|ERROR|passed|failed" | tail -20 ;;
     decoders) models decoders gpt2,llama 280 --options '{"log_level": "warning"}' ;;  # every graph's build line
     encoders) models encoders bert,t5 200 --skip-generate --options '{"log_level": "warning"}' ;;
     vision) models vision vit_s16,convnext_t,resnet50,mobilenetv3_l 400 ;;
