@@ -199,3 +199,21 @@ def test_attention_is_not_decomposed_otherwise(monkeypatch, queries, options, ve
     gm, inputs, _ = _decode_step(queries)
     delegate(gm, inputs, device=torch.device("cuda", 0), settings=resolve_settings(options, environ={}))
     assert backend.builds == [(False, True)]
+
+
+def test_the_build_recipe_namespaces_the_disk_cache(monkeypatch, tmp_path):
+    """Entries built by an older recipe (before masks were computed ahead, say) are not loaded:
+    the recipe is part of the versions that name the disk cache's namespace."""
+    import sys
+    import types
+
+    from trt_multidev_backend.diskcache import DiskCache
+
+    _fake_compilation_settings(monkeypatch)
+    tensorrt = types.ModuleType("tensorrt")
+    tensorrt.__version__ = "1.4.0"
+    monkeypatch.setitem(sys.modules, "tensorrt", tensorrt)
+    store = DiskCache(tmp_path, 2**30)
+    now = store.namespace(d.TorchTensorRTDelegate().versions(), "gpu")
+    monkeypatch.setattr(d, "BUILD_RECIPE", d.BUILD_RECIPE + 1)
+    assert store.namespace(d.TorchTensorRTDelegate().versions(), "gpu") != now

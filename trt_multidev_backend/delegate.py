@@ -134,6 +134,12 @@ def delegate_identity(fn: Any) -> str:
     return f"{module}:{qualname}@{id(fn):x}"
 
 
+# What this delegate does to a graph before and around Torch-TensorRT (masks computed ahead,
+# attention decomposed, ...): part of the disk cache's namespace, so entries built the older way
+# are built again rather than loaded. Bump it when that changes.
+BUILD_RECIPE = 2
+
+
 class TorchTensorRTDelegate:
     """Torch-TensorRT's dynamo backend, told the target device instead of the current one."""
 
@@ -346,7 +352,8 @@ class TorchTensorRTDelegate:
 
         module = self._module or importlib.import_module("torch_tensorrt")
         return {"torch": torch.__version__, "torch_tensorrt": module.__version__,
-                "tensorrt": f"{getattr(tensorrt, '_package_name', 'tensorrt')}-{tensorrt.__version__}"}
+                "tensorrt": f"{getattr(tensorrt, '_package_name', 'tensorrt')}-{tensorrt.__version__}",
+                "recipe": str(BUILD_RECIPE)}
 
     def dumps(self, compiled: Any) -> bytes:
         """The compiled graph (partition plus engines) as bytes. Engines travel as Torch-TensorRT's
