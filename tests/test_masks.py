@@ -207,3 +207,64 @@ def test_a_shared_mask_is_handed_over_once(monkeypatch):
     masks = {_mask_source(seen[0])} | {n.kwargs["attn_mask"] for n in seen[0].graph.nodes
                                        if n.target is F.scaled_dot_product_attention}
     assert len(masks) == 1 and next(iter(masks)).op == "placeholder"
+
+
+class LengthBias(torch.nn.Module):
+    """T5's bias for whatever length comes: dynamic shapes make its sizes symbolic."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.relative = torch.nn.Embedding(8, H)
+
+    def forward(self, q, k, v):
+        n = q.shape[2]
+        distance = torch.arange(n)[None, :] - torch.arange(n)[:, None]
+        bias = self.relative(distance.abs().clamp(max=7)).permute(2, 0, 1)  # [H, n, n]
+        y = F.scaled_dot_product_attention(q, k, v, attn_mask=bias)
+        return y.transpose(1, 2).reshape(B, n, H * D)  # the rest needs the length too
+
+
+def test_masks_with_symbolic_sizes_go_ahead_too(monkeypatch):
+    """After a length change dynamo's graph has symbolic sizes: the mask still goes ahead (its
+    prefix takes the sizes), and the sizes Torch-TensorRT drops from the rest are not passed."""
+    seen = []
+
+    def stand_in(gm, inputs, *, options):
+        """As Torch-TensorRT's export: each size read from a tensor instead, then dropped."""
+        placeholders = [n for n in gm.graph.nodes if n.op == "placeholder"]
+        tensors = [n for n in placeholders if isinstance(n.meta.get("example_value"), torch.Tensor)]
+        for node in placeholders:
+            size = node.meta.get("example_value")
+            if not isinstance(size, torch.SymInt):
+                continue
+            owner, dim = next((t, i) for t in tensors for i, s in enumerate(t.meta["example_value"].shape)
+                              if isinstance(s, torch.SymInt) and s.node.expr == size.node.expr)
+            with gm.graph.inserting_after(tensors[-1]):
+                read = gm.graph.call_function(torch.ops.aten.sym_size.int, (owner, dim))
+            node.replace_all_uses_with(read)
+            gm.graph.erase_node(node)
+        gm.recompile()
+        seen.append(gm)
+        return gm
+
+    _fake_compilation_settings(monkeypatch, backend=stand_in)
+    delegate = d.TorchTensorRTDelegate()
+    delegate._runner_supported = False
+
+    def backend(gm, example_inputs):
+        return delegate(gm, example_inputs, device=torch.device("cuda", 0), settings=resolve_settings({}, environ={}))
+
+    torch._dynamo.reset()
+    torch.manual_seed(0)
+    model = LengthBias().eval()
+    compiled = torch.compile(model, backend=backend)
+    with torch.no_grad():
+        for n in (16, 24, 32, 16):
+            args = tuple(torch.randn(B, H, n, D) for _ in range(3))
+            torch.testing.assert_close(compiled(*args), model(*args), rtol=1e-6, atol=1e-6)
+    assert len(seen) == 2  # static, then dynamic
+    dynamic = seen[1]
+    assert not any(isinstance(n.meta.get("example_value"), torch.SymInt) for n in dynamic.graph.nodes
+                   if n.op == "placeholder")  # its size was dropped: the rest is called without it
+    assert _mask_source(dynamic).op == "placeholder"
+    assert not any("embedding" in str(n.target) for n in dynamic.graph.nodes)

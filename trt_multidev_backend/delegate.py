@@ -28,6 +28,7 @@ from .guard import Releaser, cuda_usable, real_device, watch_collections
 from .masks import split_mask_prefix
 from .placement import graph_copy
 from .rewrites import sizes_from_their_tensors
+from .runtime import SelectArgs
 from .segments import install
 from .settings import Settings, SettingsError
 
@@ -137,7 +138,7 @@ def delegate_identity(fn: Any) -> str:
 # What this delegate does to a graph before and around Torch-TensorRT (masks computed ahead,
 # attention decomposed, ...): part of the disk cache's namespace, so entries built the older way
 # are built again rather than loaded. Bump it when that changes.
-BUILD_RECIPE = 2
+BUILD_RECIPE = 2  # 2: masks computed ahead (session 7)
 
 
 class TorchTensorRTDelegate:
@@ -265,7 +266,12 @@ class TorchTensorRTDelegate:
             log.info("graph on %s: %d op(s) computing attention masks from constants and module state run in "
                      "PyTorch ahead of the engine (again only when that state changes)", device, prefixed.ops)
             rest = getattr(prefixed.whole, prefixed.rest)
-            install(prefixed.whole, prefixed.rest, self(rest, prefixed.rest_inputs, device=device, settings=settings))
+            before = [n for n in rest.graph.nodes if n.op == "placeholder"]
+            compiled = self(rest, prefixed.rest_inputs, device=device, settings=settings)
+            after = {n for n in rest.graph.nodes if n.op == "placeholder"}
+            if len(after) < len(before):  # Torch-TensorRT dropped sizes the rest does not use
+                compiled = SelectArgs(compiled, [i for i, n in enumerate(before) if n in after])
+            install(prefixed.whole, prefixed.rest, compiled)
             return prefixed.whole
         runner = self.runner_applies(settings)
         options = self.options_for(device, settings, runner=runner)

@@ -9,9 +9,10 @@ failed"). Passed in, dense and with the queries' rank, the same attention builds
 (benchmarks/attention_probe.py, H200; a permuted view, or a [queries, keys] mask, still fails).
 So a small PyTorch prefix computes those masks on the target ahead of the engine (exact: the same
 ops on the same values), again only when the state it reads changes, and the rest of the graph
-goes to the delegate with the masks as inputs. Masks that depend on the caller's tensors, masks
-that are already inputs or state, and graphs with symbolic sizes or in-place writes are left as
-they are.
+goes to the delegate with the masks as inputs. Sizes are not data: a mask whose shape follows a
+dynamic dimension goes ahead too (its prefix takes the size). Masks that depend on the values of
+the caller's tensors, masks that are already inputs or state, and graphs with in-place writes are
+left as they are.
 """
 
 from __future__ import annotations
@@ -49,24 +50,11 @@ def _pure(node: torch.fx.Node) -> bool:
     return not writes(node) and not node.is_impure() and not any(word in name for word in _RANDOM)
 
 
-def _static(node: torch.fx.Node) -> bool:
-    value = meta_value(node)
-    if isinstance(value, (tuple, list)):
-        return all(_static_value(v) for v in value)
-    return _static_value(value)
-
-
-def _static_value(value: Any) -> bool:
-    if isinstance(value, torch.SymInt):
-        return False
-    if isinstance(value, torch.Tensor):
-        return not any(isinstance(s, torch.SymInt) for s in value.shape)
-    return True
-
-
 def mask_prefix(gm: torch.fx.GraphModule, example_inputs: Sequence[Any]) -> list[torch.fx.Node]:
     """The nodes (graph order) that compute attention masks from constants and state only."""
-    inputs = {info.node for info in classify_args(gm, example_inputs) if info.role is Role.INPUT}
+    # The caller's tensors are data; a size dynamo passes for a dynamic dimension is not.
+    inputs = {info.node for info in classify_args(gm, example_inputs)
+              if info.role is Role.INPUT and not isinstance(info.example, torch.SymInt)}
     chosen: set[torch.fx.Node] = set()
     for node in gm.graph.nodes:
         if node.op != "call_function" or node.target not in _ATTENTION:
@@ -81,7 +69,7 @@ def mask_prefix(gm: torch.fx.GraphModule, example_inputs: Sequence[Any]) -> list
             if current in closure or current in chosen or current.op == "placeholder":
                 usable = current not in inputs
                 continue
-            usable = _pure(current) and _static(current)
+            usable = _pure(current)
             closure.add(current)
             stack += current.all_input_nodes
         if usable and len(chosen) + len(closure) <= MAX_PREFIX_OPS:
@@ -94,8 +82,8 @@ def mask_prefix(gm: torch.fx.GraphModule, example_inputs: Sequence[Any]) -> list
 
 
 class MaskPrefix(torch.nn.Module):
-    """The prefix, computed again only when its arguments (module state) changed: another
-    tensor, or the same one written in place (its version counter moved). Its outputs are read
+    """The prefix, computed again only when its arguments changed: module state (another tensor,
+    or the same one written in place: its version counter moved) or sizes. Its outputs are read
     only by the rest of the graph, never returned, so nothing can change them in between. While
     a CUDA graph is captured it runs in full, so replays never use masks of older state."""
 
@@ -141,6 +129,9 @@ def _state_key(args: Sequence[Any]) -> tuple | None:
     None where that cannot be told (inference tensors keep no version)."""
     key = []
     for arg in args:
+        if isinstance(arg, int):  # a dynamic size: masks are kept for the last sizes seen
+            key.append((None, arg, None))
+            continue
         if not isinstance(arg, torch.Tensor):
             return None
         try:
@@ -151,8 +142,14 @@ def _state_key(args: Sequence[Any]) -> tuple | None:
 
 
 def _same(old: tuple, new: tuple) -> bool:
-    return len(old) == len(new) and all(a[0]() is not None and a[0]() is b[0]() and a[1:] == b[1:]
-                                        for a, b in zip(old, new))
+    if len(old) != len(new):
+        return False
+    for (was, *then), (now, *current) in zip(old, new):
+        if then != current or (was is None) != (now is None):
+            return False
+        if was is not None and (was() is None or was() is not now()):
+            return False
+    return True
 
 
 def _as_engine_inputs(gm: torch.fx.GraphModule, chosen: set[torch.fx.Node]) -> list[torch.fx.Node]:
@@ -161,7 +158,7 @@ def _as_engine_inputs(gm: torch.fx.GraphModule, chosen: set[torch.fx.Node]) -> l
     broadcasting adds) and contiguous (an expanded mask would be copied at every call, not once).
     Returns the nodes added, which belong to the prefix."""
     added: list[torch.fx.Node] = []
-    made: dict[tuple[torch.fx.Node, tuple[int, ...]], torch.fx.Node] = {}  # one per mask and shape (T5 reuses its bias)
+    made: dict[tuple[torch.fx.Node, int], torch.fx.Node] = {}  # one per mask and rank (T5 reuses its bias)
     for node in list(gm.graph.nodes):
         if node.op != "call_function" or node.target not in _ATTENTION or _mask_of(node) not in chosen:
             continue
@@ -169,18 +166,22 @@ def _as_engine_inputs(gm: torch.fx.GraphModule, chosen: set[torch.fx.Node]) -> l
         value = meta_value(mask)
         if not isinstance(query, torch.Tensor) or value.dim() > query.dim():
             continue
-        shape = (1,) * (query.dim() - value.dim()) + tuple(value.shape)
-        if shape == tuple(value.shape) and value.is_contiguous():
+        missing = query.dim() - value.dim()
+        if missing == 0 and value.is_contiguous():
             continue
-        dense = made.get((mask, shape))
+        dense = made.get((mask, missing))
         if dense is None:
-            with gm.graph.inserting_after(mask):
-                view = gm.graph.call_method("view", (mask, shape))
-                view.meta["example_value"] = value.view(shape)
-            with gm.graph.inserting_after(view):
-                dense = made[mask, shape] = gm.graph.call_method("contiguous", (view,))
-                dense.meta["example_value"] = view.meta["example_value"].contiguous()
-            added += [view, dense]
+            last, example = mask, value
+            for _ in range(missing):  # leading ones, sizes symbolic or not
+                with gm.graph.inserting_after(last):
+                    last = gm.graph.call_method("unsqueeze", (last, 0))
+                example = example.unsqueeze(0)
+                last.meta["example_value"] = example
+                added.append(last)
+            with gm.graph.inserting_after(last):
+                dense = made[mask, missing] = gm.graph.call_method("contiguous", (last,))
+            dense.meta["example_value"] = example.contiguous()
+            added.append(dense)
         kwargs = dict(node.kwargs)
         if "attn_mask" in kwargs:
             kwargs["attn_mask"] = dense
@@ -194,8 +195,8 @@ def _evaluated(gm: torch.fx.GraphModule, prefix: list[torch.fx.Node], placeholde
                example_inputs: Sequence[Any]) -> dict[str, Any]:
     """The prefix's values for real example inputs, by node name: the rest's examples are then
     the masks it will be given, on the device they will be on. Nothing for fake examples."""
-    if any(isinstance(x, FakeTensor) for x in example_inputs):
-        return {}
+    if any(isinstance(x, (FakeTensor, torch.SymInt)) for x in example_inputs):
+        return {}  # made from the metadata instead (symbolic sizes stay symbolic there)
     interpreter = torch.fx.Interpreter(gm)
     interpreter.env = dict(zip(placeholders, example_inputs))
     with torch.no_grad():
@@ -216,8 +217,6 @@ def split_mask_prefix(gm: torch.fx.GraphModule, example_inputs: Sequence[Any]) -
     masks as inputs; None when no mask qualifies. `gm` is reordered in place (the prefix moved to
     the top)."""
     placeholders = [n for n in gm.graph.nodes if n.op == "placeholder"]
-    if not all(_static(n) for n in placeholders):
-        return None  # dynamic shapes: Torch-TensorRT may drop SymInt inputs of the rest
     if writes_in_place(gm):
         return None  # a write after the prefix ran (to a mask, or through a view of one) would be lost
     prefix = mask_prefix(gm, example_inputs)
