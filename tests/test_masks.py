@@ -52,21 +52,29 @@ def _captured(kind: str):
         return gm, inputs, model(*args)
 
 
-def _built_by_stand_in(monkeypatch, kind: str):
-    backend = StandInBackend()
+def _recording_delegate(monkeypatch, backend=None):
+    """The Torch-TensorRT delegate with `backend` (default: StandInBackend) standing in for
+    Torch-TensorRT's, and the graphs that backend receives."""
+    backend = backend or StandInBackend()
     seen = []
-    original = backend.__call__
 
     def record(gm, inputs, *, options):
         seen.append(gm)
-        return original(gm, inputs, options=options)
+        return backend(gm, inputs, options=options)
 
     _fake_compilation_settings(monkeypatch, backend=record)
     delegate = d.TorchTensorRTDelegate()
     delegate._runner_supported = False
+
+    def build(gm, inputs):
+        return delegate(gm, inputs, device=torch.device("cuda", 0), settings=resolve_settings({}, environ={}))
+    return build, seen
+
+
+def _built_by_stand_in(monkeypatch, kind: str):
+    build, seen = _recording_delegate(monkeypatch)
     gm, inputs, expected = _captured(kind)
-    compiled = delegate(gm, inputs, device=torch.device("cuda", 0), settings=resolve_settings({}, environ={}))
-    return seen, compiled, inputs, expected
+    return seen, build(gm, inputs), inputs, expected
 
 
 def _mask_source(gm):
@@ -185,22 +193,13 @@ class TwoLayers(torch.nn.Module):
 
 
 def test_a_shared_mask_is_handed_over_once(monkeypatch):
-    backend = StandInBackend()
-    seen = []
-
-    def record(gm, inputs, *, options):
-        seen.append(gm)
-        return backend(gm, inputs, options=options)
-
-    _fake_compilation_settings(monkeypatch, backend=record)
-    delegate = d.TorchTensorRTDelegate()
-    delegate._runner_supported = False
+    build, seen = _recording_delegate(monkeypatch)
     torch.manual_seed(0)
     model = TwoLayers().eval()
     args = tuple(torch.randn(B, H, S, D) for _ in range(3))
     with torch.no_grad():
         gm, inputs = capture(model, *args)
-        compiled = delegate(gm, inputs, device=torch.device("cuda", 0), settings=resolve_settings({}, environ={}))
+        compiled = build(gm, inputs)
         # The same mask values; PyTorch's CPU attention rounds a dense [1, H, S, S] mask and a
         # permuted [H, S, S] view in a different order (last bits).
         torch.testing.assert_close(compiled(*inputs)[0], model(*args), rtol=1e-6, atol=1e-6)
@@ -227,7 +226,6 @@ class LengthBias(torch.nn.Module):
 def test_masks_with_symbolic_sizes_go_ahead_too(monkeypatch):
     """After a length change dynamo's graph has symbolic sizes: the mask still goes ahead (its
     prefix takes the sizes), and the sizes Torch-TensorRT drops from the rest are not passed."""
-    seen = []
 
     def stand_in(gm, inputs, *, options):
         """As Torch-TensorRT's export: each size read from a tensor instead, then dropped."""
@@ -244,20 +242,13 @@ def test_masks_with_symbolic_sizes_go_ahead_too(monkeypatch):
             node.replace_all_uses_with(read)
             gm.graph.erase_node(node)
         gm.recompile()
-        seen.append(gm)
         return gm
 
-    _fake_compilation_settings(monkeypatch, backend=stand_in)
-    delegate = d.TorchTensorRTDelegate()
-    delegate._runner_supported = False
-
-    def backend(gm, example_inputs):
-        return delegate(gm, example_inputs, device=torch.device("cuda", 0), settings=resolve_settings({}, environ={}))
-
+    build, seen = _recording_delegate(monkeypatch, stand_in)
     torch._dynamo.reset()
     torch.manual_seed(0)
     model = LengthBias().eval()
-    compiled = torch.compile(model, backend=backend)
+    compiled = torch.compile(model, backend=build)
     with torch.no_grad():
         for n in (16, 24, 32, 16):
             args = tuple(torch.randn(B, H, n, D) for _ in range(3))
