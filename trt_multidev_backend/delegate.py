@@ -264,7 +264,8 @@ class TorchTensorRTDelegate:
         prefixed = split_mask_prefix(gm, example_inputs)
         if prefixed is not None:  # masks from constants and state: computed in PyTorch, passed in
             log.info("graph on %s: %d op(s) computing attention masks from constants and module state run in "
-                     "PyTorch ahead of the engine (again only when that state changes)", device, prefixed.ops)
+                     "PyTorch ahead of the engine (again only when that state or their sizes change)", device,
+                     prefixed.ops)
             rest = getattr(prefixed.whole, prefixed.rest)
             before = [n for n in rest.graph.nodes if n.op == "placeholder"]
             compiled = self(rest, prefixed.rest_inputs, device=device, settings=settings)
