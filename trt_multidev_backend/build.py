@@ -32,7 +32,7 @@ import torch.fx
 from .errors import EngineDeviceError
 from .graphinfo import op_count, writes_in_place
 from .placement import graph_copy
-from .runtime import SelectArgs
+from .runtime import select_kept
 from .segments import install, piece_number, runs, split_graph
 from .settings import Settings
 
@@ -92,11 +92,8 @@ def call_delegate(delegate: Any, gm: torch.fx.GraphModule, inputs: Sequence[Any]
             traceback.clear_frames(exc.__traceback__)
             raise
         break
-    after = {n for n in attempt.graph.nodes if n.op == "placeholder"}
-    kept = [i for i, node in enumerate(before) if node in after]
-    if len(kept) == len(before):
-        return Built(inner, inner, None, excluded)
-    return Built(SelectArgs(inner, kept), inner, kept, excluded)
+    adapted, kept = select_kept(inner, before, attempt)
+    return Built(adapted, inner, kept, excluded)
 
 
 @dataclass

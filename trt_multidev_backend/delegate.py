@@ -23,12 +23,12 @@ import torch
 import torch.fx
 
 from . import engine as _engine
-from .graphinfo import meta_value
+from .graphinfo import is_attention, meta_value
 from .guard import Releaser, cuda_usable, real_device, watch_collections
 from .masks import split_mask_prefix
 from .placement import graph_copy
 from .rewrites import sizes_from_their_tensors
-from .runtime import SelectArgs
+from .runtime import select_kept
 from .segments import install
 from .settings import Settings, SettingsError
 
@@ -268,10 +268,7 @@ class TorchTensorRTDelegate:
                      prefixed.ops)
             rest = getattr(prefixed.whole, prefixed.rest)
             before = [n for n in rest.graph.nodes if n.op == "placeholder"]
-            compiled = self(rest, prefixed.rest_inputs, device=device, settings=settings)
-            after = {n for n in rest.graph.nodes if n.op == "placeholder"}
-            if len(after) < len(before):  # Torch-TensorRT dropped sizes the rest does not use
-                compiled = SelectArgs(compiled, [i for i, n in enumerate(before) if n in after])
+            compiled, _ = select_kept(self(rest, prefixed.rest_inputs, device=device, settings=settings), before, rest)
             install(prefixed.whole, prefixed.rest, compiled)
             return prefixed.whole
         runner = self.runner_applies(settings)
@@ -431,7 +428,7 @@ def uneven_attention(gm: torch.fx.GraphModule) -> bool:
     """Whether some attention call's queries, keys and values differ in shape (a decode step: one
     new query over the cached keys), which Torch-TensorRT 2.11's attention converters refuse."""
     for node in gm.graph.nodes:
-        if node.op != "call_function" or node.target is not torch.nn.functional.scaled_dot_product_attention:
+        if not is_attention(node):
             continue
         shapes = [getattr(meta_value(a), "shape", None) for a in node.args[:3]]
         if len(shapes) == 3 and None not in shapes and len({tuple(map(str, s)) for s in shapes}) > 1:

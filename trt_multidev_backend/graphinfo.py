@@ -14,7 +14,8 @@ import torch
 import torch.fx
 
 __all__ = ["Role", "ArgInfo", "classify_args", "meta_value", "storage_of", "fetch_attr", "attr_tensors", "op_count",
-           "symbolic_sizes", "changed_in_place", "writes", "writes_in_place"]
+           "symbolic_sizes", "changed_in_place", "writes_in_place", "is_attention", "attention_mask",
+           "set_attention_mask"]
 
 _INPLACE_OPERATORS = {operator.setitem, operator.iadd, operator.isub, operator.imul, operator.itruediv,
                       operator.ifloordiv, operator.imod, operator.ipow, operator.iand, operator.ior,
@@ -176,15 +177,31 @@ def _mutated_args(node: torch.fx.Node) -> list[Any]:
     return [a for a in written if isinstance(a, torch.fx.Node)]
 
 
-def writes(node: torch.fx.Node) -> bool:
-    """Whether `node` writes a tensor in place (an in-place op, `out=`, `inplace=True`)."""
-    return bool(_mutated_args(node)) or node.kwargs.get("inplace") is True
-
-
 def writes_in_place(gm: torch.fx.GraphModule) -> bool:
     """Whether some op of the graph writes a tensor in place. Such a graph is not cut into pieces
     compiled apart: a delegate that functionalizes a piece would keep the write inside it."""
-    return any(writes(n) for n in gm.graph.nodes)
+    return any(_mutated_args(n) or n.kwargs.get("inplace") is True for n in gm.graph.nodes)
+
+
+_ATTENTION = {torch.nn.functional.scaled_dot_product_attention, torch.ops.aten.scaled_dot_product_attention.default}
+
+
+def is_attention(node: torch.fx.Node) -> bool:
+    """A scaled_dot_product_attention call (query, key, value, attn_mask, dropout_p, is_causal, ...)."""
+    return node.op == "call_function" and node.target in _ATTENTION
+
+
+def attention_mask(node: torch.fx.Node) -> Any:
+    """The mask an attention call is given, by keyword or by position; None if none."""
+    return node.kwargs["attn_mask"] if "attn_mask" in node.kwargs else (node.args[3] if len(node.args) > 3 else None)
+
+
+def set_attention_mask(node: torch.fx.Node, mask: Any) -> None:
+    """Give an attention call another mask where it took its mask (None: no mask)."""
+    if "attn_mask" in node.kwargs or len(node.args) <= 3:
+        node.update_kwarg("attn_mask", mask)
+    else:
+        node.update_arg(3, mask)
 
 
 def storage_of(node: torch.fx.Node) -> Any:

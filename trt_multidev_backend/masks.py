@@ -17,37 +17,34 @@ left as they are.
 
 from __future__ import annotations
 
+import functools
 import operator
 import weakref
 from typing import Any, NamedTuple, Sequence
 
 import torch
 import torch.fx
-import torch.nn.functional as F
 from torch._subclasses.fake_tensor import FakeTensor
 
-from .graphinfo import Role, classify_args, meta_value, op_count, writes, writes_in_place
+from .graphinfo import (Role, attention_mask, classify_args, is_attention, meta_value, op_count, set_attention_mask,
+                        writes_in_place)
 from .segments import split_graph
 
 __all__ = ["split_mask_prefix", "mask_prefix", "MaskPrefix", "Prefixed", "MAX_PREFIX_OPS"]
 
 MAX_PREFIX_OPS = 128  # the prefix runs on every call: masks costing more stay in the engine
-_ATTENTION = {F.scaled_dot_product_attention, torch.ops.aten.scaled_dot_product_attention.default}
 _RANDOM = ("rand", "dropout", "bernoulli", "normal", "uniform", "multinomial")
 
 
-def _mask_of(node: torch.fx.Node) -> Any:
-    return node.kwargs.get("attn_mask", node.args[3] if len(node.args) > 3 else None)
-
-
 def _pure(node: torch.fx.Node) -> bool:
-    """Safe to run ahead of everything else, every call: no write, no randomness, no side effect."""
+    """Safe to run ahead of everything else, every call: no randomness, no side effect (graphs
+    that write in place are not split at all)."""
     if node.op == "get_attr":
         return True
     if node.op not in ("call_function", "call_method"):
         return False
     name = node.target if isinstance(node.target, str) else getattr(node.target, "__name__", "")
-    return not writes(node) and not node.is_impure() and not any(word in name for word in _RANDOM)
+    return not node.is_impure() and not any(word in name for word in _RANDOM)
 
 
 def mask_prefix(gm: torch.fx.GraphModule, example_inputs: Sequence[Any]) -> list[torch.fx.Node]:
@@ -57,9 +54,9 @@ def mask_prefix(gm: torch.fx.GraphModule, example_inputs: Sequence[Any]) -> list
               if info.role is Role.INPUT and not isinstance(info.example, torch.SymInt)}
     chosen: set[torch.fx.Node] = set()
     for node in gm.graph.nodes:
-        if node.op != "call_function" or node.target not in _ATTENTION:
+        if not is_attention(node):
             continue
-        mask = _mask_of(node)
+        mask = attention_mask(node)
         if not isinstance(mask, torch.fx.Node) or mask.op == "placeholder" or mask in chosen:
             continue
         closure: set[torch.fx.Node] = set()
@@ -93,20 +90,26 @@ class MaskPrefix(torch.nn.Module):
         self._memo: tuple[tuple, Any, _Ready | None] | None = None  # (key, outputs, ready): swapped whole
 
     def forward(self, *args: Any) -> Any:
-        if torch.cuda.is_available() and torch.cuda.is_current_stream_capturing():
+        if _cuda() and torch.cuda.is_current_stream_capturing():
             return self.prefix(*args)  # a CUDA graph replays the masks' kernels: each replay reads the state anew
-        key, memo = _state_key(args), self._memo
-        if key is not None and memo is not None and _same(memo[0], key):
+        memo = self._memo
+        if memo is not None and _holds(memo[0], args):
             if memo[2] is not None:  # computed on another caller's stream, perhaps
                 torch.cuda.current_stream(memo[2].device).wait_event(memo[2].event)
             return memo[1]
         out = self.prefix(*args)
+        key = _state_key(args)
         if key is not None:
             self._memo = (key, out, _Ready.after(out))
         return out
 
     def __getstate__(self) -> dict[str, Any]:
         return {**self.__dict__, "_memo": None}
+
+
+@functools.lru_cache(maxsize=None)
+def _cuda() -> bool:
+    return torch.cuda.is_available()
 
 
 class _Ready:
@@ -141,13 +144,16 @@ def _state_key(args: Sequence[Any]) -> tuple | None:
     return tuple(key)
 
 
-def _same(old: tuple, new: tuple) -> bool:
-    if len(old) != len(new):
+def _holds(key: tuple, args: Sequence[Any]) -> bool:
+    """Whether `args` are what `key` recorded: the same sizes, the same tensors at the same
+    version and address."""
+    if len(key) != len(args):
         return False
-    for (was, *then), (now, *current) in zip(old, new):
-        if then != current or (was is None) != (now is None):
-            return False
-        if was is not None and (was() is None or was() is not now()):
+    for (ref, version, address), arg in zip(key, args):
+        if ref is None:
+            if isinstance(arg, torch.Tensor) or arg != version:
+                return False
+        elif ref() is not arg or version != arg._version or address != arg.data_ptr():
             return False
     return True
 
@@ -160,9 +166,9 @@ def _as_engine_inputs(gm: torch.fx.GraphModule, chosen: set[torch.fx.Node]) -> l
     added: list[torch.fx.Node] = []
     made: dict[tuple[torch.fx.Node, int], torch.fx.Node] = {}  # one per mask and rank (T5 reuses its bias)
     for node in list(gm.graph.nodes):
-        if node.op != "call_function" or node.target not in _ATTENTION or _mask_of(node) not in chosen:
+        if not is_attention(node) or attention_mask(node) not in chosen:
             continue
-        mask, query = _mask_of(node), meta_value(node.args[0])
+        mask, query = attention_mask(node), meta_value(node.args[0])
         value = meta_value(mask)
         if not isinstance(query, torch.Tensor) or value.dim() > query.dim():
             continue
@@ -182,12 +188,7 @@ def _as_engine_inputs(gm: torch.fx.GraphModule, chosen: set[torch.fx.Node]) -> l
                 dense = made[mask, missing] = gm.graph.call_method("contiguous", (last,))
             dense.meta["example_value"] = example.contiguous()
             added.append(dense)
-        kwargs = dict(node.kwargs)
-        if "attn_mask" in kwargs:
-            kwargs["attn_mask"] = dense
-            node.kwargs = kwargs
-        else:
-            node.args = node.args[:3] + (dense,) + node.args[4:]
+        set_attention_mask(node, dense)
     return added
 
 

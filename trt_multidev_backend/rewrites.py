@@ -51,7 +51,7 @@ from typing import Any, NamedTuple, Sequence
 import torch
 import torch.fx
 
-from .graphinfo import ArgInfo, Role, meta_value, storage_of
+from .graphinfo import ArgInfo, Role, attention_mask, is_attention, meta_value, set_attention_mask, storage_of
 
 __all__ = ["rewrite_for_tensorrt", "sizes_from_their_tensors", "pin_state_scalars", "Pin"]
 
@@ -195,7 +195,6 @@ def _drop_empty_concat_inputs(gm: torch.fx.GraphModule) -> list[str]:
     return notes
 
 
-_ATTENTION = torch.nn.functional.scaled_dot_product_attention
 _MASK_ELEMENTS = 2**26  # a constant mask (each step building it) is evaluated up to this many stored elements
 
 
@@ -204,10 +203,9 @@ def _constant_attention_masks(gm: torch.fx.GraphModule) -> list[str]:
     `is_causal=True` where they are the causal mask of a square score matrix."""
     notes, values = [], {}
     for node in list(gm.graph.nodes):
-        if node.op != "call_function" or node.target is not _ATTENTION or len(node.args) < 3:
+        if not is_attention(node) or len(node.args) < 3:
             continue
-        at_kwarg = "attn_mask" in node.kwargs
-        mask = node.kwargs["attn_mask"] if at_kwarg else (node.args[3] if len(node.args) > 3 else None)
+        mask = attention_mask(node)
         causal = node.kwargs.get("is_causal", node.args[5] if len(node.args) > 5 else False)
         if not isinstance(mask, torch.fx.Node) or causal is not False:
             continue
@@ -216,10 +214,7 @@ def _constant_attention_masks(gm: torch.fx.GraphModule) -> list[str]:
         kind = _mask_kind(values[mask], _value(node.args[0]), _value(node.args[1]))
         if kind is None:
             continue
-        if at_kwarg:
-            node.update_kwarg("attn_mask", None)
-        else:
-            node.update_arg(3, None)
+        set_attention_mask(node, None)
         if kind == "causal":
             if len(node.args) > 5:
                 node.update_arg(5, True)

@@ -19,7 +19,7 @@ from .guard import guard_index
 from .errors import InputDeviceError, TrtMultidevError
 from .placement import ArgAction
 
-__all__ = ["GuardedCallable", "SelectArgs", "tensor_version"]
+__all__ = ["GuardedCallable", "SelectArgs", "select_kept", "tensor_version"]
 
 _CHECK, _MOVE, _STATE, _PINNED = 0, 1, 2, 3
 _KINDS = {"check": _CHECK, "move": _MOVE, "state": _STATE, "pinned": _PINNED}
@@ -164,3 +164,14 @@ class SelectArgs(torch.nn.Module):
 
     def forward(self, *args: Any) -> Any:
         return self.inner(*[args[i] for i in self.kept])
+
+
+def select_kept(inner: Callable[..., Any], before: Sequence[Any], gm: Any) -> tuple[Callable[..., Any], list[int] | None]:
+    """`inner`, taking only the arguments whose placeholders (`before`, listed before a delegate
+    ran) are still in `gm` (Torch-TensorRT drops sizes it reads from tensors instead), and the
+    indices kept; (inner, None) when it kept them all."""
+    after = {n for n in gm.graph.nodes if n.op == "placeholder"}
+    kept = [i for i, node in enumerate(before) if node in after]
+    if len(kept) == len(before):
+        return inner, None
+    return SelectArgs(inner, kept), kept
