@@ -18,7 +18,8 @@ backends are called with the current device left as it is.
 
 Per (model, backend): first-call seconds (compile included; TensorRT timing cache cleared before
 each TensorRT build, trt_multidev's disk cache off), relative error against eager
-(||out - ref|| / ||ref|| in float32), and the median latency (CUDA events on the model device's
+(||out - ref|| / ||ref|| in float32), the same against the model run in float32 with TF32 off
+(`rel_error_fp32`: eager fp16's own is the size of error fp16 gives), and the median latency (CUDA events on the model device's
 current stream, 10 warm-up calls, --iters calls per round, median over --rounds rounds whose
 backend order rotates). For trt_multidev also its counters (trt_multidev_backend.stats() for the
 device) and where the ops ran (SHARE_DEFINITION below). For gpt2 and llama, also HF generate():
@@ -351,12 +352,33 @@ def device_stats(dev: torch.device) -> dict[str, int]:
     return tm.stats().get(str(dev), {})
 
 
+def fp32_reference(case: Case) -> torch.Tensor | None:
+    """The same model and inputs in float32 with TF32 off: the arithmetic every fp16 backend
+    (eager's included) rounds. Each backend's distance from it, beside eager fp16's own, says
+    whether its error is the size fp16 gives (`rel_error_fp32`); None when it cannot be made."""
+    import copy
+
+    flags = torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32
+    torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = False
+    try:
+        model = copy.deepcopy(case.module).float()
+        inputs = [t.float() if t.is_floating_point() else t for t in case.inputs]
+        return model(*inputs).float()
+    except Exception as exc:  # noqa: BLE001 - recorded as missing, the run goes on
+        print(f"fp32 reference: {first_line(exc)}", file=sys.stderr)
+        return None
+    finally:
+        torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32 = flags
+        free_memory()
+
+
 def compile_all(case: Case, dev: torch.device, backends: Sequence[str], trt_options: dict[str, Any],
                 graphs: list[dict[str, Any]], rows: dict[str, dict[str, Any]]) -> dict[str, Callable[[], Any]]:
     """First call of every backend (eager first: the reference), recorded in `rows`; returns a
     no-argument call for each backend that worked."""
     calls: dict[str, Callable[[], Any]] = {}
     ref: torch.Tensor | None = None
+    exact = fp32_reference(case)
     for backend in backends:
         row = rows[backend] = {}
         if backend in ("trt_multidev", "torch_tensorrt"):
@@ -374,6 +396,8 @@ def compile_all(case: Case, dev: torch.device, backends: Sequence[str], trt_opti
                 ref = out
             if ref is not None:
                 row["rel_error"] = relative_error(out, ref)
+            if exact is not None:
+                row["rel_error_fp32"] = relative_error(out, exact)
                 if out.device != ref.device:
                     row["output_device"] = str(out.device)
             calls[backend] = lambda fn=fn: fn(*case.inputs)
@@ -560,10 +584,10 @@ def table(models: dict[str, dict[str, Any]]) -> str:
     def fmt(value: Any, spec: str) -> str:
         return format(value, spec) if isinstance(value, (int, float)) and not isinstance(value, bool) else "-"
 
-    lines = [f"{'model':<14} {'backend':<22} {'first s':>8} {'ms':>10} {'rel err':>8} {'share':>6}  note"]
+    lines = [f"{'model':<14} {'backend':<22} {'first s':>8} {'ms':>10} {'rel err':>8} {'vs fp32':>8} {'share':>6}  note"]
     for model, result in models.items():
         if "error" in result:
-            lines.append(f"{model:<14} {'-':<22} {'-':>8} {'-':>10} {'-':>8} {'-':>6}  {result['error']}")
+            lines.append(f"{model:<14} {'-':<22} {'-':>8} {'-':>10} {'-':>8} {'-':>8} {'-':>6}  {result['error']}")
         for backend, row in result.get("backends", {}).items():
             ops, counters = row.get("ops", {}), row.get("stats")
             note = row.get("error") or (ops.get("fallback") and f"fallback: {ops['fallback']}") or (
@@ -571,7 +595,7 @@ def table(models: dict[str, dict[str, Any]]) -> str:
                 f"fallbacks {counters.get('fallbacks', 0)}" if counters is not None else "")
             lines.append(f"{model:<14} {backend:<22} {fmt(row.get('first_call_s'), '.2f'):>8} "
                          f"{fmt(row.get('median_ms'), '.3f'):>10} {fmt(row.get('rel_error'), '.1e'):>8} "
-                         f"{fmt(ops.get('share_in_trt'), '.2f'):>6}  {note}")
+                         f"{fmt(row.get('rel_error_fp32'), '.1e'):>8} {fmt(ops.get('share_in_trt'), '.2f'):>6}  {note}")
         for backend, row in result.get("generate", {}).get("backends", {}).items():
             ops = row.get("ops", {})
             fallback = f"; fallback: {ops['fallback']}" if ops.get("fallback") else ""
@@ -581,7 +605,7 @@ def table(models: dict[str, dict[str, Any]]) -> str:
             note = row.get("error") or (f"same_tokens {row.get('same_tokens')}, "
                                         f"matching {row.get('matching_prefix')}/{NEW_TOKENS}{gap}{fallback}")
             lines.append(f"{model:<14} {'generate:' + backend:<22} {fmt(row.get('first_run_s'), '.2f'):>8} "
-                         f"{fmt(row.get('ms_per_token'), '.3f'):>10} {'ms/tok':>8} "
+                         f"{fmt(row.get('ms_per_token'), '.3f'):>10} {'ms/tok':>8} {'':>8} "
                          f"{fmt(ops.get('share_in_trt'), '.2f'):>6}  {note}")
     return "\n".join(lines)
 

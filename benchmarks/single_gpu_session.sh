@@ -9,7 +9,8 @@
 #   bash benchmarks/single_gpu_session.sh probes     # T5's attention forms (default kernel) and dynamic=True's failure
 #   bash benchmarks/single_gpu_session.sh llama mobilenet t5 t5_decomposed   # one model each (attention decomposed)
 #   bash benchmarks/single_gpu_session.sh llama_no_tf32   # Llama with Torch-TensorRT's disable_tf32
-#   bash benchmarks/single_gpu_session.sh dynamic_true   # the known dynamic=True xfail, run with --runxfail
+#   bash benchmarks/single_gpu_session.sh dynamic_true   # the dynamic=True catalog scenario alone
+#   bash benchmarks/single_gpu_session.sh llama_decomposed   # Llama with attention decomposed (its error's source?)
 #   bash benchmarks/single_gpu_session.sh tests decoders   # several phases in one call (about 6 min)
 # Results under $OUT (default /tmp/out). One device call runs at most 10 minutes: about 7 min for
 # tests + decoders, 5 min for encoders + attention + kernels, 7 min for vision.
@@ -20,7 +21,7 @@ export PYTHONUNBUFFERED=1 PYTHONPATH=$PWD${PYTHONPATH:+:$PYTHONPATH}
 export TRT_MULTIDEV_CACHE_DIR=${TRT_MULTIDEV_CACHE_DIR:-$(mktemp -d /tmp/trt_multidev_cache.XXXX)}
 python3 -m pip install -q --no-deps --no-build-isolation --no-index -e . >/dev/null 2>&1
 nvidia-smi --query-gpu=index,name,memory.total --format=csv,noheader
-PHASES="tests decoders encoders vision kernels attention probes llama llama_no_tf32 mobilenet t5 t5_decomposed dynamic_true masks"
+PHASES="tests decoders encoders vision kernels attention probes llama llama_no_tf32 llama_decomposed mobilenet t5 t5_decomposed dynamic_true masks"
 noise='logger passed into|DeprecationWarning|timing_cache|unparsable type|strongly typed|no max bound|warnings.warn|^INFO'
 
 models() {  # name, models, time limit, extra arguments
@@ -52,6 +53,8 @@ run() {
     llama) models llama llama 200 --options '{"log_level": "warning"}' ;;
     llama_no_tf32)  # does TF32 in the rotary matmul (fp32, inv_freq @ positions) explain Llama's error?
       models llama_no_tf32 llama 200 --options '{"log_level": "warning", "trt": {"disable_tf32": true}}' ;;
+    llama_decomposed)  # is TensorRT's fused attention where Llama's error over inductor's comes from?
+      models llama_decomposed llama 200 --skip-generate --options '{"log_level": "warning", "trt": {"decompose_attention": true}}' ;;
     mobilenet) models mobilenet mobilenetv3_l 120 ;;
     t5) models t5 t5 200 --skip-generate --options '{"log_level": "warning"}' ;;
     masks)  # what Torch-TensorRT receives for T5's forms and a padding mask, with full tracebacks
@@ -60,7 +63,7 @@ run() {
       grep -E "^\{|^#|trt_multidev" "$out/masks_debug.log" | cut -c1-300 | head -60
       timeout 90 python3 -m pytest "tests/gpu/test_cuda_graphs.py::test_replays_see_a_mask_prefix_state_change" -q \
         -p no:cacheprovider 2>&1 | tee "$out/mask_cuda_graphs.log" | grep -E "^E |passed|failed" | head -20 ;;
-    dynamic_true)  # the known xfail, run to see why it fails
+    dynamic_true)  # the dynamic=True catalog scenario (an xfail until session 8)
       timeout 60 python3 -m pytest "tests/gpu/test_gpu_core.py::test_catalog_scenario_matches_eager[dynamic=True]" -q \
         -p no:cacheprovider --runxfail 2>&1 \
         | grep -v "logger passed into" | tee "$out/dynamic_true.log" | grep -E "^E |passed|failed" | head -30 ;;

@@ -8,6 +8,8 @@ import torch.nn.functional as F
 from helpers import capture
 from test_delegate import StandInBackend, _fake_compilation_settings
 from trt_multidev_backend import delegate as d
+from trt_multidev_backend import masks
+from trt_multidev_backend.graphinfo import op_count
 from trt_multidev_backend.masks import mask_prefix, split_mask_prefix
 from trt_multidev_backend.settings import resolve_settings
 
@@ -106,7 +108,7 @@ def test_the_prefix_is_exactly_the_masks_work():
     assert "embedding" in names and "where" in names
     assert "scaled_dot_product_attention" not in names and "mul" not in names  # the attention and after
     prefixed = split_mask_prefix(gm, inputs)
-    assert prefixed is not None and prefixed.ops == len([n for n in mask_prefix(gm, inputs)])
+    assert prefixed is not None and prefixed.ops == op_count(prefixed.whole.submod_0.prefix)
     rest = getattr(prefixed.whole, prefixed.rest)
     names = [n.name for n in rest.graph.nodes if n.op == "placeholder"]
     assert len(prefixed.rest_inputs) == len(names)
@@ -115,6 +117,34 @@ def test_the_prefix_is_exactly_the_masks_work():
     example = prefixed.rest_inputs[names.index(_mask_source(rest).name)]
     assert torch.equal(example, prefixed.whole.submod_0(table)) and example.abs().sum() > 0
     assert example.is_contiguous()  # made dense once, in the prefix (not at every engine call)
+
+
+def _targets(gm):
+    return {str(getattr(n.target, "__name__", n.target)) for n in gm.graph.nodes
+            if n.op in ("call_function", "call_method")}
+
+
+def test_what_reads_no_input_and_no_state_is_computed_once_at_compile_time():
+    """T5's distances (aranges, a difference, abs, clamp) depend on sizes known when compiling:
+    the prefix keeps them as a constant and is left with the table lookup and what follows."""
+    gm, inputs, _ = _captured("t5")
+    before = len(mask_prefix(gm, inputs))
+    prefixed = split_mask_prefix(gm, inputs)
+    prefix = prefixed.whole.submod_0.prefix
+    assert not _targets(prefix) & {"arange", "sub", "abs", "clamp", "ge", "getitem"}
+    assert "embedding" in _targets(prefix) and prefixed.ops < before - 5
+    distance = torch.arange(S)[None, :] - torch.arange(S)[:, None]
+    kept = [b for _, b in prefix.named_buffers()]
+    assert any(b.shape == distance.shape and torch.equal(b, distance.abs().clamp(max=7)) for b in kept)
+
+
+def test_constants_that_cannot_be_computed_here_stay_in_the_prefix(monkeypatch):
+    """Nothing is lost when a constant cannot be made at compile time (another device) or is
+    larger than MAX_FOLDED_BYTES: the prefix computes it, as before."""
+    gm, inputs, _ = _captured("t5")
+    monkeypatch.setattr(masks, "MAX_FOLDED_BYTES", 8)
+    prefix = split_mask_prefix(gm, inputs).whole.submod_0.prefix
+    assert "arange" in _targets(prefix) and not list(prefix.buffers())
 
 
 def test_a_lower_rank_mask_reaches_the_engine_with_the_queries_rank(monkeypatch):

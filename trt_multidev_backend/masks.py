@@ -9,7 +9,9 @@ failed"). Passed in, dense and with the queries' rank, the same attention builds
 (benchmarks/attention_probe.py, H200; a permuted view, or a [queries, keys] mask, still fails).
 So a small PyTorch prefix computes those masks on the target ahead of the engine (exact: the same
 ops on the same values), again only when the state it reads changes, and the rest of the graph
-goes to the delegate with the masks as inputs. Sizes are not data: a mask whose shape follows a
+goes to the delegate with the masks as inputs. What in the prefix depends on no input and no
+state at all (T5's bucketed distances: aranges, logs, comparisons) is computed once, at compile
+time, and kept as a constant, so the prefix is left with the lookup. Sizes are not data: a mask whose shape follows a
 dynamic dimension goes ahead too (its prefix takes the size). Masks that depend on the values of
 the caller's tensors, masks that are already inputs or state, and graphs with in-place writes are
 left as they are.
@@ -33,7 +35,9 @@ from .segments import split_graph
 __all__ = ["split_mask_prefix", "mask_prefix", "MaskPrefix", "Prefixed", "MAX_PREFIX_OPS"]
 
 MAX_PREFIX_OPS = 128  # the prefix runs on every call: masks costing more stay in the engine
+MAX_FOLDED_BYTES = 16 << 20  # a constant the prefix keeps (on the GPU, and in the disk cache) at most
 _RANDOM = ("rand", "dropout", "bernoulli", "normal", "uniform", "multinomial")
+_UNSET = ("empty",)  # memory whose values are not defined: nothing to fold
 
 
 def _pure(node: torch.fx.Node) -> bool:
@@ -158,6 +162,46 @@ def _holds(key: tuple, args: Sequence[Any]) -> bool:
     return True
 
 
+def _fold_constants(prefix: torch.fx.GraphModule) -> None:
+    """Compute now, and keep as constants of `prefix`, its work that reads no argument (sizes
+    known at compile time): each call, and each change of state, then costs only what depends on
+    the state. Exact: the same ops on the same values, once. Left as it is where a value cannot be
+    computed here (a device this machine lacks) or would be large."""
+    graph = prefix.graph
+    constant: set[torch.fx.Node] = set()
+    for node in graph.nodes:
+        name = node.target if isinstance(node.target, str) else getattr(node.target, "__name__", "")
+        if (node.op in ("call_function", "call_method") and not any(word in name for word in _UNSET)
+                and all(arg in constant for arg in node.all_input_nodes)):
+            constant.add(node)
+    frontier = [n for n in graph.nodes if n in constant and any(user not in constant for user in n.users)]
+    if not frontier:
+        return
+    interpreter = torch.fx.Interpreter(prefix)
+    try:
+        with torch.no_grad():
+            for node in graph.nodes:
+                if node in constant:
+                    interpreter.env[node] = interpreter.run_node(node)
+    except Exception:  # noqa: BLE001 - e.g. fake devices (tests) or no GPU: the ops stay in the prefix
+        return
+    values = [interpreter.env[node] for node in frontier]
+    if any(not isinstance(v, torch.Tensor) or v.numel() * v.element_size() > MAX_FOLDED_BYTES for v in values):
+        return
+    for i, (node, value) in enumerate(zip(frontier, values)):
+        name = f"_constant_{i}"
+        prefix.register_buffer(name, value.detach().clone())
+        with graph.inserting_before(node):
+            attr = graph.get_attr(name)
+        attr.meta = {key: node.meta[key] for key in ("example_value", "val") if key in node.meta}
+        node.replace_all_uses_with(attr, delete_user_cb=lambda user: user not in constant)
+    for node in reversed(list(graph.nodes)):  # what only the folded values read goes
+        if node in constant and not node.users:
+            graph.erase_node(node)
+    graph.lint()
+    prefix.recompile()
+
+
 def _as_engine_inputs(gm: torch.fx.GraphModule, chosen: set[torch.fx.Node]) -> list[torch.fx.Node]:
     """Each hoisted mask as the engine wants it: with the queries' rank (Torch-TensorRT 2.11's
     converter does not broadcast a [keys] or [queries, keys] mask; leading ones are what PyTorch's
@@ -240,6 +284,7 @@ def split_mask_prefix(gm: torch.fx.GraphModule, example_inputs: Sequence[Any]) -
                                 known=_evaluated(gm, prefix, placeholders, example_inputs))
     if set(pieces) != {"submod_0", "submod_1"}:
         return None
+    _fold_constants(split.submod_0)
     ops = op_count(split.submod_0)
     output = next(n for n in gm.graph.nodes if n.op == "output")
     if not chosen & set(output.all_input_nodes):  # returned masks are computed every call

@@ -11,12 +11,9 @@ import trt_multidev_backend as tm
 from scenarios import CATALOG, DEV, Mlp, rel_error
 
 
-KNOWN = {
-    "dynamic=True": "H200 session 7 (8d4599c): Torch-TensorRT 2.11's export raised DataDependentOutputException "
-                    "(aten._local_scalar_dense) on LayerNorm's eps, which dynamic=True passes as a tensor read with "
-                    ".item() (a Linear-ReLU-Linear MLP built); trt_multidev now pins such module scalars (CPU-tested, "
-                    "not yet run on a GPU: an XPASS here says it works)",
-}
+# Scenarios known to fail, with the measured reason (xfail, not strict: an XPASS says fixed).
+# dynamic=True left it on H200 session 8 (57d3b72): module scalars are pinned (rewrites.py).
+KNOWN: dict[str, str] = {}
 
 
 @pytest.mark.parametrize("scenario", [pytest.param(k, marks=pytest.mark.xfail(reason=KNOWN[k], strict=False))
