@@ -35,7 +35,7 @@ from .segments import split_graph
 __all__ = ["split_mask_prefix", "mask_prefix", "MaskPrefix", "Prefixed", "MAX_PREFIX_OPS"]
 
 MAX_PREFIX_OPS = 128  # the prefix runs on every call: masks costing more stay in the engine
-MAX_FOLDED_BYTES = 16 << 20  # a constant the prefix keeps (on the GPU, and in the disk cache) at most
+MAX_FOLDED_BYTES = 16 << 20  # memory of one constant the prefix keeps (on the GPU, in the disk cache) at most
 _RANDOM = ("rand", "dropout", "bernoulli", "normal", "uniform", "multinomial")
 _UNSET = ("empty",)  # memory whose values are not defined: nothing to fold
 
@@ -165,8 +165,8 @@ def _holds(key: tuple, args: Sequence[Any]) -> bool:
 def _fold_constants(prefix: torch.fx.GraphModule) -> None:
     """Compute now, and keep as constants of `prefix`, its work that reads no argument (sizes
     known at compile time): each call, and each change of state, then costs only what depends on
-    the state. Exact: the same ops on the same values, once. Left as it is where a value cannot be
-    computed here (a device this machine lacks) or would be large."""
+    the state. Exact: the same ops on the same values, once. Left as it is where the values cannot
+    be computed here (a device this machine lacks), and a value whose memory would be large."""
     graph = prefix.graph
     constant: set[torch.fx.Node] = set()
     for node in graph.nodes:
@@ -185,16 +185,18 @@ def _fold_constants(prefix: torch.fx.GraphModule) -> None:
                     interpreter.env[node] = interpreter.run_node(node)
     except Exception:  # noqa: BLE001 - e.g. fake devices (tests) or no GPU: the ops stay in the prefix
         return
-    values = [interpreter.env[node] for node in frontier]
-    if any(not isinstance(v, torch.Tensor) or v.numel() * v.element_size() > MAX_FOLDED_BYTES for v in values):
-        return
-    for i, (node, value) in enumerate(zip(frontier, values)):
+    kept = [(node, interpreter.env[node]) for node in frontier]
+    kept = [(node, value) for node, value in kept  # an expanded view keeps only its storage
+            if isinstance(value, torch.Tensor) and value.untyped_storage().nbytes() <= MAX_FOLDED_BYTES]
+    for i, (node, value) in enumerate(kept):
         name = f"_constant_{i}"
-        prefix.register_buffer(name, value.detach().clone())
+        prefix.register_buffer(name, value.detach())
         with graph.inserting_before(node):
             attr = graph.get_attr(name)
         attr.meta = {key: node.meta[key] for key in ("example_value", "val") if key in node.meta}
         node.replace_all_uses_with(attr, delete_user_cb=lambda user: user not in constant)
+    if not kept:
+        return
     for node in reversed(list(graph.nodes)):  # what only the folded values read goes
         if node in constant and not node.users:
             graph.erase_node(node)
