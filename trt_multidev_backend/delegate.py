@@ -138,7 +138,7 @@ def delegate_identity(fn: Any) -> str:
 # What this delegate does to a graph before and around Torch-TensorRT (masks computed ahead,
 # attention decomposed, ...): part of the disk cache's namespace, so entries built the older way
 # are built again rather than loaded. Bump it when that changes.
-BUILD_RECIPE = 2  # 2: masks computed ahead (session 7)
+BUILD_RECIPE = 3  # 2: masks computed ahead (session 7); 3: their constant work computed when compiling
 
 
 class TorchTensorRTDelegate:
