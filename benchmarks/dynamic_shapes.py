@@ -11,6 +11,11 @@ milliseconds (compiles included) and the median of --iters calls after 10 warm-u
                            first shape change recompiles a dynamic engine), with that TensorRT-RTX
                            kernel specialization (auto: TensorRT's default)
   eager+graphs             as eager, and TensorRT-RTX's own CUDA graphs for dynamic engines
+  eager+bounded            as eager, the batch marked dynamic from the first call with
+                           torch._dynamo.mark_dynamic(x, 0, min=2, max=<largest batch>): one engine
+                           whose profile is that range (automatic dynamic shapes leave the maximum
+                           open, and Torch-TensorRT 2.11 then profiles up to 2^16 × the minimum)
+  eager+dynamic            as eager, with torch.compile(dynamic=True): dynamic from the first call
   static                   trt_multidev with dynamic=False: one static engine per batch
   static+graphs            as static, each batch's graph captured in a CUDA graph by trt_multidev
   inductor                 torch.compile default (automatic dynamic shapes)
@@ -53,11 +58,14 @@ def compiled_for(variant: str, model: torch.nn.Module) -> Callable[..., Any]:
     if variant in ("static", "static+graphs"):
         options["cuda_graphs"] = variant.endswith("graphs")
         return torch.compile(model, backend="trt_multidev", options=options, dynamic=False)
-    specialization, _, graphs = variant.partition("+")
+    specialization, *flags = variant.split("+")
+    unknown = set(flags) - {"graphs", "bounded", "dynamic"}
+    if specialization not in SPECIALIZATIONS or unknown:
+        raise ValueError(f"unknown variant {variant!r}")
     options["kernel_specialization"] = specialization
-    if graphs:
+    if "graphs" in flags:
         options["cuda_graphs"] = True
-    return torch.compile(model, backend="trt_multidev", options=options)
+    return torch.compile(model, backend="trt_multidev", options=options, dynamic=True if "dynamic" in flags else None)
 
 
 def run_variant(variant: str, model: torch.nn.Module, batches: list[int], iters: int,
@@ -67,6 +75,9 @@ def run_variant(variant: str, model: torch.nn.Module, batches: list[int], iters:
     with torch.no_grad():
         for step, batch in enumerate(batches):
             x = inputs[batch]
+            if "bounded" in variant.split("+"):
+                x = x.clone()  # marks stay with the tensor: a fresh one per step
+                torch._dynamo.mark_dynamic(x, 0, min=2, max=max(batches))
             torch.cuda.synchronize()
             start = time.perf_counter()
             out = compiled(x)

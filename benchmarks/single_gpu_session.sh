@@ -11,6 +11,7 @@
 #   bash benchmarks/single_gpu_session.sh llama_no_tf32   # Llama with Torch-TensorRT's disable_tf32
 #   bash benchmarks/single_gpu_session.sh dynamic_true   # the dynamic=True catalog scenario alone
 #   bash benchmarks/single_gpu_session.sh llama_decomposed   # Llama with attention decomposed (its error's source?)
+#   bash benchmarks/single_gpu_session.sh shapes   # dynamic_shapes.py: automatic, bounded (mark_dynamic), dynamic=True, static
 #   bash benchmarks/single_gpu_session.sh tests decoders   # several phases in one call (about 6 min)
 # Results under $OUT (default /tmp/out). One device call runs at most 10 minutes: about 7 min for
 # tests + decoders, 5 min for encoders + attention + kernels, 7 min for vision.
@@ -21,7 +22,7 @@ export PYTHONUNBUFFERED=1 PYTHONPATH=$PWD${PYTHONPATH:+:$PYTHONPATH}
 export TRT_MULTIDEV_CACHE_DIR=${TRT_MULTIDEV_CACHE_DIR:-$(mktemp -d /tmp/trt_multidev_cache.XXXX)}
 python3 -m pip install -q --no-deps --no-build-isolation --no-index -e . >/dev/null 2>&1
 nvidia-smi --query-gpu=index,name,memory.total --format=csv,noheader
-PHASES="tests decoders encoders vision kernels attention probes llama llama_no_tf32 llama_decomposed mobilenet t5 t5_decomposed dynamic_true masks"
+PHASES="tests decoders encoders vision kernels attention probes llama llama_no_tf32 llama_decomposed mobilenet t5 t5_decomposed dynamic_true masks shapes"
 noise='logger passed into|DeprecationWarning|timing_cache|unparsable type|strongly typed|no max bound|warnings.warn|^INFO'
 
 models() {  # name, models, time limit, extra arguments
@@ -56,6 +57,9 @@ run() {
     llama_decomposed)  # is TensorRT's fused attention where Llama's error over inductor's comes from?
       models llama_decomposed llama 200 --skip-generate --options '{"log_level": "warning", "trt": {"decompose_attention": true}}' ;;
     mobilenet) models mobilenet mobilenetv3_l 120 ;;
+    shapes)  # does the profile's range matter? (automatic dynamic shapes leave its maximum open)
+      timeout 300 python3 benchmarks/dynamic_shapes.py --out "$out" --variants eager,eager+bounded,eager+dynamic,static \
+        2>&1 | grep -E "step|failed" | cut -c1-200 ;;
     t5) models t5 t5 200 --skip-generate --options '{"log_level": "warning"}' ;;
     masks)  # what Torch-TensorRT receives for T5's forms and a padding mask, with full tracebacks
       timeout 120 python3 benchmarks/attention_probe.py --out "$out" --masks t5,padding,head_bias --kernels default \
