@@ -19,10 +19,10 @@ backends are called with the current device left as it is.
 Per (model, backend): first-call seconds (compile included; TensorRT timing cache cleared before
 each TensorRT build, trt_multidev's disk cache off), relative error against eager
 (||out - ref|| / ||ref|| in float32), the same against the model run in float32 with TF32 off
-(`rel_error_fp32`: eager fp16's own is the size of error fp16 gives), and the median latency (CUDA events on the model device's
-current stream, 10 warm-up calls, --iters calls per round, median over --rounds rounds whose
-backend order rotates). For trt_multidev also its counters (trt_multidev_backend.stats() for the
-device) and where the ops ran (SHARE_DEFINITION below). For gpt2 and llama, also HF generate():
+(`rel_error_fp32`: eager fp16's own is the size of error fp16 gives), and the median latency
+(CUDA events on the model device's current stream, 10 warm-up calls, --iters calls per round,
+median over --rounds rounds whose backend order rotates). For trt_multidev also its counters
+(trt_multidev_backend.stats() for the device) and where the ops ran (SHARE_DEFINITION below). For gpt2 and llama, also HF generate():
 32 new tokens, greedy, use_cache=True, with the forward compiled (GENERATE_METHOD below), whether
 the tokens equal eager's, and milliseconds per new token.
 
@@ -396,10 +396,10 @@ def compile_all(case: Case, dev: torch.device, backends: Sequence[str], trt_opti
                 ref = out
             if ref is not None:
                 row["rel_error"] = relative_error(out, ref)
-            if exact is not None:
-                row["rel_error_fp32"] = relative_error(out, exact)
                 if out.device != ref.device:
                     row["output_device"] = str(out.device)
+            if exact is not None:
+                row["rel_error_fp32"] = relative_error(out, exact)
             calls[backend] = lambda fn=fn: fn(*case.inputs)
         except Exception as exc:  # a backend failing is a result too
             row["error"] = first_line(exc)
@@ -584,7 +584,8 @@ def table(models: dict[str, dict[str, Any]]) -> str:
     def fmt(value: Any, spec: str) -> str:
         return format(value, spec) if isinstance(value, (int, float)) and not isinstance(value, bool) else "-"
 
-    lines = [f"{'model':<14} {'backend':<22} {'first s':>8} {'ms':>10} {'rel err':>8} {'vs fp32':>8} {'share':>6}  note"]
+    lines = [f"{'model':<14} {'backend':<22} {'first s':>8} {'ms':>10} {'rel err':>8} {'vs fp32':>8} "
+             f"{'share':>6}  note"]
     for model, result in models.items():
         if "error" in result:
             lines.append(f"{model:<14} {'-':<22} {'-':>8} {'-':>10} {'-':>8} {'-':>8} {'-':>6}  {result['error']}")

@@ -138,9 +138,9 @@ def test_what_reads_no_input_and_no_state_is_computed_once_at_compile_time():
     assert any(b.shape == distance.shape and torch.equal(b, distance.abs().clamp(max=7)) for b in kept)
 
 
-def test_constants_that_cannot_be_computed_here_stay_in_the_prefix(monkeypatch):
-    """Nothing is lost when a constant cannot be made at compile time (another device) or is
-    larger than MAX_FOLDED_BYTES: the prefix computes it, as before."""
+def test_constants_too_large_to_keep_stay_in_the_prefix(monkeypatch):
+    """Nothing is lost when a constant is larger than MAX_FOLDED_BYTES: the prefix computes it,
+    as before."""
     gm, inputs, _ = _captured("t5")
     monkeypatch.setattr(masks, "MAX_FOLDED_BYTES", 8)
     prefix = split_mask_prefix(gm, inputs).whole.submod_0.prefix

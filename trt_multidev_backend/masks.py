@@ -11,10 +11,10 @@ So a small PyTorch prefix computes those masks on the target ahead of the engine
 ops on the same values), again only when the state it reads changes, and the rest of the graph
 goes to the delegate with the masks as inputs. What in the prefix depends on no input and no
 state at all (T5's bucketed distances: aranges, logs, comparisons) is computed once, at compile
-time, and kept as a constant, so the prefix is left with the lookup. Sizes are not data: a mask whose shape follows a
-dynamic dimension goes ahead too (its prefix takes the size). Masks that depend on the values of
-the caller's tensors, masks that are already inputs or state, and graphs with in-place writes are
-left as they are.
+time, and kept as a constant, so the prefix is left with the lookup. Sizes are not data: a mask
+whose shape follows a dynamic dimension goes ahead too (its prefix takes the size). Masks that
+depend on the values of the caller's tensors, masks that are already inputs or state, and graphs
+with in-place writes are left as they are.
 """
 
 from __future__ import annotations
