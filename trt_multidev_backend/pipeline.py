@@ -135,9 +135,10 @@ class TrtMultidevBackend:
             if symbolic:  # what a dynamic graph's failure most likely comes from, and the way around it
                 reason += f" (on a graph with symbolic sizes: {'; '.join(symbolic)})"
                 if isinstance(delegate, TorchTensorRTDelegate):
-                    remedy = ("Torch-TensorRT 2.11 builds dynamic engines from bounded sizes: mark each dynamic "
-                              "dimension with torch._dynamo.mark_dynamic(x, dim, min=..., max=...) instead of "
-                              "dynamic=True or automatic dynamic shapes, or compile with dynamic=False; " + remedy)
+                    remedy = ("Torch-TensorRT profiles a dimension with no upper bound up to 2^16 times its "
+                              "minimum: bound each dynamic dimension with torch._dynamo.mark_dynamic(x, dim, "
+                              "min=..., max=...), or compile with dynamic=False (one static engine per shape); "
+                              + remedy)
             wrapper = self._fallback(gm, example_inputs, settings, plan, label,
                                      f"delegate-error:{type(exc).__name__}", reason,
                                      remedy, placement=placement, cause=exc, capture=capture)
