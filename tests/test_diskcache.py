@@ -188,13 +188,92 @@ def test_disk_key_changes_with_what_changes_the_result(fake_mode):
     assert _key(other, fake(fake_mode, 2, 4, device="cuda:0"), "cuda:0")[0] == base
 
 
-def test_disk_key_keeps_the_index_when_the_graph_names_its_device(fake_mode):
+def test_a_graph_naming_its_device_is_keyed_by_the_target_not_its_index(fake_mode):
+    """GPT-2's position ids (`arange(..., device=cuda:N)`): one entry for every GPU of the same
+    model, its build moved to the GPU that loads it (relocated)."""
     def f(x):
         return x + torch.ones(4, device=x.device)  # traced as device(type='cuda', index=N)
 
+    def g(x):
+        return x + torch.zeros(4, device=x.device)
+
     k1, specific = _key(f, fake(fake_mode, 4, device="cuda:1"), "cuda:1")
     k0, _ = _key(f, fake(fake_mode, 4, device="cuda:0"), "cuda:0")
-    assert specific and k0 != k1
+    assert specific and k0 == k1
+    assert _key(g, fake(fake_mode, 4, device="cuda:1"), "cuda:1")[0] != k1  # the code still counts
+
+
+def _placed_on(device: str) -> torch.fx.GraphModule:
+    """x + arange(4) + ones(4), the factory calls placed on `device` (as a torch.device and as
+    a string), built by hand: tracing would run them, and this machine has no GPU."""
+    graph = torch.fx.Graph()
+    x = graph.placeholder("x")
+    steps = graph.call_function(torch.arange, (4,), {"device": torch.device(device)})
+    ones = graph.call_function(torch.ones, (4,), {"device": device})
+    graph.output(graph.call_function(torch.add, (graph.call_function(torch.add, (x, steps)), ones)))
+    return torch.fx.GraphModule(torch.nn.Module(), graph)
+
+
+def test_a_build_for_one_gpu_is_moved_to_the_gpu_that_loads_it():
+    from trt_multidev_backend.cache import names_device
+    from trt_multidev_backend.reuse import relocated
+
+    inner = _placed_on("cuda:0")
+    holder = torch.nn.Module()
+    holder.piece = inner  # graphs nested in what a delegate returns are moved too
+    moved = relocated(holder, torch.device("cuda:0"), torch.device("cuda:1"))
+    assert moved is holder
+    assert not names_device(inner.code, torch.device("cuda:0"))
+    assert inner.code == _placed_on("cuda:1").code  # what placement makes for cuda:1
+
+
+def test_a_build_that_cannot_be_moved_is_not_used_elsewhere():
+    from trt_multidev_backend.reuse import relocated
+
+    source, target = torch.device("cuda:0"), torch.device("cuda:1")
+    assert relocated(lambda x: x, source, target) is None  # nothing to look into
+    gm = _placed_on("cuda:0")
+    node = next(n for n in gm.graph.nodes if n.op == "call_function")
+    node.kwargs = {**node.kwargs, "note": repr(source)}  # names the device where no op argument does
+    gm.recompile()
+    assert relocated(gm, source, target) is None
+
+
+def test_loading_another_gpus_build_moves_it_and_counts_nothing_wrong():
+    """Reuse.load: the entry's device differs from the target, so the loaded graph is moved;
+    where it cannot be, None (the pipeline then builds for the target)."""
+    import copy
+
+    from trt_multidev_backend.cache import Stats
+    from trt_multidev_backend.reuse import Reuse
+
+    class Keeping:
+        """Stands in for a serializing delegate: its bytes name a kept copy (unpickling a graph
+        module traces it again, which would run its CUDA factory calls on this machine)."""
+
+        def __init__(self):
+            self.kept = {}
+
+        def dumps(self, compiled):
+            self.kept[str(len(self.kept)).encode()] = copy.deepcopy(compiled)
+            return str(len(self.kept) - 1).encode()
+
+        def loads(self, blob, *, device, settings):
+            return copy.deepcopy(self.kept[blob])
+
+    delegate, settings = Keeping(), resolve_settings({}, environ={})
+    reuse = Reuse(Stats(), lambda *a, **k: None, lambda *a, **k: None)
+    payload = delegate.dumps(_placed_on("cuda:0"))
+    loaded = reuse.load(delegate, payload, {"device": "cuda:0"}, torch.device("cuda:1"), settings)
+    assert loaded.inner.code == _placed_on("cuda:1").code
+    same = reuse.load(delegate, payload, {"device": "cuda:0"}, torch.device("cuda:0"), settings)
+    assert same.inner.code == _placed_on("cuda:0").code
+    unmovable = _placed_on("cuda:0")
+    call = next(n for n in unmovable.graph.nodes if n.op == "call_function")
+    call.kwargs = {**call.kwargs, "note": "device(type='cuda', index=0)"}
+    unmovable.recompile()
+    assert reuse.load(delegate, delegate.dumps(unmovable), {"device": "cuda:0"}, torch.device("cuda:1"),
+                      settings) is None
 
 
 def test_disk_key_follows_constant_content():

@@ -20,7 +20,8 @@ import torch.fx
 from .graphinfo import fetch_attr
 from .settings import Settings
 
-__all__ = ["graph_fingerprint", "input_specs", "cache_key", "disk_key", "CompiledCache", "Stats", "COUNTERS"]
+__all__ = ["graph_fingerprint", "input_specs", "cache_key", "disk_key", "names_device", "CompiledCache", "Stats",
+           "COUNTERS"]
 
 COUNTERS = ("compiles", "cache_hits", "disk_hits", "cross_device_reuses", "fallbacks",
             "corrupt_entries", "lock_waits", "cuda_graphs", "uncaptured")
@@ -86,6 +87,11 @@ def _content_digest(t: torch.Tensor) -> str:
     return hashlib.sha256(bytes(data.untyped_storage())).hexdigest()
 
 
+def names_device(code: str, device: torch.device) -> bool:
+    """Whether generated graph code names `device` (as torch.device or as a string)."""
+    return repr(device) in code or f"'{device}'" in code
+
+
 def disk_key(
     gm: torch.fx.GraphModule,
     example_inputs: Sequence[Any],
@@ -97,12 +103,15 @@ def disk_key(
     """A key that is the same in every process: constants by content, not identity. Parameters
     need no fingerprint: dynamo passes them as graph inputs, so no compiled result holds them.
 
-    Returns (key, device_specific). A graph whose code names its device (a factory call placed
-    on cuda:1) is only valid there; any other is keyed without the index, so one build serves
-    every GPU of the same model (the namespace holds the GPU identity).
+    Returns (key, names_device). The key holds no GPU index, so one build serves every GPU of
+    the same model (the namespace holds the GPU identity). A graph whose code names its device (a
+    factory call placed on cuda:1: `names_device`) is keyed as if it named "the target", and its
+    build is moved to another GPU when loaded there (reuse.relocated).
     """
     code = gm.code
-    device_specific = device.type == "cuda" and (repr(device) in code or f"'{device}'" in code)
+    device_specific = device.type == "cuda" and names_device(code, device)
+    if device_specific:
+        code = code.replace(repr(device), "<target>").replace(f"'{device}'", "'<target>'")
     h = hashlib.sha256(code.encode())
     for node in gm.graph.nodes:
         if node.op == "get_attr":
@@ -114,7 +123,7 @@ def disk_key(
             h.update(f"{node.target}:{type(module).__qualname__}:{module.extra_repr()}".encode())
             for name, t in list(module.named_parameters()) + list(module.named_buffers()):
                 h.update(f"{name}:{_tensor_meta(t)}:{_content_digest(t)}".encode())
-    where = str(device) if device_specific else device.type
+    where = device.type
     specs = [spec.replace(f"|{device}|", f"|{where}|") for spec in input_specs(example_inputs)]
     for part in (*specs, where, settings.result_token(), delegate, json.dumps(versions, sort_keys=True)):
         h.update(part.encode())

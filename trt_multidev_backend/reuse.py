@@ -6,6 +6,11 @@ this process's copy of the entry, the entry on disk, or a build, made once acros
 under the entry's lock and stored. Damaged entries are counted, removed and rebuilt; an unusable
 directory is warned about once and left alone for the rest of the process.
 
+A build made for one GPU is loaded on another with its engines bound there (the delegate's
+`loads`) and the device its PyTorch code names (factory calls placed on the target:
+`arange(..., device=cuda:0)`) changed to the new one; where that cannot be made sure, the graph is
+built for the new GPU instead.
+
 What a compiled graph learns while it runs (TensorRT-RTX compiles kernels for shapes met after
 the build) is stored again: entries this process wrote or loaded are written back, whole and
 atomically, when trt_multidev resets and at interpreter exit, if the delegate says they grew
@@ -23,9 +28,11 @@ from typing import Any, Callable
 
 import filelock
 import torch
+import torch.fx
+from torch.fx.node import map_aggregate
 
 from .build import Built, first_line_of
-from .cache import Stats, disk_key
+from .cache import Stats, disk_key, names_device
 from .delegate import delegate_versions, stable_identity
 from .device import DevicePlan
 from .diskcache import CorruptEntry, DiskCache, identity_of
@@ -35,7 +42,7 @@ from .progress import current as current_progress
 from .runtime import SelectArgs
 from .settings import Settings
 
-__all__ = ["DiskPlan", "Reuse", "graph_name"]
+__all__ = ["DiskPlan", "Reuse", "graph_name", "relocated"]
 
 log = logging.getLogger("trt_multidev.reuse")
 
@@ -148,10 +155,11 @@ class Reuse:
         if known is not None:
             payload, meta = known
             loaded = self.load(delegate, payload, meta, plan.target, settings)
-            self._hold(disk, delegate, loaded.inner, plan.target, meta)
-            reused = meta.get("device") != str(plan.target)
-            self._stats.bump(label, "cross_device_reuses" if reused else "cache_hits")
-            return loaded, f"loaded the build made for {meta.get('device')}" if reused else "reused"
+            if loaded is not None:
+                self._hold(disk, delegate, loaded.inner, plan.target, meta)
+                reused = meta.get("device") != str(plan.target)
+                self._stats.bump(label, "cross_device_reuses" if reused else "cache_hits")
+                return loaded, f"loaded the build made for {meta.get('device')}" if reused else "reused"
         locked = True
         try:
             lock = disk.store.lock(disk.namespace, disk.key)
@@ -199,11 +207,12 @@ class Reuse:
             payload, meta = found
             try:
                 loaded = self.load(delegate, payload, meta, plan.target, settings)
-                self._hold(disk, delegate, loaded.inner, plan.target, meta)
-                self._stats.bump(label, "disk_hits")
-                if meta.get("device") != str(plan.target):
-                    self._stats.bump(label, "cross_device_reuses")
-                return loaded, "loaded from the disk cache", payload, meta
+                if loaded is not None:
+                    self._hold(disk, delegate, loaded.inner, plan.target, meta)
+                    self._stats.bump(label, "disk_hits")
+                    if meta.get("device") != str(plan.target):
+                        self._stats.bump(label, "cross_device_reuses")
+                    return loaded, "loaded from the disk cache", payload, meta
             except Exception as exc:  # unreadable despite its checksum: rebuild and replace it
                 log.debug("loading disk cache entry %s failed", disk.key[:12], exc_info=True)
                 self._corrupt(disk, label, first_line_of(exc))
@@ -225,11 +234,20 @@ class Reuse:
         self._hold(disk, delegate, built.inner, plan.target, meta)
         return built, "built and stored in the disk cache", payload, meta
 
-    def load(self, delegate: Any, payload: bytes, meta: dict, device: torch.device, settings: Settings) -> Built:
-        """An entry's compiled graph, rebuilt on `device` under its guard."""
+    def load(self, delegate: Any, payload: bytes, meta: dict, device: torch.device,
+             settings: Settings) -> Built | None:
+        """An entry's compiled graph, rebuilt on `device` under its guard; None where it was built
+        for another GPU and could not be moved to this one (then it is built here)."""
         current_progress().phase("loading")
         with device_guard(device):
             inner = delegate.loads(payload, device=device, settings=settings)
+        source = meta.get("device")
+        if source is not None and source != str(device):
+            inner = relocated(inner, torch.device(source), device)
+            if inner is None:
+                self._log(settings, "the build made for %s names that device in code that could not be moved to "
+                          "%s; building for %s", source, device, device)
+                return None
         kept = meta.get("kept")
         excluded = [tuple(pair) for pair in meta.get("excluded", [])]
         left = [tuple(piece) for piece in meta.get("left", [])]
@@ -256,6 +274,38 @@ def _save_at_exit(ref: "weakref.ref[Reuse]") -> None:
     reuse = ref()
     if reuse is not None:
         reuse.save_learned()
+
+
+def relocated(compiled: Any, source: torch.device, target: torch.device) -> Any:
+    """`compiled`, built for `source`, with every device its graph code names as `source` (torch
+    devices or strings in the ops' arguments) changed to `target`, as placement would have made it
+    for `target`; None where that cannot be made sure: a result that is not a module, or code
+    that still names `source`."""
+    if not isinstance(compiled, torch.nn.Module):
+        return None
+
+    swapped: list[bool] = []
+
+    def swap(value: Any) -> Any:
+        if (isinstance(value, torch.device) and value == source) or (isinstance(value, str) and value == str(source)):
+            swapped.append(True)
+            return target if isinstance(value, torch.device) else str(target)
+        return value
+
+    for module in compiled.modules():
+        if not isinstance(module, torch.fx.GraphModule):
+            continue
+        swapped.clear()
+        for node in module.graph.nodes:
+            before = len(swapped)
+            args, kwargs = map_aggregate(node.args, swap), map_aggregate(node.kwargs, swap)
+            if len(swapped) > before:
+                node.args, node.kwargs = args, kwargs
+        if swapped:
+            module.recompile()
+        if names_device(module.code, source):
+            return None
+    return compiled
 
 
 def graph_name(gm: torch.fx.GraphModule) -> str:

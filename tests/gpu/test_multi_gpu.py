@@ -130,6 +130,33 @@ def test_cross_gpu_reuse_builds_once():
             assert rel_error(replica(x), model(x)) < 1e-2
 
 
+class Positions(nn.Module):
+    """A position embedding looked up by `arange` on the input's device, as GPT-2's: the graph
+    names its GPU, so another GPU's build must be moved to run there."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.pos = nn.Embedding(64, 256)
+        self.mlp = Mlp()
+
+    def forward(self, x):
+        return self.mlp(x + self.pos(torch.arange(x.shape[1], device=x.device)))
+
+
+def test_cross_gpu_reuse_moves_a_graph_that_names_its_device(caplog):
+    model = Positions().eval()
+    x = torch.randn(4, 16, 256)
+    replicas = tm.replicate(model, [FIRST, SECOND], example_inputs=(x,), options=OPTIONS)
+    counts = tm.stats()
+    assert sum(c["compiles"] for c in counts.values()) == 1
+    if not DRY:
+        assert counts[str(SECOND)]["cross_device_reuses"] == 1
+    with torch.no_grad():
+        for replica in replicas:
+            assert rel_error(replica(x), model(x)) < 1e-2
+    assert no_warnings(caplog) == []
+
+
 CHILD = textwrap.dedent("""
     import json, sys, torch, trt_multidev_backend as tm
     sys.path.insert(0, "tests/gpu")
