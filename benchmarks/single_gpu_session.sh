@@ -12,6 +12,7 @@
 #   bash benchmarks/single_gpu_session.sh dynamic_true   # the dynamic=True catalog scenario alone
 #   bash benchmarks/single_gpu_session.sh llama_decomposed   # Llama with attention decomposed (its error's source?)
 #   bash benchmarks/single_gpu_session.sh shapes   # dynamic_shapes.py: automatic, bounded (mark_dynamic), dynamic=True, static
+#   bash benchmarks/single_gpu_session.sh precision   # GPT-2 with one op family at a time left to PyTorch (fp16 error)
 #   bash benchmarks/single_gpu_session.sh tests decoders   # several phases in one call (about 6 min)
 # Results under $OUT (default /tmp/out). One device call runs at most 10 minutes: about 7 min for
 # tests + decoders, 5 min for encoders + attention + kernels, 7 min for vision.
@@ -22,7 +23,7 @@ export PYTHONUNBUFFERED=1 PYTHONPATH=$PWD${PYTHONPATH:+:$PYTHONPATH}
 export TRT_MULTIDEV_CACHE_DIR=${TRT_MULTIDEV_CACHE_DIR:-$(mktemp -d /tmp/trt_multidev_cache.XXXX)}
 python3 -m pip install -q --no-deps --no-build-isolation --no-index -e . >/dev/null 2>&1
 nvidia-smi --query-gpu=index,name,memory.total --format=csv,noheader
-PHASES="tests decoders encoders vision kernels attention probes llama llama_no_tf32 llama_decomposed mobilenet t5 t5_decomposed dynamic_true masks shapes"
+PHASES="tests decoders encoders vision kernels attention probes llama llama_no_tf32 llama_decomposed mobilenet t5 t5_decomposed dynamic_true masks shapes precision"
 noise='logger passed into|DeprecationWarning|timing_cache|unparsable type|strongly typed|no max bound|warnings.warn|^INFO'
 
 models() {  # name, models, time limit, extra arguments
@@ -57,6 +58,14 @@ run() {
     llama_decomposed)  # is TensorRT's fused attention where Llama's error over inductor's comes from?
       models llama_decomposed llama 200 --skip-generate --options '{"log_level": "warning", "trt": {"decompose_attention": true}}' ;;
     mobilenet) models mobilenet mobilenetv3_l 120 ;;
+    precision)  # which TensorRT layers add the fp16 error? (does use_fp32_acc reach TensorRT-RTX at all?)
+      python3 -c "import tensorrt as trt; n = trt.Builder(trt.Logger()).create_network(0); \
+print('strongly typed flag of a default network:', n.get_flag(trt.NetworkDefinitionCreationFlag.STRONGLY_TYPED))"
+      for ops in native_layer_norm addmm tanh _scaled_dot_product_efficient_attention,_scaled_dot_product_flash_attention,_scaled_dot_product_cudnn_attention; do
+        list=$(echo "$ops" | tr ',' '\n' | sed 's/.*/"torch.ops.aten.&.default"/' | paste -sd, -)
+        models "precision_${ops%%,*}" gpt2 100 --skip-generate --backends eager,trt_multidev \
+          --options "{\"trt\": {\"torch_executed_ops\": [$list]}}"
+      done ;;
     shapes)  # does the profile's range matter? (automatic dynamic shapes leave its maximum open)
       timeout 300 python3 benchmarks/dynamic_shapes.py --out "$out" --variants eager,eager+bounded,eager+dynamic,static \
         2>&1 | grep -E "step|failed" | cut -c1-200 ;;
