@@ -147,6 +147,20 @@ def test_constants_too_large_to_keep_stay_in_the_prefix(monkeypatch):
     assert "arange" in _targets(prefix) and not list(prefix.buffers())
 
 
+def test_constants_that_cannot_be_computed_here_stay_in_the_prefix():
+    """A constant on a device this machine lacks is left to the prefix, which computes it where
+    it runs."""
+    graph = torch.fx.Graph()
+    table = graph.placeholder("table")
+    missing = torch.device("cuda", torch.cuda.device_count())  # one past the last GPU, if any
+    steps = graph.call_function(torch.arange, (S,), {"device": missing})
+    graph.output(graph.call_function(F.embedding, (steps, table)))
+    prefix = torch.fx.GraphModule(torch.nn.Module(), graph)
+    code = prefix.code
+    masks._fold_constants(prefix)
+    assert prefix.code == code and not list(prefix.buffers())
+
+
 def test_a_lower_rank_mask_reaches_the_engine_with_the_queries_rank(monkeypatch):
     """Torch-TensorRT 2.11 does not broadcast a [queries, keys] mask: it gets [1, 1, queries, keys]."""
     seen, compiled, inputs, expected = _built_by_stand_in(monkeypatch, "padding")

@@ -20,6 +20,7 @@ with in-place writes are left as they are.
 from __future__ import annotations
 
 import functools
+import logging
 import operator
 import weakref
 from typing import Any, NamedTuple, Sequence
@@ -33,6 +34,8 @@ from .graphinfo import (Role, attention_mask, classify_args, is_attention, meta_
 from .segments import split_graph
 
 __all__ = ["split_mask_prefix", "mask_prefix", "MaskPrefix", "Prefixed", "MAX_PREFIX_OPS"]
+
+log = logging.getLogger("trt_multidev.masks")
 
 MAX_PREFIX_OPS = 128  # the prefix runs on every call: masks costing more stay in the engine
 MAX_FOLDED_BYTES = 16 << 20  # memory of one constant the prefix keeps (on the GPU, in the disk cache) at most
@@ -183,7 +186,8 @@ def _fold_constants(prefix: torch.fx.GraphModule) -> None:
             for node in graph.nodes:
                 if node in constant:
                     interpreter.env[node] = interpreter.run_node(node)
-    except Exception:  # noqa: BLE001 - e.g. fake devices (tests) or no GPU: the ops stay in the prefix
+    except Exception as exc:  # noqa: BLE001 - e.g. a device this machine lacks: the ops stay in the prefix
+        log.debug("mask prefix: constants not computed at compile time (%s: %s)", type(exc).__name__, exc)
         return
     kept = [(node, interpreter.env[node]) for node in frontier]
     kept = [(node, value) for node, value in kept  # an expanded view keeps only its storage
