@@ -263,17 +263,23 @@ def test_loading_another_gpus_build_moves_it_and_counts_nothing_wrong():
 
     delegate, settings = Keeping(), resolve_settings({}, environ={})
     reuse = Reuse(Stats(), lambda *a, **k: None, lambda *a, **k: None)
+    built_on_first = {"device": "cuda:0", "names_device": True}
     payload = delegate.dumps(_placed_on("cuda:0"))
-    loaded = reuse.load(delegate, payload, {"device": "cuda:0"}, torch.device("cuda:1"), settings)
+    loaded = reuse.load(delegate, payload, built_on_first, torch.device("cuda:1"), settings)
     assert loaded.inner.code == _placed_on("cuda:1").code
-    same = reuse.load(delegate, payload, {"device": "cuda:0"}, torch.device("cuda:0"), settings)
+    same = reuse.load(delegate, payload, built_on_first, torch.device("cuda:0"), settings)
     assert same.inner.code == _placed_on("cuda:0").code
     unmovable = _placed_on("cuda:0")
     call = next(n for n in unmovable.graph.nodes if n.op == "call_function")
     call.kwargs = {**call.kwargs, "note": "device(type='cuda', index=0)"}
     unmovable.recompile()
-    assert reuse.load(delegate, delegate.dumps(unmovable), {"device": "cuda:0"}, torch.device("cuda:1"),
-                      settings) is None
+    assert reuse.load(delegate, delegate.dumps(unmovable), built_on_first, torch.device("cuda:1"), settings) is None
+    # A graph naming no device is loaded anywhere as it is, whatever the delegate returns.
+    def opaque(x):
+        return x
+    anywhere = reuse.load(delegate, delegate.dumps(opaque), {"device": "cuda:0", "names_device": False},
+                          torch.device("cuda:1"), settings)
+    assert anywhere.inner is opaque
 
 
 def test_disk_key_follows_constant_content():

@@ -54,6 +54,7 @@ class DiskPlan:
     key: str
     delegate: str
     versions: dict
+    names_device: bool = False  # the graph's code names its GPU: moved when loaded on another
 
 
 @dataclass(frozen=True)
@@ -142,8 +143,8 @@ class Reuse:
         versions = delegate_versions(delegate)
         store = DiskCache(root, settings.cache_size)
         namespace = store.namespace(versions, identity_of(plan.target))
-        key, _ = disk_key(placement.gm, placement.example_inputs, plan.target, settings, stable, versions)
-        return DiskPlan(store, namespace, key, stable, versions)
+        key, names = disk_key(placement.gm, placement.example_inputs, plan.target, settings, stable, versions)
+        return DiskPlan(store, namespace, key, stable, versions, names)
 
     def obtain(self, disk: DiskPlan, delegate: Any, build: Callable[[], Built], placement: Placement,
                plan: DevicePlan, settings: Settings, label: str) -> tuple[Built, str]:
@@ -218,6 +219,7 @@ class Reuse:
                 self._corrupt(disk, label, first_line_of(exc))
         built = build()
         meta = {"graph": graph_name(placement.gm), "delegate": disk.delegate, "device": str(plan.target),
+                "names_device": disk.names_device,
                 "versions": disk.versions, "kept": built.kept, "excluded": built.excluded, "left": built.left}
         try:
             payload = delegate.dumps(built.inner)
@@ -236,13 +238,14 @@ class Reuse:
 
     def load(self, delegate: Any, payload: bytes, meta: dict, device: torch.device,
              settings: Settings) -> Built | None:
-        """An entry's compiled graph, rebuilt on `device` under its guard; None where it was built
-        for another GPU and could not be moved to this one (then it is built here)."""
+        """An entry's compiled graph, rebuilt on `device` under its guard; None where its code names
+        the GPU it was built for, another one, and could not be moved to this one (then it is built
+        here)."""
         current_progress().phase("loading")
         with device_guard(device):
             inner = delegate.loads(payload, device=device, settings=settings)
         source = meta.get("device")
-        if source is not None and source != str(device):
+        if meta.get("names_device") and source is not None and source != str(device):
             inner = relocated(inner, torch.device(source), device)
             if inner is None:
                 self._log(settings, "the build made for %s names that device in code that could not be moved to "
