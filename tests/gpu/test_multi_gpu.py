@@ -117,9 +117,8 @@ def test_s18_current_device_unchanged_after_compile_load_and_calls(tmp_path, mon
     assert tm.stats()[str(SECOND)]["disk_hits"] == 1
 
 
-def test_cross_gpu_reuse_builds_once():
-    model = Mlp().eval()
-    x = torch.randn(8, 256)
+def replicated_with_one_build(model: nn.Module, x: torch.Tensor) -> None:
+    """Replicas on both GPUs: one build, the second GPU loading it, each matching eager."""
     replicas = tm.replicate(model, [FIRST, SECOND], example_inputs=(x,), options=OPTIONS)
     counts = tm.stats()
     assert sum(c["compiles"] for c in counts.values()) == 1
@@ -128,6 +127,10 @@ def test_cross_gpu_reuse_builds_once():
     with torch.no_grad():
         for replica in replicas:
             assert rel_error(replica(x), model(x)) < 1e-2
+
+
+def test_cross_gpu_reuse_builds_once():
+    replicated_with_one_build(Mlp().eval(), torch.randn(8, 256))
 
 
 class Positions(nn.Module):
@@ -144,16 +147,7 @@ class Positions(nn.Module):
 
 
 def test_cross_gpu_reuse_moves_a_graph_that_names_its_device(caplog):
-    model = Positions().eval()
-    x = torch.randn(4, 16, 256)
-    replicas = tm.replicate(model, [FIRST, SECOND], example_inputs=(x,), options=OPTIONS)
-    counts = tm.stats()
-    assert sum(c["compiles"] for c in counts.values()) == 1
-    if not DRY:
-        assert counts[str(SECOND)]["cross_device_reuses"] == 1
-    with torch.no_grad():
-        for replica in replicas:
-            assert rel_error(replica(x), model(x)) < 1e-2
+    replicated_with_one_build(Positions().eval(), torch.randn(4, 16, 256))
     assert no_warnings(caplog) == []
 
 
