@@ -162,6 +162,34 @@ def test_a_failure_on_a_dynamic_graph_names_its_symbolic_sizes(caplog):
     assert "engine build exploded (on a graph with symbolic sizes: x: dim 0 in [2, inf]) [cpu]" in message
 
 
+def test_torch_tensorrt_failures_on_dynamic_graphs_say_how_to_bound_the_sizes():
+    """The remedy names the two ways around Torch-TensorRT's open profile; static graphs and
+    other delegates keep the plain remedy."""
+    from trt_multidev_backend.graphinfo import classify_args
+    from trt_multidev_backend.notices import build_failure
+    from trt_multidev_backend.settings import resolve_settings
+
+    seen = []
+
+    def record(gm, inputs):
+        seen.append(classify_args(gm, inputs))
+        return gm.forward
+    torch._dynamo.reset()
+    with torch.no_grad():
+        torch.compile(Net(), backend=record, dynamic=True)(torch.randn(4, 8))
+        torch.compile(Net(), backend=record, dynamic=False)(torch.randn(4, 8))
+    dynamic, static = seen
+    settings = resolve_settings({}, environ={})
+    error = RuntimeError("no engine")
+    reason, remedy = build_failure(error, "torch_tensorrt", settings, dynamic, torch_tensorrt=True)
+    assert reason == ("the torch_tensorrt delegate raised RuntimeError: no engine "
+                      "(on a graph with symbolic sizes: x: dim 0 in [2, inf])")
+    assert "mark_dynamic(x, dim, min=..., max=...)" in remedy and "dynamic=False" in remedy
+    assert "mark_dynamic" not in build_failure(error, "custom", settings, dynamic, torch_tensorrt=False)[1]
+    reason, remedy = build_failure(error, "torch_tensorrt", settings, static, torch_tensorrt=True)
+    assert "symbolic" not in reason and remedy.startswith("set strict=1")
+
+
 class DropsUpdates(EngineLikeDelegate):
     """A delegate that, like Torch-TensorRT 2.11, would not write in-place updates back."""
 

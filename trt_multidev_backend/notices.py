@@ -7,17 +7,18 @@ from __future__ import annotations
 
 import logging
 import threading
-from typing import Any
+from typing import Any, Sequence
 
 import torch.fx
 
-from .build import Built, pytorch_ops
+from .build import Built, first_line, first_line_of, pytorch_ops
 from .delegate import ENGINE_MODULES
-from .graphinfo import op_count
+from .errors import EngineDeviceError
+from .graphinfo import ArgInfo, op_count, symbolic_sizes
 from .reuse import graph_name
 from .settings import Settings, unknown_env_vars
 
-__all__ = ["Notices"]
+__all__ = ["Notices", "build_failure"]
 
 log = logging.getLogger("trt_multidev.pipeline")  # the name users have filtered on since 0.1
 _LEVELS = {"debug": logging.DEBUG, "info": logging.INFO, "warning": logging.WARNING, "error": logging.ERROR}
@@ -94,3 +95,22 @@ class Notices:
     @staticmethod
     def log(settings: Settings, msg: str, *args: Any) -> None:
         log.log(_LEVELS[settings.log_level], msg, *args)
+
+
+def build_failure(exc: BaseException, delegate: str, settings: Settings, infos: Sequence[ArgInfo], *,
+                  torch_tensorrt: bool) -> tuple[str, str]:
+    """(reason, remedy) of the warning for a build that raised `exc`: what failed, on a graph
+    with symbolic sizes what they are (a dynamic graph's failure most likely comes from them),
+    and what to do."""
+    remedy = ("the delegate's own traceback is chained below" if settings.strict else
+              "set strict=1 (TRT_MULTIDEV_STRICT=1) to raise instead, with the full traceback")
+    reason = (first_line(exc) if isinstance(exc, EngineDeviceError) else
+              f"the {delegate} delegate raised {first_line_of(exc)}")
+    symbolic = symbolic_sizes(infos)
+    if symbolic:
+        reason += f" (on a graph with symbolic sizes: {'; '.join(symbolic)})"
+        if torch_tensorrt:
+            remedy = ("Torch-TensorRT profiles a dimension with no upper bound up to 2^16 times its minimum: "
+                      "bound each dynamic dimension with torch._dynamo.mark_dynamic(x, dim, min=..., max=...), "
+                      "or compile with dynamic=False (one static engine per shape); " + remedy)
+    return reason, remedy

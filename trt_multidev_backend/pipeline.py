@@ -11,14 +11,14 @@ from typing import Any, Callable, Mapping, Sequence
 import torch
 import torch.fx
 
-from .build import Built, call_delegate, check_engine_devices, first_line, first_line_of
+from .build import Built, call_delegate, check_engine_devices, first_line_of
 from .cache import CompiledCache, Stats, cache_key
 from .delegate import TorchTensorRTDelegate, load_delegate
 from .cudagraphs import CapturePlan, CudaGraphs, capture_plan
 from .device import DevicePlan, check_visible, resolve_device
 from .engine import engine_options
-from .errors import EngineDeviceError, TrtMultidevError, through_dynamo
-from .graphinfo import Role, changed_in_place, classify_args, op_count, symbolic_sizes
+from .errors import TrtMultidevError, through_dynamo
+from .graphinfo import Role, changed_in_place, classify_args, op_count
 from .guard import cuda_usable, device_guard
 from .placement import Placement, graph_copy, place
 from .progress import current as current_progress, track
@@ -26,7 +26,7 @@ from .reuse import Reuse, graph_name
 from .rewrites import pin_state_scalars, rewrite_for_tensorrt
 from .runtime import GuardedCallable
 from .segments import install, split_by_device
-from .notices import Notices
+from .notices import Notices, build_failure
 from .settings import Settings, SettingsError, resolve_settings
 
 __all__ = ["TrtMultidevBackend", "backend", "register", "BACKEND_NAME"]
@@ -127,18 +127,8 @@ class TrtMultidevBackend:
             raise
         except Exception as exc:
             log.debug("delegate %s failed on %s", identity, label, exc_info=True)
-            remedy = ("the delegate's own traceback is chained below" if settings.strict else
-                      "set strict=1 (TRT_MULTIDEV_STRICT=1) to raise instead, with the full traceback")
-            reason = (first_line(exc) if isinstance(exc, EngineDeviceError) else
-                      f"the {_short(identity)} delegate raised {first_line_of(exc)}")
-            symbolic = symbolic_sizes(infos)
-            if symbolic:  # what a dynamic graph's failure most likely comes from, and the way around it
-                reason += f" (on a graph with symbolic sizes: {'; '.join(symbolic)})"
-                if isinstance(delegate, TorchTensorRTDelegate):
-                    remedy = ("Torch-TensorRT profiles a dimension with no upper bound up to 2^16 times its "
-                              "minimum: bound each dynamic dimension with torch._dynamo.mark_dynamic(x, dim, "
-                              "min=..., max=...), or compile with dynamic=False (one static engine per shape); "
-                              + remedy)
+            reason, remedy = build_failure(exc, _short(identity), settings, infos,
+                                           torch_tensorrt=isinstance(delegate, TorchTensorRTDelegate))
             wrapper = self._fallback(gm, example_inputs, settings, plan, label,
                                      f"delegate-error:{type(exc).__name__}", reason,
                                      remedy, placement=placement, cause=exc, capture=capture)
