@@ -12,7 +12,9 @@
 #   bash benchmarks/single_gpu_session.sh dynamic_true   # the dynamic=True catalog scenario alone
 #   bash benchmarks/single_gpu_session.sh llama_decomposed   # Llama with attention decomposed (its error's source?)
 #   bash benchmarks/single_gpu_session.sh shapes   # dynamic_shapes.py: automatic, bounded (mark_dynamic), dynamic=True, static
-#   bash benchmarks/single_gpu_session.sh precision   # GPT-2 with one op family at a time left to PyTorch (fp16 error)
+#   bash benchmarks/single_gpu_session.sh precision   # GPT-2 with one op family at a time left to PyTorch, ResNet-50
+#                                                     # with batch norm folded in fp32 (where TensorRT's fp16 error comes from)
+#   bash benchmarks/single_gpu_session.sh convnext   # ConvNeXt-T, and with optimization_level 5
 #   bash benchmarks/single_gpu_session.sh tests decoders   # several phases in one call (about 6 min)
 # Results under $OUT (default /tmp/out). One device call runs at most 10 minutes: about 7 min for
 # tests + decoders, 5 min for encoders + attention + kernels, 7 min for vision.
@@ -23,7 +25,7 @@ export PYTHONUNBUFFERED=1 PYTHONPATH=$PWD${PYTHONPATH:+:$PYTHONPATH}
 export TRT_MULTIDEV_CACHE_DIR=${TRT_MULTIDEV_CACHE_DIR:-$(mktemp -d /tmp/trt_multidev_cache.XXXX)}
 python3 -m pip install -q --no-deps --no-build-isolation --no-index -e . >/dev/null 2>&1
 nvidia-smi --query-gpu=index,name,memory.total --format=csv,noheader
-PHASES="tests decoders encoders vision kernels attention probes llama llama_no_tf32 llama_decomposed mobilenet t5 t5_decomposed dynamic_true masks shapes precision"
+PHASES="tests decoders encoders vision kernels attention probes llama llama_no_tf32 llama_decomposed mobilenet t5 t5_decomposed dynamic_true masks shapes precision convnext"
 noise='logger passed into|DeprecationWarning|timing_cache|unparsable type|strongly typed|no max bound|warnings.warn|^INFO'
 
 models() {  # name, models, time limit, extra arguments
@@ -65,7 +67,11 @@ print('strongly typed flag of a default network:', n.get_flag(trt.NetworkDefinit
         list=$(echo "$ops" | tr ',' '\n' | sed 's/.*/"torch.ops.aten.&.default"/' | paste -sd, -)
         models "precision_${ops%%,*}" gpt2 100 --skip-generate --backends eager,trt_multidev \
           --options "{\"trt\": {\"torch_executed_ops\": [$list]}}"
-      done ;;
+      done
+      models precision_bn_folded resnet50,resnet50_bn_folded 150 --backends eager,trt_multidev ;;
+    convnext)  # ConvNeXt-T behind inductor in session 8: does TensorRT's optimization level change it?
+      models convnext convnext_t 150
+      models convnext_opt5 convnext_t 150 --backends eager,trt_multidev --options '{"optimization_level": 5}' ;;
     shapes)  # does the profile's range matter? (automatic dynamic shapes leave its maximum open)
       timeout 300 python3 benchmarks/dynamic_shapes.py --out "$out" --variants eager,eager+bounded,eager+dynamic,static \
         2>&1 | grep -E "step|failed" | cut -c1-200 ;;
