@@ -147,6 +147,17 @@ def test_constants_too_large_to_keep_stay_in_the_prefix(monkeypatch):
     assert "arange" in _targets(prefix) and not list(prefix.buffers())
 
 
+def test_an_expanded_constant_counts_by_the_memory_it_holds(monkeypatch):
+    """T5's keep mask is expanded to [B, 1, S, S] from S booleans: it is kept (as the view it is)
+    under a bound that the distances table, stored in full, exceeds."""
+    gm, inputs, _ = _captured("t5")
+    monkeypatch.setattr(masks, "MAX_FOLDED_BYTES", 300)  # 512 elements expanded from 16 bytes; 2 KiB table
+    prefix = split_mask_prefix(gm, inputs).whole.submod_0.prefix
+    (kept,) = list(prefix.buffers())
+    assert kept.dtype == torch.bool and kept.numel() == B * S * S and 0 in kept.stride()
+    assert "arange" in _targets(prefix)  # the table is computed by the prefix, as before
+
+
 def test_constants_that_cannot_be_computed_here_stay_in_the_prefix():
     """A constant on a device this machine lacks is left to the prefix, which computes it where
     it runs."""
