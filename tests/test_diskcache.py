@@ -227,6 +227,26 @@ def test_a_build_for_one_gpu_is_moved_to_the_gpu_that_loads_it():
     assert inner.code == _placed_on("cuda:1").code  # what placement makes for cuda:1
 
 
+def test_constants_made_while_loading_move_with_the_graph():
+    """Loading a graph module traces its code again: a factory call of constant arguments runs
+    then, on the device it names, and becomes a constant that `map_location` never saw. The CPU
+    and the meta device stand in for two GPUs; the real serializing test delegate loads."""
+    from _delegates import Serializing
+    from trt_multidev_backend.cache import Stats
+    from trt_multidev_backend.reuse import Reuse
+
+    graph = torch.fx.Graph()
+    x = graph.placeholder("x")
+    graph.output(graph.call_function(torch.add, (x, graph.call_function(torch.arange, (4,), {"device": "cpu"}))))
+    built = torch.fx.GraphModule(torch.nn.Module(), graph)
+    delegate = Serializing()
+    reuse = Reuse(Stats(), lambda *a, **k: None, lambda *a, **k: None)
+    loaded = reuse.load(delegate, delegate.dumps(built), {"device": "cpu", "names_device": True},
+                        torch.device("meta"), resolve_settings({}, environ={}))
+    out = loaded.callable(torch.zeros(4, device="meta"))
+    assert out.device.type == "meta" and "_tensor_constant" in loaded.inner.code  # made while loading, moved
+
+
 def test_a_build_that_cannot_be_moved_is_not_used_elsewhere():
     from trt_multidev_backend.reuse import relocated
 
@@ -274,6 +294,13 @@ def test_loading_another_gpus_build_moves_it_and_counts_nothing_wrong():
     call.kwargs = {**call.kwargs, "note": "device(type='cuda', index=0)"}
     unmovable.recompile()
     assert reuse.load(delegate, delegate.dumps(unmovable), built_on_first, torch.device("cuda:1"), settings) is None
+    # The entry cannot even be read where its factory calls' device is missing: built there.
+    class Unreadable(Keeping):
+        def loads(self, blob, *, device, settings):
+            raise RuntimeError("CUDA error: invalid device ordinal")
+    assert reuse.load(Unreadable(), payload, built_on_first, torch.device("cuda:1"), settings) is None
+    with pytest.raises(RuntimeError, match="invalid device ordinal"):  # the same entry on its own GPU: damage
+        reuse.load(Unreadable(), payload, built_on_first, torch.device("cuda:0"), settings)
     # A graph naming no device is loaded anywhere as it is, whatever the delegate returns.
     def opaque(x):
         return x

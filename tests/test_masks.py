@@ -158,6 +158,44 @@ def test_an_expanded_constant_counts_by_the_memory_it_holds(monkeypatch):
     assert "arange" in _targets(prefix)  # the table is computed by the prefix, as before
 
 
+def test_constants_are_real_values_even_inside_a_tracing_context():
+    """Folded under an active FakeTensorMode (an aot compiler's context), the constants are still
+    computed for real: a fake one would fail at the first call."""
+    from torch._subclasses.fake_tensor import FakeTensor, FakeTensorMode
+
+    graph = torch.fx.Graph()
+    table = graph.placeholder("table")
+    steps = graph.call_method("clamp", (graph.call_function(torch.arange, (4,)),), {"max": 2})
+    graph.output(graph.call_function(F.embedding, (steps, table)))
+    prefix = torch.fx.GraphModule(torch.nn.Module(), graph)
+    with FakeTensorMode():
+        masks._fold_constants(prefix)
+    assert list(prefix.buffers()) and not any(isinstance(b, FakeTensor) for b in prefix.buffers())
+    weights = torch.randn(3, 5)
+    assert torch.equal(prefix(weights), F.embedding(torch.arange(4).clamp(max=2), weights))
+
+
+class ReturnsItsMask(torch.nn.Module):
+    """A constant padding mask the model also returns (as T5 returns its position bias)."""
+
+    def forward(self, q):
+        mask = torch.zeros(S, S).masked_fill(torch.arange(S) >= S - 2, float("-inf"))
+        return F.scaled_dot_product_attention(q, q, q, attn_mask=mask), mask
+
+
+def test_a_returned_mask_is_the_callers_own_tensor():
+    """A returned mask is computed afresh at every call, never a constant the prefix keeps: a
+    caller writing to it must not change later results."""
+    q = torch.randn(1, 2, S, 4)
+    with torch.no_grad():
+        gm, inputs = capture(ReturnsItsMask().eval(), q)
+        whole = split_mask_prefix(gm, inputs).whole
+        first, mask = whole(*inputs)
+        mask.zero_()
+        again, fresh = whole(*inputs)
+    assert fresh is not mask and torch.equal(again, first) and fresh[0, -1].item() == float("-inf")
+
+
 def test_constants_that_cannot_be_computed_here_stay_in_the_prefix():
     """A constant on a device this machine lacks is left to the prefix, which computes it where
     it runs."""

@@ -27,7 +27,7 @@ from typing import Any, NamedTuple, Sequence
 
 import torch
 import torch.fx
-from torch._subclasses.fake_tensor import FakeTensor
+from torch._subclasses.fake_tensor import FakeTensor, unset_fake_temporarily
 
 from .graphinfo import (Role, attention_mask, classify_args, is_attention, meta_value, op_count, set_attention_mask,
                         writes_in_place)
@@ -182,19 +182,22 @@ def _fold_constants(prefix: torch.fx.GraphModule) -> None:
         return
     interpreter = torch.fx.Interpreter(prefix)
     try:
-        with torch.no_grad():
+        with unset_fake_temporarily(), torch.no_grad():  # real values, also inside a tracing context
             for node in graph.nodes:
                 if node in constant:
                     interpreter.env[node] = interpreter.run_node(node)
     except Exception as exc:  # noqa: BLE001 - e.g. a device this machine lacks: the ops stay in the prefix
         log.debug("mask prefix: constants not computed at compile time (%s: %s)", type(exc).__name__, exc)
         return
-    kept = [(node, interpreter.env[node]) for node in frontier]
-    kept = [(node, value) for node, value in kept  # an expanded view keeps only its storage
-            if isinstance(value, torch.Tensor) and value.untyped_storage().nbytes() <= MAX_FOLDED_BYTES]
+    def keepable(value: Any) -> bool:  # an expanded view counts by its storage
+        return (isinstance(value, torch.Tensor) and not isinstance(value, FakeTensor)
+                and value.untyped_storage().nbytes() <= MAX_FOLDED_BYTES)
+
+    with unset_fake_temporarily():  # detach() too would meet an active fake mode
+        kept = [(node, interpreter.env[node].detach()) for node in frontier if keepable(interpreter.env[node])]
     for i, (node, value) in enumerate(kept):
         name = f"_constant_{i}"
-        prefix.register_buffer(name, value.detach())
+        prefix.register_buffer(name, value)
         with graph.inserting_before(node):
             attr = graph.get_attr(name)
         attr.meta = {key: node.meta[key] for key in ("example_value", "val") if key in node.meta}
@@ -290,9 +293,9 @@ def split_mask_prefix(gm: torch.fx.GraphModule, example_inputs: Sequence[Any]) -
                                 known=_evaluated(gm, prefix, placeholders, example_inputs))
     if set(pieces) != {"submod_0", "submod_1"}:
         return None
-    _fold_constants(split.submod_0)
-    ops = op_count(split.submod_0)
     output = next(n for n in gm.graph.nodes if n.op == "output")
-    if not chosen & set(output.all_input_nodes):  # returned masks are computed every call
+    if not chosen & set(output.all_input_nodes):  # returned masks are computed every call, afresh
+        _fold_constants(split.submod_0)  # (a kept constant handed to the caller could be written to)
         split.submod_0 = MaskPrefix(split.submod_0)
+    ops = op_count(getattr(split.submod_0, "prefix", split.submod_0))
     return Prefixed(split, "submod_1", pieces["submod_1"], ops)

@@ -242,10 +242,20 @@ class Reuse:
         the GPU it was built for, another one, and could not be moved to this one (then it is built
         here)."""
         current_progress().phase("loading")
-        with device_guard(device):
-            inner = delegate.loads(payload, device=device, settings=settings)
         source = meta.get("device")
-        if meta.get("names_device") and source is not None and source != str(device):
+        moving = bool(meta.get("names_device")) and source is not None and source != str(device)
+        try:
+            with device_guard(device):
+                inner = delegate.loads(payload, device=device, settings=settings)
+        except Exception as exc:
+            if not moving:
+                raise  # the caller counts the entry as damaged
+            # Loading traces the graph's code again, which runs its factory calls on the device
+            # they name: one this process may not have. Not damage: it is built here instead.
+            self._log(settings, "the build made for %s could not be loaded on %s (%s); building for %s", source,
+                      device, first_line_of(exc), device)
+            return None
+        if moving:
             inner = relocated(inner, torch.device(source), device)
             if inner is None:
                 self._log(settings, "the build made for %s names that device in code that could not be moved to "
@@ -282,8 +292,10 @@ def _save_at_exit(ref: "weakref.ref[Reuse]") -> None:
 def relocated(compiled: Any, source: torch.device, target: torch.device) -> Any:
     """`compiled`, built for `source`, with every device its graph code names as `source` (torch
     devices or strings in the ops' arguments) changed to `target`, as placement would have made it
-    for `target`; None where that cannot be made sure: a result that is not a module, or code
-    that still names `source`."""
+    for `target`, and the tensors its graphs read that are on `source` moved there (loading a graph
+    module traces its code again, which computes a factory call of constant arguments on the device
+    it names, outside `map_location`); None where that cannot be made sure: a result that is not a
+    module, or code that still names `source`."""
     if not isinstance(compiled, torch.nn.Module):
         return None
 
@@ -308,7 +320,27 @@ def relocated(compiled: Any, source: torch.device, target: torch.device) -> Any:
             module.recompile()
         if names_device(module.code, source):
             return None
+        for node in module.graph.nodes:
+            if node.op == "get_attr":
+                _move_attribute(module, str(node.target), source, target)
     return compiled
+
+
+def _move_attribute(module: torch.nn.Module, qualname: str, source: torch.device, target: torch.device) -> None:
+    """The tensor `module.<qualname>` on `target` where it is on `source` (buffer, parameter or
+    plain attribute alike)."""
+    owner_name, _, name = qualname.rpartition(".")
+    owner = module.get_submodule(owner_name) if owner_name else module
+    value = getattr(owner, name, None)
+    if not isinstance(value, torch.Tensor) or value.device != source:
+        return
+    moved = value.detach().to(target)
+    if name in owner._parameters:
+        owner._parameters[name] = torch.nn.Parameter(moved, requires_grad=value.requires_grad)
+    elif name in owner._buffers:
+        owner._buffers[name] = moved
+    else:
+        setattr(owner, name, moved)
 
 
 def graph_name(gm: torch.fx.GraphModule) -> str:
