@@ -30,7 +30,7 @@ import torch
 import torch.fx
 
 from .errors import EngineDeviceError
-from .graphinfo import op_count, writes_in_place
+from .graphinfo import op_count, target_name, writes_in_place
 from .placement import graph_copy
 from .runtime import select_kept
 from .segments import install, piece_number, runs, split_graph
@@ -229,13 +229,9 @@ def first_line_of(exc: BaseException) -> str:
     return f"{type(exc).__name__}: {first_line(exc)}"
 
 
-def _name(node: torch.fx.Node) -> str:
-    return node.target if isinstance(node.target, str) else getattr(node.target, "__name__", str(node.target))
-
-
 def _names(gm: torch.fx.GraphModule) -> list[str]:
     """The ops of a graph by name, in order, tuple indexing aside."""
-    return [_name(node) for node in gm.graph.nodes
+    return [target_name(node) for node in gm.graph.nodes
             if node.op in ("call_function", "call_method", "call_module") and node.target is not operator.getitem]
 
 
@@ -256,7 +252,7 @@ def _around(gm: torch.fx.GraphModule, suspects: set[str]) -> tuple[dict[torch.fx
     numbers returned too); None when `gm` holds no suspected op."""
     if not suspects & set(_names(gm)):
         return None
-    pieces, labels = runs(gm, lambda node, seen: _name(node) in suspects)
+    pieces, labels = runs(gm, lambda node, seen: target_name(node) in suspects)
     return pieces, {index for index, suspect in labels.items() if suspect}
 
 

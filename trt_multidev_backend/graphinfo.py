@@ -15,7 +15,7 @@ import torch.fx
 
 __all__ = ["Role", "ArgInfo", "classify_args", "meta_value", "storage_of", "fetch_attr", "attr_tensors", "op_count",
            "symbolic_sizes", "changed_in_place", "writes_in_place", "is_attention", "attention_mask",
-           "set_attention_mask"]
+           "set_attention_mask", "target_name"]
 
 _INPLACE_OPERATORS = {operator.setitem, operator.iadd, operator.isub, operator.imul, operator.itruediv,
                       operator.ifloordiv, operator.imod, operator.ipow, operator.iand, operator.ior,
@@ -109,6 +109,11 @@ def fetch_attr(gm: torch.nn.Module, target: str) -> Any:
         if obj is None:
             return None
     return obj
+
+
+def target_name(node: torch.fx.Node) -> str:
+    """The name of what a node calls: a method's or module's name, a function's `__name__`."""
+    return node.target if isinstance(node.target, str) else getattr(node.target, "__name__", str(node.target))
 
 
 def op_count(gm: torch.fx.GraphModule) -> int:

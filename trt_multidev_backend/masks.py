@@ -30,7 +30,7 @@ import torch.fx
 from torch._subclasses.fake_tensor import FakeTensor, unset_fake_temporarily
 
 from .graphinfo import (Role, attention_mask, classify_args, is_attention, meta_value, op_count, set_attention_mask,
-                        writes_in_place)
+                        target_name, writes_in_place)
 from .segments import split_graph
 
 __all__ = ["split_mask_prefix", "mask_prefix", "MaskPrefix", "Prefixed", "MAX_PREFIX_OPS"]
@@ -50,8 +50,7 @@ def _pure(node: torch.fx.Node) -> bool:
         return True
     if node.op not in ("call_function", "call_method"):
         return False
-    name = node.target if isinstance(node.target, str) else getattr(node.target, "__name__", "")
-    return not node.is_impure() and not any(word in name for word in _RANDOM)
+    return not node.is_impure() and not any(word in target_name(node) for word in _RANDOM)
 
 
 def mask_prefix(gm: torch.fx.GraphModule, example_inputs: Sequence[Any]) -> list[torch.fx.Node]:
@@ -173,28 +172,22 @@ def _fold_constants(prefix: torch.fx.GraphModule) -> None:
     graph = prefix.graph
     constant: set[torch.fx.Node] = set()
     for node in graph.nodes:
-        name = node.target if isinstance(node.target, str) else getattr(node.target, "__name__", "")
-        if (node.op in ("call_function", "call_method") and not any(word in name for word in _UNSET)
+        if (node.op in ("call_function", "call_method") and not any(word in target_name(node) for word in _UNSET)
                 and all(arg in constant for arg in node.all_input_nodes)):
             constant.add(node)
     frontier = [n for n in graph.nodes if n in constant and any(user not in constant for user in n.users)]
     if not frontier:
         return
     interpreter = torch.fx.Interpreter(prefix)
-    try:
-        with unset_fake_temporarily(), torch.no_grad():  # real values, also inside a tracing context
+    with unset_fake_temporarily(), torch.no_grad():  # real values, also inside a tracing context
+        try:
             for node in graph.nodes:
                 if node in constant:
                     interpreter.env[node] = interpreter.run_node(node)
-    except Exception as exc:  # noqa: BLE001 - e.g. a device this machine lacks: the ops stay in the prefix
-        log.debug("mask prefix: constants not computed at compile time (%s: %s)", type(exc).__name__, exc)
-        return
-    def keepable(value: Any) -> bool:  # an expanded view counts by its storage
-        return (isinstance(value, torch.Tensor) and not isinstance(value, FakeTensor)
-                and value.untyped_storage().nbytes() <= MAX_FOLDED_BYTES)
-
-    with unset_fake_temporarily():  # detach() too would meet an active fake mode
-        kept = [(node, interpreter.env[node].detach()) for node in frontier if keepable(interpreter.env[node])]
+        except Exception as exc:  # noqa: BLE001 - e.g. a device this machine lacks: the ops stay in the prefix
+            log.debug("mask prefix: constants not computed at compile time (%s: %s)", type(exc).__name__, exc)
+            return
+        kept = [(node, interpreter.env[node].detach()) for node in frontier if _keepable(interpreter.env[node])]
     for i, (node, value) in enumerate(kept):
         name = f"_constant_{i}"
         prefix.register_buffer(name, value)
@@ -209,6 +202,12 @@ def _fold_constants(prefix: torch.fx.GraphModule) -> None:
             graph.erase_node(node)
     graph.lint()
     prefix.recompile()
+
+
+def _keepable(value: Any) -> bool:
+    """A real tensor small enough to keep (an expanded view counts by its storage)."""
+    return (isinstance(value, torch.Tensor) and not isinstance(value, FakeTensor)
+            and value.untyped_storage().nbytes() <= MAX_FOLDED_BYTES)
 
 
 def _as_engine_inputs(gm: torch.fx.GraphModule, chosen: set[torch.fx.Node]) -> list[torch.fx.Node]:
