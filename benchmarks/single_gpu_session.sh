@@ -15,6 +15,9 @@
 #   bash benchmarks/single_gpu_session.sh precision   # GPT-2 with one op family at a time left to PyTorch, ResNet-50
 #                                                     # with batch norm folded in fp32 (where TensorRT's fp16 error comes from)
 #   bash benchmarks/single_gpu_session.sh convnext   # ConvNeXt-T, and with optimization_level 5
+#   bash benchmarks/single_gpu_session.sh convnext_ops   # ConvNeXt-T with layer norm, GELU or convolutions left to PyTorch
+#   bash benchmarks/single_gpu_session.sh precision_short   # GPT-2 with layer norm in PyTorch; ResNet-50 bn folded
+#   bash benchmarks/single_gpu_session.sh static_shapes   # dynamic_shapes.py: static engines for recurring batches or not
 #   bash benchmarks/single_gpu_session.sh tests decoders   # several phases in one call (about 6 min)
 # Results under $OUT (default /tmp/out). One device call runs at most 10 minutes: about 7 min for
 # tests + decoders, 5 min for encoders + attention + kernels, 7 min for vision.
@@ -25,7 +28,7 @@ export PYTHONUNBUFFERED=1 PYTHONPATH=$PWD${PYTHONPATH:+:$PYTHONPATH}
 export TRT_MULTIDEV_CACHE_DIR=${TRT_MULTIDEV_CACHE_DIR:-$(mktemp -d /tmp/trt_multidev_cache.XXXX)}
 python3 -m pip install -q --no-deps --no-build-isolation --no-index -e . >/dev/null 2>&1
 nvidia-smi --query-gpu=index,name,memory.total --format=csv,noheader
-PHASES="tests decoders encoders vision kernels attention probes llama llama_no_tf32 llama_decomposed mobilenet t5 t5_decomposed dynamic_true masks shapes precision convnext"
+PHASES="static_shapes convnext_ops precision_short tests decoders encoders vision kernels attention probes llama llama_no_tf32 llama_decomposed mobilenet t5 t5_decomposed dynamic_true masks shapes precision convnext"
 noise='logger passed into|DeprecationWarning|timing_cache|unparsable type|strongly typed|no max bound|warnings.warn|^INFO'
 
 models() {  # name, models, time limit, extra arguments
@@ -72,6 +75,18 @@ print('strongly typed flag of a default network:', n.get_flag(trt.NetworkDefinit
     convnext)  # ConvNeXt-T behind inductor in session 8: does TensorRT's optimization level change it?
       models convnext convnext_t 150
       models convnext_opt5 convnext_t 150 --backends eager,trt_multidev --options '{"optimization_level": 5}' ;;
+    static_shapes)  # static engines for recurring batches (static_shapes, the default) against the dynamic engine alone
+      timeout 420 python3 benchmarks/dynamic_shapes.py --out "$out" --variants eager,eager+nostatic,static,inductor \
+        2>&1 | grep -E "step|failed" | cut -c1-220 ;;
+    convnext_ops)  # ConvNeXt-T no faster than eager in TensorRT (session 9): which op family is slow there?
+      for ops in native_layer_norm gelu convolution; do
+        models "convnext_without_$ops" convnext_t 100 --backends trt_multidev \
+          --options "{\"trt\": {\"torch_executed_ops\": [\"torch.ops.aten.$ops.default\"]}}"
+      done ;;
+    precision_short)  # layer norm in PyTorch on GPT-2; ResNet-50 with batch norm folded in fp32
+      models precision_native_layer_norm gpt2 100 --skip-generate --backends eager,trt_multidev \
+        --options '{"trt": {"torch_executed_ops": ["torch.ops.aten.native_layer_norm.default"]}}'
+      models precision_bn_folded resnet50,resnet50_bn_folded 150 --backends eager,trt_multidev ;;
     shapes)  # does the profile's range matter? (automatic dynamic shapes leave its maximum open)
       timeout 300 python3 benchmarks/dynamic_shapes.py --out "$out" --variants eager,eager+bounded,eager+dynamic,static \
         2>&1 | grep -E "step|failed" | cut -c1-200 ;;

@@ -158,3 +158,31 @@ class SerializingOpaque(Opaque):
 
 
 opaque_exp = SerializingOpaque({"exp"})
+
+
+BUILDS: list = []  # ("dynamic" | "static", the tensor example inputs' shapes), per build
+RUNS: list = []    # which build ran each call: "dynamic" or "static"
+REFUSE_STATIC: list = []  # non-empty: static builds raise (a converter that fails at fixed shapes)
+STATIC_BUILD_THREADS: list = []  # the thread each static build ran on
+
+
+def tagging(gm, example_inputs, *, device, settings):
+    """A real CPU delegate that tells its builds apart: "dynamic" when dynamo handed it size
+    arguments (SymInts), "static" when they came as plain ints (a build for one call shape)."""
+    import threading
+
+    import torch
+
+    tag = "dynamic" if any(isinstance(x, torch.SymInt) for x in example_inputs) else "static"
+    BUILDS.append((tag, [tuple(x.shape) for x in example_inputs if isinstance(x, torch.Tensor)]))
+    if tag == "static":
+        STATIC_BUILD_THREADS.append(threading.current_thread().name)
+        if REFUSE_STATIC:
+            raise RuntimeError(REFUSE_STATIC[0])
+    forward = gm.forward
+
+    def run(*args):
+        RUNS.append(tag)
+        return forward(*args)
+
+    return run

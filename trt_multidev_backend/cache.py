@@ -24,7 +24,7 @@ __all__ = ["graph_fingerprint", "input_specs", "cache_key", "disk_key", "names_d
            "COUNTERS"]
 
 COUNTERS = ("compiles", "cache_hits", "disk_hits", "cross_device_reuses", "fallbacks",
-            "corrupt_entries", "lock_waits", "cuda_graphs", "uncaptured")
+            "corrupt_entries", "lock_waits", "cuda_graphs", "uncaptured", "static_engines")
 
 
 def _tensor_meta(t: torch.Tensor) -> str:

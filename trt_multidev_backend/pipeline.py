@@ -4,6 +4,7 @@ guarded callable. Fallbacks are warned once per (reason, device), counted, and r
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import time
 from typing import Any, Callable, Mapping, Sequence
@@ -26,6 +27,7 @@ from .reuse import Reuse, graph_name
 from .rewrites import pin_state_scalars, rewrite_for_tensorrt
 from .runtime import GuardedCallable
 from .segments import install, split_by_device
+from .specialize import Builder, Specialized, static_plan
 from .notices import Notices, build_failure
 from .settings import Settings, SettingsError, resolve_settings
 
@@ -52,6 +54,7 @@ class TrtMultidevBackend:
         self._log = self._notices.log
         self._default_delegate = TorchTensorRTDelegate()
         self._reuse = Reuse(self._stats, self._warn_once, self._log)
+        self._builder = Builder()  # static engines for graphs with dynamic shapes, in the background
 
     # -- public --------------------------------------------------------------------------
     @through_dynamo  # our errors reach torch.compile's caller as themselves, not BackendCompilerFailed
@@ -145,6 +148,7 @@ class TrtMultidevBackend:
         self._notices.report_built(built, gm, label, _short(identity), delegate)
         self._log(settings, "graph %s: %s on %s by %s in %.2f s%s%s", graph_name(gm), how, label,
                   _short(identity), time.perf_counter() - start, engines, self._notices.left_summary(built))
+        compiled = self._specialized(compiled, built, infos, delegate, placement, plan, settings, label)
         wrapper = self._wrap(compiled, plan, placement, settings, label, _short(identity),
                              serialize=not getattr(delegate, "thread_safe", True), capture=capture)
         self._cache.put(key, wrapper)
@@ -153,19 +157,27 @@ class TrtMultidevBackend:
     def reset(self) -> None:
         """Forget every compiled result, counter and warn-once record (torch._dynamo.reset()).
         The disk cache stays: it is for later processes, and entries whose graphs compiled
-        kernels since they were stored are written back first."""
+        kernels since they were stored are written back first. Static builds not started are
+        dropped, and the one under way is waited for."""
+        self._builder.cancel()
         self._reuse.save_learned()
         self._cache.clear()
         self._stats.clear()
         self._notices.clear()
         self._reuse.clear()
 
+    def wait_for_builds(self, timeout: float | None = None) -> bool:
+        """Wait for the static engines being built in the background (setting static_shapes);
+        False if `timeout` seconds passed first."""
+        return self._builder.wait(timeout)
+
     def stats(self) -> dict[str, dict[str, int]]:
         """Counters per device: compiles (delegate builds in this process), cache_hits (reused
         from memory, built for this device), disk_hits (read from the disk cache),
         cross_device_reuses (a build made for another GPU, loaded here from memory or disk),
         fallbacks, corrupt_entries, lock_waits, cuda_graphs (input shapes captured in CUDA
-        graphs), uncaptured (compiled graphs that cuda_graphs left uncaptured)."""
+        graphs), uncaptured (compiled graphs that cuda_graphs left uncaptured), static_engines
+        (static engines built or loaded in the background for shapes a dynamic graph met often)."""
         return self._stats.snapshot()
 
     # -- pieces --------------------------------------------------------------------------
@@ -195,7 +207,7 @@ class TrtMultidevBackend:
                 excluded += part.excluded
                 left += part.left
         self._stats.bump(label, "compiles")
-        return Built(segmented.gm, segmented.gm, None, excluded, left), (
+        return Built(segmented.gm, segmented.gm, None, excluded, left, segmented=True), (
             f"built ({len(segmented.device_segments)} device segment(s); host segment(s) "
             f"{', '.join(segmented.host_segments)} stay in PyTorch; not disk-cached)")
 
@@ -217,14 +229,59 @@ class TrtMultidevBackend:
         return segmented.gm.forward
 
     def _build(self, delegate: Any, placement: Placement, plan: DevicePlan, settings: Settings,
-               label: str) -> Built:
-        """The delegate on a copy of the whole placed graph, under the target's guard; counted."""
+               label: str, *, counted: bool = True) -> Built:
+        """The delegate on a copy of the whole placed graph, under the target's guard; counted
+        (static builds are counted apart, as static_engines)."""
         current_progress().phase("building")
         with device_guard(plan.target):
             built = call_delegate(delegate, graph_copy(placement.gm), placement.example_inputs, plan.target,
                                   settings)
-        self._stats.bump(label, "compiles")
+        if counted:
+            self._stats.bump(label, "compiles")
         return built
+
+    def _specialized(self, compiled: Callable[..., Any], built: Built, infos: Sequence[Any], delegate: Any,
+                     placement: Placement, plan: DevicePlan, settings: Settings, label: str) -> Callable[..., Any]:
+        """A graph with dynamic shapes runs static engines for the shapes it meets often, built in
+        the background (specialize.py); other graphs are returned as they are."""
+        if settings.static_shapes == 0 or built.segmented:
+            return compiled
+        shapes = static_plan(placement.gm, infos)
+        if shapes is None:
+            return compiled
+        name = f"graph {graph_name(placement.gm)} on {label}"
+        if shapes.refusal is not None:
+            self._log(settings, "%s: no static engines for the shapes it meets often: %s", name, shapes.refusal)
+            return compiled
+        assert plan.target is not None
+
+        def build(args: list[Any]) -> tuple[Callable[..., Any], str]:
+            static = dataclasses.replace(placement, example_inputs=args)
+            with engine_options(kernel_specialization=settings.kernel_specialization,
+                                internal_cuda_graphs=settings.cuda_graphs):
+                disk = self._reuse.plan(delegate, static, plan, settings)
+                if disk is None:
+                    made, how = self._build(delegate, static, plan, settings, label, counted=False), "built"
+                else:
+                    made, how = self._reuse.obtain(
+                        disk, delegate, lambda: self._build(delegate, static, plan, settings, label, counted=False),
+                        static, plan, settings, label, counted=False)
+                check_engine_devices(delegate, made.callable, plan.target)
+            return made.callable, how
+
+        def ready(key: tuple, how: str, seconds: float) -> None:
+            self._stats.bump(label, "static_engines")
+            self._log(settings, "%s: static engine for %s %s in %.2f s; calls of that shape run it", name,
+                      _shape_text(key), how, seconds)
+
+        def failed(key: tuple, exc: BaseException) -> None:
+            log.debug("static build of %s at %s failed", name, _shape_text(key), exc_info=True)
+            self._warn_once((f"static-build:{type(exc).__name__}", label),
+                            f"trt_multidev: no static engine for {name} at {_shape_text(key)} "
+                            f"({first_line_of(exc)}); the dynamic engine keeps serving that shape. "
+                            "(Warned once per reason and device.)")
+
+        return Specialized(compiled, shapes, plan.target, settings.static_shapes, self._builder, build, ready, failed)
 
     def _wrap(self, compiled: Callable[..., Any], plan: DevicePlan, placement: Placement, settings: Settings,
               label: str, delegate: str, *, serialize: bool, fallback: str | None = None,
@@ -285,6 +342,15 @@ class TrtMultidevBackend:
                                 f"trt_multidev: the inductor fallback failed on {label} "
                                 f"({first_line_of(exc)}); running eager instead.")
         return gm.forward  # not the module: its __call__ would add hooks and dispatch to every call
+
+
+def _shape_text(key: tuple) -> str:
+    """A static engine's call shape for messages: "input shape(s) [8, 3, 224, 224]" (size
+    arguments, which the shapes already say, only where no tensor does)."""
+    shapes = [str(list(part[0])) for part in key if isinstance(part, tuple)]
+    if shapes:
+        return f"input shape{'s' if len(shapes) > 1 else ''} {', '.join(shapes)}"
+    return "sizes " + ", ".join(str(part) for part in key)
 
 
 def _is_real(value: Any) -> bool:

@@ -147,10 +147,12 @@ class Reuse:
         return DiskPlan(store, namespace, key, stable, versions, names)
 
     def obtain(self, disk: DiskPlan, delegate: Any, build: Callable[[], Built], placement: Placement,
-               plan: DevicePlan, settings: Settings, label: str) -> tuple[Built, str]:
+               plan: DevicePlan, settings: Settings, label: str, *, counted: bool = True) -> tuple[Built, str]:
         """The compiled graph from this process's copy of the entry (another GPU's build), from
-        disk, or built (once across processes: under the entry's lock) and stored."""
+        disk, or built (once across processes: under the entry's lock) and stored. `counted`:
+        False for static builds on the background thread (specialize.py), counted apart."""
         assert plan.target is not None
+        bump = self._stats.bump if counted else _uncounted
         with self._lock:
             known = self._blobs.get((disk.namespace, disk.key))
         if known is not None:
@@ -159,7 +161,7 @@ class Reuse:
             if loaded is not None:
                 self._hold(disk, delegate, loaded.inner, plan.target, meta)
                 reused = meta.get("device") != str(plan.target)
-                self._stats.bump(label, "cross_device_reuses" if reused else "cache_hits")
+                bump(label, "cross_device_reuses" if reused else "cache_hits")
                 return loaded, f"loaded the build made for {meta.get('device')}" if reused else "reused"
         locked = True
         try:
@@ -167,7 +169,7 @@ class Reuse:
             try:
                 lock.acquire(timeout=0)
             except filelock.Timeout:
-                self._stats.bump(label, "lock_waits")
+                bump(label, "lock_waits")
                 current_progress().phase("waiting for another process's build")
                 self._log(settings, "waiting for another process building the same graph (%s)", disk.key[:12])
                 try:
@@ -184,7 +186,8 @@ class Reuse:
             self._disk_broken(disk.store.root, exc, label)
             return build(), "built (disk cache unavailable)"
         try:
-            built, how, payload, meta = self._load_or_build(disk, delegate, build, placement, plan, settings, label)
+            built, how, payload, meta = self._load_or_build(disk, delegate, build, placement, plan, settings, label,
+                                                                 bump)
         finally:
             if locked:
                 lock.release()
@@ -194,7 +197,8 @@ class Reuse:
         return built, how
 
     def _load_or_build(self, disk: DiskPlan, delegate: Any, build: Callable[[], Built], placement: Placement,
-                       plan: DevicePlan, settings: Settings, label: str) -> tuple[Built, str, bytes | None, dict]:
+                       plan: DevicePlan, settings: Settings, label: str,
+                       bump: Callable[[str, str], None]) -> tuple[Built, str, bytes | None, dict]:
         assert plan.target is not None
         try:
             found = disk.store.read(disk.namespace, disk.key)
@@ -210,9 +214,9 @@ class Reuse:
                 loaded = self.load(delegate, payload, meta, plan.target, settings)
                 if loaded is not None:
                     self._hold(disk, delegate, loaded.inner, plan.target, meta)
-                    self._stats.bump(label, "disk_hits")
+                    bump(label, "disk_hits")
                     if meta.get("device") != str(plan.target):
-                        self._stats.bump(label, "cross_device_reuses")
+                        bump(label, "cross_device_reuses")
                     return loaded, "loaded from the disk cache", payload, meta
             except Exception as exc:  # unreadable despite its checksum: rebuild and replace it
                 log.debug("loading disk cache entry %s failed", disk.key[:12], exc_info=True)
@@ -281,6 +285,10 @@ class Reuse:
                         f"trt_multidev: the disk cache at {root} cannot be used ({type(exc).__name__}: {exc}); "
                         "compiling without it. Set TRT_MULTIDEV_CACHE_DIR to a writable directory, "
                         "or TRT_MULTIDEV_CACHE=0.")
+
+
+def _uncounted(label: str, counter: str) -> None:
+    pass
 
 
 def _save_at_exit(ref: "weakref.ref[Reuse]") -> None:

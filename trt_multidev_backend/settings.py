@@ -286,6 +286,11 @@ SETTING_SPECS: tuple[_Spec, ...] = (
           "(at the first call with that shape; measured as fast or faster than TensorRT's default at "
           "every batch), lazy (in the background; generic kernels meanwhile), none (generic kernels "
           "only), auto (TensorRT's default).", affects_result=False, runtime=True),
+    _Spec("static_shapes", 4, lambda v: _parse_int(v, 0, 64),
+          "The most static engines built per graph with dynamic shapes, one for each input shape met "
+          "3 times, in the background while the dynamic engine serves it (static engines run faster); "
+          "0: none. Graphs holding over 512 MiB of module state get none.",
+          affects_result=False, runtime=True),
     _Spec("log_level", "info", _parse_log_level,
           "Level at which trt_multidev reports settings, device plans and cache hits.", affects_result=False),
     _Spec("progress", "auto", _parse_progress,
@@ -326,6 +331,7 @@ class Settings:
     cuda_graphs: bool = _D["cuda_graphs"]
     cuda_graph_max_shapes: int = _D["cuda_graph_max_shapes"]
     kernel_specialization: str = _D["kernel_specialization"]
+    static_shapes: int = _D["static_shapes"]
     log_level: str = _D["log_level"]
     progress: str = _D["progress"]
     cache: bool = _D["cache"]

@@ -1,0 +1,45 @@
+"""Static engines for the shapes a dynamic graph meets often (setting static_shapes), on a real
+GPU: built by Torch-TensorRT on the background thread, on the graph's GPU, eager-equal, and run
+for their shape only; the caller's current device is never changed. Speed: dynamic_shapes.py."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+import trt_multidev_backend as tm
+from scenarios import DEV, Mlp, rel_error
+from trt_multidev_backend.delegate import TorchTensorRTDelegate
+from trt_multidev_backend.specialize import Specialized
+
+
+@pytest.mark.parametrize("runtime", ["auto", "torch_tensorrt"])
+def test_a_recurring_shape_runs_a_static_engine_built_in_the_background(runtime):
+    graphs = []
+
+    def capture(gm, example_inputs, **kwargs):
+        fn = tm.backend(gm, example_inputs, **kwargs)
+        graphs.append(fn)
+        return fn
+
+    model = Mlp().eval().to(DEV)
+    compiled = torch.compile(model, backend=capture,
+                             options={"min_block_size": 1, "cache": False, "engine_runtime": runtime})
+    current = torch.cuda.current_device()
+    with torch.no_grad():
+        for batch in (8, 16, 16, 16, 24):  # 8: a static graph; 16 recompiles it dynamic, met 3 times
+            x = torch.randn(batch, 256, device=DEV)
+            assert rel_error(compiled(x), model(x)) < 1e-2
+        assert tm.wait_for_builds(300)
+        assert torch.cuda.current_device() == current
+        specialized = [g.fn for g in graphs if isinstance(g.fn, Specialized)]
+        assert len(specialized) == 1 and len(specialized[0].shapes) == 1
+        assert tm.stats()[str(DEV)]["static_engines"] == 1
+        (key,) = specialized[0].shapes
+        static = specialized[0]._static[key]
+        engines = TorchTensorRTDelegate.engine_devices(static)
+        assert engines and all(device == DEV for _, device in engines)
+        for batch in (16, 24, 16, 40):  # the static engine for 16, the dynamic one for the rest
+            x = torch.randn(batch, 256, device=DEV)
+            assert rel_error(compiled(x), model(x)) < 1e-2
+    assert torch.cuda.current_device() == current
