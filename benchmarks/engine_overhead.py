@@ -29,6 +29,7 @@ def engines_for(model, x):
     import torch
 
     import trt_multidev_backend as tm
+    from trt_multidev_backend.specialize import dynamic_of
 
     graphs = []
 
@@ -39,7 +40,7 @@ def engines_for(model, x):
 
     with torch.no_grad():
         torch.compile(model, backend=capture, options={"min_block_size": 1, "cache": False})(x)
-    runner = max((m for g in graphs for m in g.fn.modules() if type(m).__name__ == "TensorRTEngine"),
+    runner = max((m for g in graphs for m in dynamic_of(g.fn).modules() if type(m).__name__ == "TensorRTEngine"),
                  key=lambda m: len(m.input_names))
     from torch_tensorrt._Device import Device
     from torch_tensorrt.dynamo import CompilationSettings

@@ -35,6 +35,7 @@ HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, HERE)
 import gpu_bench  # noqa: E402  (puts the repository root on sys.path)
 import trt_multidev_backend as tm  # noqa: E402
+from trt_multidev_backend.specialize import dynamic_of  # noqa: E402
 
 BATCHES = (3, 17, 50, 17, 3)
 
@@ -58,8 +59,8 @@ def model_and_input(name: str, batch: int) -> tuple[torch.nn.Module, Any]:
 
 
 def engines_of(graphs: list[Any]) -> list[Any]:
-    return [m for g in graphs if isinstance(getattr(g, "fn", None), torch.nn.Module)
-            for m in g.fn.modules() if type(m).__name__ == "TensorRTEngine"]
+    return [m for g in graphs if isinstance(dynamic_of(getattr(g, "fn", None)), torch.nn.Module)
+            for m in dynamic_of(g.fn).modules() if type(m).__name__ == "TensorRTEngine"]
 
 
 def probe(name: str, strategy: str, cache_dir: str | None = None) -> dict[str, Any]:

@@ -59,6 +59,7 @@ sys.path.insert(0, HERE)
 
 import gpu_bench  # noqa: E402  (also puts the repository root on sys.path)
 import trt_multidev_backend as tm  # noqa: E402
+from trt_multidev_backend.specialize import dynamic_of  # noqa: E402
 
 BACKENDS = ("eager", "trt_multidev", "torch_tensorrt", "inductor")
 GENERATE_BACKENDS = ("eager", "trt_multidev", "inductor")
@@ -267,7 +268,7 @@ def where_ops_run(compiled: Any, dynamo_ops: int) -> dict[str, Any]:
     fallback = compiled.fallback if guarded else None
     if fallback is not None:
         return {"engines": 0, "pytorch_ops": dynamo_ops, "fallback": fallback}
-    inner = compiled.fn if guarded else compiled
+    inner = dynamic_of(compiled.fn) if guarded else compiled
     if not isinstance(inner, nn.Module):
         return {"engines": None, "pytorch_ops": None, "fallback": None}
     names: collections.Counter = collections.Counter()

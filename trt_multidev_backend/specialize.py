@@ -32,7 +32,8 @@ from .build import BUILD_GATE
 from .graphinfo import ArgInfo, Role, attr_tensors, meta_value
 from .guard import device_guard
 
-__all__ = ["STATIC_AFTER", "WINDOW", "MAX_STATE_BYTES", "StaticPlan", "static_plan", "Specialized", "Builder"]
+__all__ = ["STATIC_AFTER", "WINDOW", "MAX_STATE_BYTES", "StaticPlan", "static_plan", "Specialized", "Builder",
+           "dynamic_of"]
 
 log = logging.getLogger("trt_multidev.specialize")
 
@@ -190,6 +191,11 @@ class Specialized:
         with self._lock:
             self._asked.discard(key)
             self._open = self.limit > len(self._asked)
+
+
+def dynamic_of(fn: Any) -> Any:
+    """The delegate's own result under a Specialized wrapper (for tools that inspect engines)."""
+    return fn.dynamic if isinstance(fn, Specialized) else fn
 
 
 class _Job:

@@ -9,6 +9,7 @@ import torch
 import trt_multidev_backend as tm
 from scenarios import DEV, Mlp, rel_error
 from trt_multidev_backend.engine import TensorRTEngine, runtime_cache_supported
+from trt_multidev_backend.specialize import dynamic_of
 
 pytestmark = pytest.mark.skipif(not runtime_cache_supported(),
                                 reason="this TensorRT keeps no JIT kernels: Torch-TensorRT's runtime runs every engine")
@@ -26,7 +27,7 @@ def compiled_modules(model, x, **options):
     compiled = torch.compile(model, backend=capture, options={"min_block_size": 1, **options})
     with torch.no_grad():
         out = compiled(x)
-    engines = [m for g in graphs if isinstance(g.fn, torch.nn.Module) for m in g.fn.modules()
+    engines = [m for g in graphs if isinstance(dynamic_of(g.fn), torch.nn.Module) for m in dynamic_of(g.fn).modules()
                if type(m).__name__ in ("TensorRTEngine", "TorchTensorRTModule", "PythonTorchTensorRTModule")]
     return compiled, out, engines
 

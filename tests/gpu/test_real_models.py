@@ -11,6 +11,7 @@ import trt_multidev_backend as tm
 from scenarios import rel_error
 from trt_multidev_backend.build import pytorch_ops
 from trt_multidev_backend.delegate import ENGINE_MODULES
+from trt_multidev_backend.specialize import dynamic_of
 
 transformers = pytest.importorskip("transformers")
 DEVICE = torch.device("cuda", 1 if torch.cuda.device_count() > 1 else 0)
@@ -39,7 +40,7 @@ def _check(model: torch.nn.Module) -> None:
     assert out.device == DEVICE and rel_error(out, ref) < 2e-2
     counts = tm.stats()[str(DEVICE)]
     assert counts["compiles"] >= 1 and counts["fallbacks"] == 0
-    assert [pytorch_ops(g.fn, ENGINE_MODULES) for g in graphs] == [0] * len(graphs)
+    assert [pytorch_ops(dynamic_of(g.fn), ENGINE_MODULES) for g in graphs] == [0] * len(graphs)
     assert torch.cuda.current_device() == 0
 
 
@@ -76,9 +77,9 @@ def test_t5_runs_in_one_engine_after_its_position_bias():
     assert out.device == DEVICE and rel_error(out, ref) < 2e-2
     assert tm.stats()[str(DEVICE)]["fallbacks"] == 0
     for g in graphs:
-        prefix = getattr(g.fn, "submod_0", None)
+        prefix = getattr(dynamic_of(g.fn), "submod_0", None)
         assert prefix is not None  # the masks were computed ahead of the engine
-        assert pytorch_ops(g.fn, ENGINE_MODULES) == pytorch_ops(prefix, ENGINE_MODULES)
+        assert pytorch_ops(dynamic_of(g.fn), ENGINE_MODULES) == pytorch_ops(prefix, ENGINE_MODULES)
     assert torch.cuda.current_device() == 0
 
 
@@ -107,5 +108,5 @@ def test_gpt2_generate_gives_eagers_tokens():
             vars(lm).pop("forward", None)
     assert torch.equal(out, ref)
     assert len(graphs) >= 2 and all(g.fallback is None for g in graphs)
-    assert [pytorch_ops(g.fn, ENGINE_MODULES) for g in graphs] == [0] * len(graphs)
+    assert [pytorch_ops(dynamic_of(g.fn), ENGINE_MODULES) for g in graphs] == [0] * len(graphs)
     assert torch.cuda.current_device() == 0
