@@ -17,6 +17,7 @@
 #   bash benchmarks/single_gpu_session.sh convnext   # ConvNeXt-T, and with optimization_level 5
 #   bash benchmarks/single_gpu_session.sh convnext_ops   # ConvNeXt-T with layer norm, GELU or convolutions left to PyTorch
 #   bash benchmarks/single_gpu_session.sh precision_short   # GPT-2 with layer norm in PyTorch; ResNet-50 bn folded
+#   bash benchmarks/single_gpu_session.sh profile   # engine_profile_probe.py: ConvNeXt-T's engine, layer by layer
 #   bash benchmarks/single_gpu_session.sh static_shapes   # dynamic_shapes.py: static engines for recurring batches or not
 #   bash benchmarks/single_gpu_session.sh tests decoders   # several phases in one call (about 6 min)
 # Results under $OUT (default /tmp/out). One device call runs at most 10 minutes: about 7 min for
@@ -28,7 +29,7 @@ export PYTHONUNBUFFERED=1 PYTHONPATH=$PWD${PYTHONPATH:+:$PYTHONPATH}
 export TRT_MULTIDEV_CACHE_DIR=${TRT_MULTIDEV_CACHE_DIR:-$(mktemp -d /tmp/trt_multidev_cache.XXXX)}
 python3 -m pip install -q --no-deps --no-build-isolation --no-index -e . >/dev/null 2>&1
 nvidia-smi --query-gpu=index,name,memory.total --format=csv,noheader
-PHASES="static_shapes convnext_ops precision_short tests decoders encoders vision kernels attention probes llama llama_no_tf32 llama_decomposed mobilenet t5 t5_decomposed dynamic_true masks shapes precision convnext"
+PHASES="profile static_shapes convnext_ops precision_short tests decoders encoders vision kernels attention probes llama llama_no_tf32 llama_decomposed mobilenet t5 t5_decomposed dynamic_true masks shapes precision convnext"
 noise='logger passed into|DeprecationWarning|timing_cache|unparsable type|strongly typed|no max bound|warnings.warn|^INFO'
 
 models() {  # name, models, time limit, extra arguments
@@ -75,6 +76,9 @@ print('strongly typed flag of a default network:', n.get_flag(trt.NetworkDefinit
     convnext)  # ConvNeXt-T behind inductor in session 8: does TensorRT's optimization level change it?
       models convnext convnext_t 150
       models convnext_opt5 convnext_t 150 --backends eager,trt_multidev --options '{"optimization_level": 5}' ;;
+    profile)  # where ConvNeXt-T's engine spends its time (TensorRT's per-layer profile)
+      timeout 150 python3 benchmarks/engine_profile_probe.py --out "$out" --model convnext_t --top 25 2>&1 \
+        | grep -vE "$noise" | grep -E "^ |engine|convnext|Error|error" | cut -c1-330 | head -60 ;;
     static_shapes)  # static engines for recurring batches (static_shapes, the default) against the dynamic engine alone
       timeout 420 python3 benchmarks/dynamic_shapes.py --out "$out" --variants eager,eager+nostatic,static,inductor \
         2>&1 | grep -E "step|failed" | cut -c1-220 ;;

@@ -50,17 +50,20 @@ class CapturePlan:
     kind: str = ""
 
 
-def capture_plan(gm: torch.fx.GraphModule, infos: Sequence[ArgInfo], device: torch.device) -> CapturePlan:
-    """Whether and how a graph placed on `device` can be captured (see the module docstring)."""
+def capture_plan(gm: torch.fx.GraphModule, infos: Sequence[ArgInfo], device: torch.device, *,
+                 fixed_shapes: bool = False) -> CapturePlan:
+    """Whether and how a graph placed on `device` can be captured (see the module docstring).
+    `fixed_shapes`: for a static engine built for one shape of a graph with symbolic sizes."""
     static = tuple(i.index for i in infos if i.role is Role.STATE)
     names = tuple(i.name for i in infos)
     if device.type != "cuda":
         return CapturePlan(static, names, f"it runs on {device}, and CUDA graphs need a GPU", "cpu")
-    symbolic = symbolic_sizes(infos)
+    symbolic = [] if fixed_shapes else symbolic_sizes(infos)
     if symbolic:
         return CapturePlan(static, names, f"it has dynamic shapes ({'; '.join(symbolic)}), and TensorRT ties a captured launch "
                    "to the shapes its execution context holds (TensorRT-RTX captures those engines per shape "
-                   "itself); compile with dynamic=False for one captured graph per shape", "dynamic")
+                   "itself); the static engines built for shapes it meets often (setting static_shapes) are captured, "
+                   "and dynamic=False captures one graph per shape", "dynamic")
     changed = changed_in_place(gm, infos, (Role.INPUT,))
     if changed:
         return CapturePlan(static, names, f"it changes its input {', '.join(repr(n) for n in changed)} in place, "

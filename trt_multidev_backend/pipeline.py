@@ -148,7 +148,7 @@ class TrtMultidevBackend:
         self._notices.report_built(built, gm, label, _short(identity), delegate)
         self._log(settings, "graph %s: %s on %s by %s in %.2f s%s%s", graph_name(gm), how, label,
                   _short(identity), time.perf_counter() - start, engines, self._notices.left_summary(built))
-        compiled = self._specialized(compiled, built, infos, delegate, placement, plan, settings, label)
+        compiled = self._specialized(compiled, built, gm, infos, delegate, placement, plan, settings, label)
         wrapper = self._wrap(compiled, plan, placement, settings, label, _short(identity),
                              serialize=not getattr(delegate, "thread_safe", True), capture=capture)
         self._cache.put(key, wrapper)
@@ -240,10 +240,12 @@ class TrtMultidevBackend:
             self._stats.bump(label, "compiles")
         return built
 
-    def _specialized(self, compiled: Callable[..., Any], built: Built, infos: Sequence[Any], delegate: Any,
-                     placement: Placement, plan: DevicePlan, settings: Settings, label: str) -> Callable[..., Any]:
+    def _specialized(self, compiled: Callable[..., Any], built: Built, gm: torch.fx.GraphModule,
+                     infos: Sequence[Any], delegate: Any, placement: Placement, plan: DevicePlan,
+                     settings: Settings, label: str) -> Callable[..., Any]:
         """A graph with dynamic shapes runs static engines for the shapes it meets often, built in
-        the background (specialize.py); other graphs are returned as they are."""
+        the background (specialize.py) and, with cuda_graphs, captured; other graphs are returned
+        as they are."""
         if settings.static_shapes == 0 or built.segmented:
             return compiled
         shapes = static_plan(placement.gm, infos)
@@ -254,6 +256,7 @@ class TrtMultidevBackend:
             self._log(settings, "%s: no static engines for the shapes it meets often: %s", name, shapes.refusal)
             return compiled
         assert plan.target is not None
+        capture = capture_plan(gm, infos, plan.target, fixed_shapes=True) if settings.cuda_graphs else None
 
         def build(args: list[Any]) -> tuple[Callable[..., Any], str]:
             static = dataclasses.replace(placement, example_inputs=args)
@@ -267,6 +270,10 @@ class TrtMultidevBackend:
                         disk, delegate, lambda: self._build(delegate, static, plan, settings, label, counted=False),
                         static, plan, settings, label, counted=False)
                 check_engine_devices(delegate, made.callable, plan.target)
+            if capture is not None and capture.refusal is None:
+                return CudaGraphs(made.callable, plan.target, capture, limit=1, warn=self._warn_once,
+                                  label=f"{name}, static engine",
+                                  count=lambda counter: self._stats.bump(label, counter)), how + " (to be captured)"
             return made.callable, how
 
         def ready(key: tuple, how: str, seconds: float) -> None:

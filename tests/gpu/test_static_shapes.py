@@ -43,3 +43,31 @@ def test_a_recurring_shape_runs_a_static_engine_built_in_the_background(runtime)
             x = torch.randn(batch, 256, device=DEV)
             assert rel_error(compiled(x), model(x)) < 1e-2
     assert torch.cuda.current_device() == current
+
+
+def test_with_cuda_graphs_static_engines_are_captured_and_replayed():
+    from trt_multidev_backend.cudagraphs import CudaGraphs
+
+    graphs = []
+
+    def capture(gm, example_inputs, **kwargs):
+        fn = tm.backend(gm, example_inputs, **kwargs)
+        graphs.append(fn)
+        return fn
+
+    model = Mlp().eval().to(DEV)
+    compiled = torch.compile(model, backend=capture, options={"min_block_size": 1, "cache": False,
+                                                              "cuda_graphs": True})
+    with torch.no_grad():
+        for batch in (8, 16, 16, 16):
+            compiled(torch.randn(batch, 256, device=DEV))
+        assert tm.wait_for_builds(300)
+        outs = []
+        for _ in range(4):  # warm, capture, replay, replay
+            x = torch.randn(16, 256, device=DEV)
+            outs.append((compiled(x), model(x)))
+    (specialized,) = [g.fn for g in graphs if isinstance(g.fn, Specialized)]
+    (static,) = specialized._static.values()
+    assert isinstance(static, CudaGraphs) and static.captures == 1
+    assert all(rel_error(out, ref) < 1e-2 for out, ref in outs)
+    assert len({out.data_ptr() for out, _ in outs}) == 4  # replays hand out their own outputs
