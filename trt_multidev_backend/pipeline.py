@@ -187,16 +187,17 @@ class TrtMultidevBackend:
         return load_delegate(settings.delegate)
 
     def _obtain(self, delegate: Any, placement: Placement, plan: DevicePlan, settings: Settings,
-                label: str) -> tuple[Built, str]:
-        """The compiled graph: from the disk cache (or another GPU's build) when possible, else built."""
+                label: str, *, counted: bool = True) -> tuple[Built, str]:
+        """The compiled graph: from the disk cache (or another GPU's build) when possible, else built.
+        `counted`: False for static engines, which are counted apart."""
         segmented = split_by_device(placement.gm, placement.example_inputs, plan)
         if segmented is None:
             def build() -> Built:
-                return self._build(delegate, placement, plan, settings, label)
+                return self._build(delegate, placement, plan, settings, label, counted=counted)
 
             disk = self._reuse.plan(delegate, placement, plan, settings)
             if disk is not None:
-                return self._reuse.obtain(disk, delegate, build, placement, plan, settings, label)
+                return self._reuse.obtain(disk, delegate, build, placement, plan, settings, label, counted=counted)
             return build(), "built"
         excluded: list[tuple[str, str]] = []
         left: list[tuple[int, str, str]] = []
@@ -262,13 +263,7 @@ class TrtMultidevBackend:
             static = dataclasses.replace(placement, example_inputs=args)
             with engine_options(kernel_specialization=settings.kernel_specialization,
                                 internal_cuda_graphs=settings.cuda_graphs):
-                disk = self._reuse.plan(delegate, static, plan, settings)
-                if disk is None:
-                    made, how = self._build(delegate, static, plan, settings, label, counted=False), "built"
-                else:
-                    made, how = self._reuse.obtain(
-                        disk, delegate, lambda: self._build(delegate, static, plan, settings, label, counted=False),
-                        static, plan, settings, label, counted=False)
+                made, how = self._obtain(delegate, static, plan, settings, label, counted=False)
                 check_engine_devices(delegate, made.callable, plan.target)
             if capture is not None and capture.refusal is None:
                 return CudaGraphs(made.callable, plan.target, capture, limit=1, warn=self._warn_once,
