@@ -164,6 +164,7 @@ BUILDS: list = []  # ("dynamic" | "static", the tensor example inputs' shapes), 
 RUNS: list = []    # which build ran each call: "dynamic" or "static"
 REFUSE_STATIC: list = []  # non-empty: static builds raise (a converter that fails at fixed shapes)
 STATIC_BUILD_THREADS: list = []  # the thread each static build ran on
+STATIC_BUILD_GRAD: list = []  # whether grad mode was on in each static build
 
 
 def tagging(gm, example_inputs, *, device, settings):
@@ -177,6 +178,7 @@ def tagging(gm, example_inputs, *, device, settings):
     BUILDS.append((tag, [tuple(x.shape) for x in example_inputs if isinstance(x, torch.Tensor)]))
     if tag == "static":
         STATIC_BUILD_THREADS.append(threading.current_thread().name)
+        STATIC_BUILD_GRAD.append(torch.is_grad_enabled())
         if REFUSE_STATIC:
             raise RuntimeError(REFUSE_STATIC[0])
     forward = gm.forward

@@ -19,7 +19,8 @@ OPTIONS = {"delegate": "_delegates:tagging", "cache": False}
 
 @pytest.fixture(autouse=True)
 def _clean():
-    for record in (_delegates.BUILDS, _delegates.RUNS, _delegates.REFUSE_STATIC, _delegates.STATIC_BUILD_THREADS):
+    for record in (_delegates.BUILDS, _delegates.RUNS, _delegates.REFUSE_STATIC, _delegates.STATIC_BUILD_THREADS,
+                   _delegates.STATIC_BUILD_GRAD):
         record.clear()
     yield
     tm.wait_for_builds(30)
@@ -55,6 +56,7 @@ def test_a_shape_met_three_times_gets_a_static_engine_built_in_the_background():
     tag, shapes = _delegates.BUILDS[-1]
     assert tag == "static" and (3, 4) in shapes and (5, 4) not in shapes  # built for batch 3
     assert _delegates.STATIC_BUILD_THREADS[-1] == "trt_multidev-static-builds"
+    assert _delegates.STATIC_BUILD_GRAD[-1] is False  # the calls ran under no_grad, so did the build
     del _delegates.RUNS[:]
     _calls(compiled, model, [3, 7, 3, 7])  # batch 7 met twice: not yet
     assert _delegates.RUNS == ["static", "dynamic", "static", "dynamic"]
@@ -125,7 +127,7 @@ def test_reset_drops_builds_not_started_and_waits_for_the_one_running():
         def __init__(self):
             self.forgotten = []
 
-        def _make(self, key, spec):
+        def _make(self, key, spec, grad):
             slow(key)()
 
         def _forget(self, key):

@@ -170,14 +170,15 @@ class Specialized:
         inputs = set(self.plan.inputs)
         spec = [_Empty(a.shape, a.stride(), a.dtype, a.device) if i in inputs and isinstance(a, torch.Tensor) else a
                 for i, a in enumerate(args)]
-        self._builder.submit(_Job(weakref.ref(self), key, spec))
+        self._builder.submit(_Job(weakref.ref(self), key, spec, torch.is_grad_enabled()))
 
-    def _make(self, key: tuple, spec: list[Any]) -> None:
+    def _make(self, key: tuple, spec: list[Any], grad: bool = False) -> None:
+        """Build on the builder's thread, under the target's guard and the caller's grad mode."""
         import time
 
         start = time.perf_counter()
         try:
-            with BUILD_GATE.alone(), device_guard(self.device):
+            with BUILD_GATE.alone(), device_guard(self.device), torch.set_grad_enabled(grad):
                 args = [a.make() if isinstance(a, _Empty) else a for a in spec]
                 static, how = self._build(args)
         except Exception as exc:  # the dynamic engine keeps serving this shape
@@ -199,15 +200,15 @@ def dynamic_of(fn: Any) -> Any:
 
 
 class _Job:
-    __slots__ = ("owner", "key", "spec")
+    __slots__ = ("owner", "key", "spec", "grad")
 
-    def __init__(self, owner: "weakref.ref[Specialized]", key: tuple, spec: list[Any]):
-        self.owner, self.key, self.spec = owner, key, spec
+    def __init__(self, owner: "weakref.ref[Specialized]", key: tuple, spec: list[Any], grad: bool = False):
+        self.owner, self.key, self.spec, self.grad = owner, key, spec, grad
 
     def run(self) -> None:
         owner = self.owner()
         if owner is not None:  # a graph dynamo dropped needs no engine
-            owner._make(self.key, self.spec)
+            owner._make(self.key, self.spec, self.grad)
 
     def drop(self) -> None:
         owner = self.owner()
