@@ -13,18 +13,21 @@ from trt_multidev_backend.delegate import TorchTensorRTDelegate
 from trt_multidev_backend.specialize import Specialized
 
 
-@pytest.mark.parametrize("runtime", ["auto", "torch_tensorrt"])
-def test_a_recurring_shape_runs_a_static_engine_built_in_the_background(runtime):
+def _compiled(model, **options):
+    """torch.compile through trt_multidev, and the list that collects what it returns per graph."""
     graphs = []
 
     def capture(gm, example_inputs, **kwargs):
-        fn = tm.backend(gm, example_inputs, **kwargs)
-        graphs.append(fn)
-        return fn
+        graphs.append(tm.backend(gm, example_inputs, **kwargs))
+        return graphs[-1]
 
+    return torch.compile(model, backend=capture, options={"min_block_size": 1, "cache": False, **options}), graphs
+
+
+@pytest.mark.parametrize("runtime", ["auto", "torch_tensorrt"])
+def test_a_recurring_shape_runs_a_static_engine_built_in_the_background(runtime):
     model = Mlp().eval().to(DEV)
-    compiled = torch.compile(model, backend=capture,
-                             options={"min_block_size": 1, "cache": False, "engine_runtime": runtime})
+    compiled, graphs = _compiled(model, engine_runtime=runtime)
     current = torch.cuda.current_device()
     with torch.no_grad():
         for batch in (8, 16, 16, 16, 24):  # 8: a static graph; 16 recompiles it dynamic, met 3 times
@@ -48,16 +51,8 @@ def test_a_recurring_shape_runs_a_static_engine_built_in_the_background(runtime)
 def test_with_cuda_graphs_static_engines_are_captured_and_replayed():
     from trt_multidev_backend.cudagraphs import CudaGraphs
 
-    graphs = []
-
-    def capture(gm, example_inputs, **kwargs):
-        fn = tm.backend(gm, example_inputs, **kwargs)
-        graphs.append(fn)
-        return fn
-
     model = Mlp().eval().to(DEV)
-    compiled = torch.compile(model, backend=capture, options={"min_block_size": 1, "cache": False,
-                                                              "cuda_graphs": True})
+    compiled, graphs = _compiled(model, cuda_graphs=True)
     with torch.no_grad():
         for batch in (8, 16, 16, 16):
             compiled(torch.randn(batch, 256, device=DEV))
