@@ -219,3 +219,27 @@ def test_a_background_build_runs_only_while_no_other_build_does():
         t.join(10)
     assert order == ["first in", "first out", "background in", "background's own call", "background out",
                      "late in", "late out"]
+
+
+def test_a_static_build_runs_under_its_gpus_guard_and_gives_the_device_back(monkeypatch):
+    from test_guard import FakeCuda
+
+    from trt_multidev_backend import guard
+
+    cuda = FakeCuda(real=0, contexts=(0, 1))
+    monkeypatch.setattr(guard, "CUDA", cuda)
+    seen = []
+
+    def build(args):
+        seen.append((cuda.state(), args))
+        cuda._set_real(3)  # a library that switched the device and did not switch back
+        return (lambda *a: "static"), "built"
+
+    graph = specialize.Specialized(lambda *a: "dynamic", specialize.StaticPlan((), (0,), ()), torch.device("cuda", 1),
+                                   2, specialize.Builder(), build, ready=lambda *a: None,
+                                   failed=lambda key, exc: seen.append(exc))
+    assert [graph(7) for _ in range(3)] == ["dynamic"] * 3
+    assert graph._builder.wait(10)
+    assert seen == [((1, 1), [7])]  # built with cuda:1 current, for the size it was called with
+    assert cuda.state() == (0, 0)
+    assert graph(7) == "static" and graph(8) == "dynamic"
