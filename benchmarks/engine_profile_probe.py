@@ -38,7 +38,9 @@ def main() -> int:
     parser.add_argument("--options", default="{}", help="trt_multidev options, JSON")
     args = parser.parse_args()
     os.makedirs(args.out, exist_ok=True)
-    import tensorrt as trt
+    from trt_multidev_backend.engine import _tensorrt
+
+    trt = _tensorrt()  # tensorrt, or TensorRT-RTX under its own name
 
     dev = torch.device("cuda", 0)
     case = real_models.MODELS[args.model](dev)

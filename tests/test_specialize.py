@@ -1,6 +1,6 @@
-"""Static engines for the shapes a dynamic graph meets often (setting static_shapes): built in the
-background after STATIC_AFTER calls of one shape, run from then on for that shape only; bounded,
-refused for large module state, failures warned once and never retried."""
+"""Static engines for the shapes a dynamic graph meets often (setting static_shapes): built during
+the call that meets a shape the STATIC_AFTER-th time within WINDOW calls, run from then on for
+that shape only; bounded, refused for large module state, failures warned once, never retried."""
 
 from __future__ import annotations
 
@@ -23,7 +23,6 @@ def _clean():
                    _delegates.STATIC_BUILD_GRAD):
         record.clear()
     yield
-    tm.wait_for_builds(30)
 
 
 def _model():
@@ -45,22 +44,20 @@ def _dynamic(model, **options):
     return compiled
 
 
-def test_a_shape_met_three_times_gets_a_static_engine_built_in_the_background():
+def test_a_shape_met_three_times_gets_a_static_engine_built_for_it():
     model = _model()
     compiled = _dynamic(model)
     _calls(compiled, model, [3, 5, 3, 5])  # dynamic graph built at 3; each shape met twice
-    assert tm.wait_for_builds(30)
     assert [tag for tag, _ in _delegates.BUILDS] == ["static", "dynamic"]  # the first graph, then dynamic
-    _calls(compiled, model, [3])  # third call of batch 3: its static engine is asked for
-    assert tm.wait_for_builds(30)
+    _calls(compiled, model, [3])  # third call of batch 3: its static engine is built and run
+    assert _delegates.RUNS[-1] == "static"
     tag, shapes = _delegates.BUILDS[-1]
     assert tag == "static" and (3, 4) in shapes and (5, 4) not in shapes  # built for batch 3
-    assert _delegates.STATIC_BUILD_THREADS[-1] == "trt_multidev-static-builds"
+    assert _delegates.STATIC_BUILD_THREADS[-1] == threading.current_thread().name  # no builder thread
     assert _delegates.STATIC_BUILD_GRAD[-1] is False  # the calls ran under no_grad, so did the build
     del _delegates.RUNS[:]
     _calls(compiled, model, [3, 7, 3, 7])  # batch 7 met twice: not yet
     assert _delegates.RUNS == ["static", "dynamic", "static", "dynamic"]
-    assert tm.wait_for_builds(30)
     assert tm.stats()["cpu"]["static_engines"] == 1
     assert tm.stats()["cpu"]["compiles"] == 2  # static builds are counted apart
 
@@ -69,7 +66,6 @@ def test_at_most_static_shapes_engines_per_graph_and_none_with_zero():
     model = _model()
     compiled = _dynamic(model, static_shapes=1)
     _calls(compiled, model, [3, 3, 3, 4, 4, 4, 4])
-    assert tm.wait_for_builds(30)
     del _delegates.RUNS[:]
     _calls(compiled, model, [3, 4])
     assert _delegates.RUNS == ["static", "dynamic"]
@@ -78,7 +74,6 @@ def test_at_most_static_shapes_engines_per_graph_and_none_with_zero():
     torch._dynamo.reset()
     off = _dynamic(model, static_shapes=0)
     _calls(off, model, [3] * 6)
-    assert tm.wait_for_builds(30)
     assert "static" not in _delegates.RUNS[-6:]
     assert tm.stats().get("cpu", {}).get("static_engines", 0) == 0
 
@@ -89,7 +84,6 @@ def test_a_failed_static_build_is_warned_once_and_not_tried_again(caplog):
     compiled = _dynamic(model)
     with caplog.at_level(logging.WARNING, logger="trt_multidev"):
         _calls(compiled, model, [3] * 8 + [4] * 8)
-        assert tm.wait_for_builds(30)
         _calls(compiled, model, [3, 4])
     statics = [tag for tag, _ in _delegates.BUILDS if tag == "static"]
     assert len(statics) == 1 + 2  # the first graph; then one try each for batch 3 and batch 4
@@ -105,44 +99,8 @@ def test_graphs_holding_much_state_get_no_static_engines(monkeypatch, caplog):
     with caplog.at_level(logging.INFO, logger="trt_multidev"):
         compiled = _dynamic(model)
         _calls(compiled, model, [3] * 6)
-    assert tm.wait_for_builds(30)
     assert "static" not in _delegates.RUNS[-5:]
     assert any("no static engines" in r.getMessage() and "MiB" in r.getMessage() for r in caplog.records)
-
-
-def test_reset_drops_builds_not_started_and_waits_for_the_one_running():
-    started, release = threading.Event(), threading.Event()
-    ran: list = []
-
-    def slow(key):
-        def job():
-            started.set()
-            release.wait(10)
-            ran.append(key)
-        return job
-
-    builder = specialize.Builder()
-
-    class Owner:  # what a job reports back to: a Specialized graph
-        def __init__(self):
-            self.forgotten = []
-
-        def _make(self, key, spec, grad):
-            slow(key)()
-
-        def _forget(self, key):
-            self.forgotten.append(key)
-
-    owner = Owner()
-    import weakref
-
-    for key in ("a", "b", "c"):
-        builder.submit(specialize._Job(weakref.ref(owner), key, []))
-    assert started.wait(10)
-    threading.Timer(0.2, release.set).start()
-    assert builder.cancel() == 2  # b and c dropped, a waited for
-    assert ran == ["a"] and owner.forgotten == ["b", "c"]
-    assert builder.wait(0)
 
 
 def test_setting_is_validated():
@@ -159,7 +117,6 @@ def test_static_engines_are_kept_in_the_disk_cache_for_later_processes():
         before = serializing.builds
         compiled = torch.compile(model, backend="trt_multidev", options={"delegate": "_delegates:serializing"})
         _calls(compiled, model, [2, 3, 3, 3])
-        assert tm.wait_for_builds(30)
         made.append(serializing.builds - before)
     assert made == [3, 0]  # first graph, dynamic graph, static engine; then all three loaded from disk
     assert tm.stats()["cpu"]["static_engines"] == 1
@@ -172,53 +129,9 @@ def test_a_shape_met_once_per_window_of_calls_gets_none():
     compiled = _dynamic(model)
     lengths = list(range(3, 3 + specialize.WINDOW // 2 + 1))  # 33 lengths: each seen once per pass
     _calls(compiled, model, lengths * 3)
-    assert tm.wait_for_builds(30)
     assert "static" not in [tag for tag, _ in _delegates.BUILDS[1:]]
     _calls(compiled, model, [40, 41, 40, 41, 40])  # recurring within the window: built
-    assert tm.wait_for_builds(30)
     assert tm.stats()["cpu"]["static_engines"] == 1
-
-
-def test_a_background_build_runs_only_while_no_other_build_does():
-    from trt_multidev_backend.build import BuildGate
-
-    gate, order = BuildGate(), []
-    first_in, release_first, background_in, release_background = (threading.Event() for _ in range(4))
-
-    def caller(name, entered, release):
-        with gate.caller():
-            order.append(f"{name} in")
-            entered.set() if entered else None
-            release.wait(10) if release else None
-            order.append(f"{name} out")
-
-    def background():
-        with gate.alone():
-            order.append("background in")
-            with gate.caller():  # its own delegate calls pass
-                order.append("background's own call")
-            background_in.set()
-            release_background.wait(10)
-            order.append("background out")
-
-    first = threading.Thread(target=caller, args=("first", first_in, release_first))
-    first.start()
-    assert first_in.wait(10)
-    back = threading.Thread(target=background)
-    back.start()
-    time_left = back.join(0.2) or back.is_alive()
-    assert time_left and "background in" not in order  # waits for the caller's build
-    release_first.set()
-    assert background_in.wait(10)
-    late = threading.Thread(target=caller, args=("late", None, None))
-    late.start()
-    late.join(0.2)
-    assert late.is_alive()  # a caller's build waits for the background one
-    release_background.set()
-    for t in (first, back, late):
-        t.join(10)
-    assert order == ["first in", "first out", "background in", "background's own call", "background out",
-                     "late in", "late out"]
 
 
 def test_a_static_build_runs_under_its_gpus_guard_and_gives_the_device_back(monkeypatch):
@@ -236,10 +149,8 @@ def test_a_static_build_runs_under_its_gpus_guard_and_gives_the_device_back(monk
         return (lambda *a: "static"), "built"
 
     graph = specialize.Specialized(lambda *a: "dynamic", specialize.StaticPlan((), (0,), ()), torch.device("cuda", 1),
-                                   2, specialize.Builder(), build, ready=lambda *a: None,
-                                   failed=lambda key, exc: seen.append(exc))
-    assert [graph(7) for _ in range(3)] == ["dynamic"] * 3
-    assert graph._builder.wait(10)
+                                   2, build, ready=lambda *a: None, failed=lambda key, exc: seen.append(exc))
+    assert [graph(7) for _ in range(3)] == ["dynamic", "dynamic", "static"]  # the third call built it
     assert seen == [((1, 1), [7])]  # built with cuda:1 current, for the size it was called with
     assert cuda.state() == (0, 0)
     assert graph(7) == "static" and graph(8) == "dynamic"

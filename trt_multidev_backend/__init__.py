@@ -48,7 +48,6 @@ __all__ = [
     "Replica",
     "reset",
     "stats",
-    "wait_for_builds",
     "Settings",
     "SETTING_SPECS",
     "resolve_settings",
@@ -65,14 +64,6 @@ def stats() -> dict[str, dict[str, int]]:
     from .pipeline import backend
 
     return backend.stats()
-
-
-def wait_for_builds(timeout: float | None = None) -> bool:
-    """Wait for the static engines being built in the background for shapes that graphs with
-    dynamic shapes meet often (setting ``static_shapes``); False if `timeout` seconds passed first."""
-    from .pipeline import backend
-
-    return backend.wait_for_builds(timeout)
 
 
 def reset() -> None:

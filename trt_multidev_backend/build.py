@@ -20,13 +20,11 @@ place are not cut (a functionalizing delegate would keep the write inside its pi
 from __future__ import annotations
 
 import collections
-import contextlib
 import dataclasses
 import operator
-import threading
 import traceback
 from dataclasses import dataclass, field
-from typing import Any, Callable, Iterator, Sequence
+from typing import Any, Callable, Sequence
 
 import torch
 import torch.fx
@@ -38,7 +36,7 @@ from .runtime import select_kept
 from .segments import install, piece_number, runs, split_graph
 from .settings import Settings
 
-__all__ = ["BUILD_GATE", "BuildGate", "Built", "call_delegate", "check_engine_devices", "pytorch_ops", "first_line", "first_line_of",
+__all__ = ["Built", "call_delegate", "check_engine_devices", "pytorch_ops", "first_line", "first_line_of",
            "MAX_EXCLUDED", "MAX_PIECE_BUILDS", "MIN_PIECE_OPS"]
 
 MAX_EXCLUDED = 8
@@ -46,50 +44,6 @@ MAX_PIECE_BUILDS = 16  # delegate calls one search by halves may make
 MIN_PIECE_OPS = 4      # a failing piece with fewer than twice this many ops is not cut again
 
 
-
-class BuildGate:
-    """Builds on callers' threads may overlap one another, as they always could (a thread per GPU
-    building its own graph); a build on the background thread (static engines, specialize.py)
-    runs only while no other build does, and holds later builds back until it ends, so the
-    builds a user did not ask for never run beside the ones they did."""
-
-    def __init__(self) -> None:
-        self._cv = threading.Condition()
-        self._callers = 0
-        self._background: threading.Thread | None = None
-
-    @contextlib.contextmanager
-    def caller(self) -> Iterator[None]:
-        me = threading.current_thread()
-        with self._cv:
-            if self._background is me:  # the background build's own delegate calls
-                inside = True
-            else:
-                inside = False
-                self._cv.wait_for(lambda: self._background is None)
-                self._callers += 1
-        try:
-            yield
-        finally:
-            if not inside:
-                with self._cv:
-                    self._callers -= 1
-                    self._cv.notify_all()
-
-    @contextlib.contextmanager
-    def alone(self) -> Iterator[None]:
-        with self._cv:
-            self._cv.wait_for(lambda: self._background is None and self._callers == 0)
-            self._background = threading.current_thread()
-        try:
-            yield
-        finally:
-            with self._cv:
-                self._background = None
-                self._cv.notify_all()
-
-
-BUILD_GATE = BuildGate()  # every delegate call passes it
 
 
 @dataclass
@@ -115,12 +69,6 @@ def call_delegate(delegate: Any, gm: torch.fx.GraphModule, inputs: Sequence[Any]
     Torch-TensorRT drops unused SymInt placeholders (dynamic shapes) from the graph it is given;
     the caller still passes them, so the result is adapted to take exactly the arguments that
     survived."""
-    with BUILD_GATE.caller():
-        return _call_delegate(delegate, gm, inputs, device, settings, _search=_search, _shallow=_shallow)
-
-
-def _call_delegate(delegate: Any, gm: torch.fx.GraphModule, inputs: Sequence[Any], device: torch.device,
-                   settings: Settings, *, _search: _Search | None, _shallow: bool) -> Built:
     finder = None if settings.strict else getattr(delegate, "failing_op", None)
     excluded: list[tuple[str, str]] = []
     while True:

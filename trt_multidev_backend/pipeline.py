@@ -27,7 +27,7 @@ from .reuse import Reuse, graph_name
 from .rewrites import pin_state_scalars, rewrite_for_tensorrt
 from .runtime import GuardedCallable
 from .segments import install, split_by_device
-from .specialize import Builder, Specialized, static_plan
+from .specialize import Specialized, static_plan
 from .notices import Notices, build_failure
 from .settings import Settings, SettingsError, resolve_settings
 
@@ -54,7 +54,6 @@ class TrtMultidevBackend:
         self._log = self._notices.log
         self._default_delegate = TorchTensorRTDelegate()
         self._reuse = Reuse(self._stats, self._warn_once, self._log)
-        self._builder = Builder()  # static engines for graphs with dynamic shapes, in the background
 
     # -- public --------------------------------------------------------------------------
     @through_dynamo  # our errors reach torch.compile's caller as themselves, not BackendCompilerFailed
@@ -157,19 +156,12 @@ class TrtMultidevBackend:
     def reset(self) -> None:
         """Forget every compiled result, counter and warn-once record (torch._dynamo.reset()).
         The disk cache stays: it is for later processes, and entries whose graphs compiled
-        kernels since they were stored are written back first. Static builds not started are
-        dropped, and the one under way is waited for."""
-        self._builder.cancel()
+        kernels since they were stored are written back first."""
         self._reuse.save_learned()
         self._cache.clear()
         self._stats.clear()
         self._notices.clear()
         self._reuse.clear()
-
-    def wait_for_builds(self, timeout: float | None = None) -> bool:
-        """Wait for the static engines being built in the background (setting static_shapes);
-        False if `timeout` seconds passed first."""
-        return self._builder.wait(timeout)
 
     def stats(self) -> dict[str, dict[str, int]]:
         """Counters per device: compiles (delegate builds in this process), cache_hits (reused
@@ -177,7 +169,7 @@ class TrtMultidevBackend:
         cross_device_reuses (a build made for another GPU, loaded here from memory or disk),
         fallbacks, corrupt_entries, lock_waits, cuda_graphs (input shapes captured in CUDA
         graphs), uncaptured (compiled graphs that cuda_graphs left uncaptured), static_engines
-        (static engines built or loaded in the background for shapes a dynamic graph met often)."""
+        (static engines built or loaded for shapes a dynamic graph met often)."""
         return self._stats.snapshot()
 
     # -- pieces --------------------------------------------------------------------------
@@ -244,9 +236,9 @@ class TrtMultidevBackend:
     def _specialized(self, compiled: Callable[..., Any], built: Built, gm: torch.fx.GraphModule,
                      infos: Sequence[Any], delegate: Any, placement: Placement, plan: DevicePlan,
                      settings: Settings, label: str) -> Callable[..., Any]:
-        """A graph with dynamic shapes runs static engines for the shapes it meets often, built in
-        the background (specialize.py) and, with cuda_graphs, captured; other graphs are returned
-        as they are."""
+        """A graph with dynamic shapes runs static engines for the shapes it meets often, built
+        during the call that makes a shape recurring (specialize.py) and, with cuda_graphs,
+        captured; other graphs are returned as they are."""
         if settings.static_shapes == 0 or built.segmented:
             return compiled
         shapes = static_plan(placement.gm, infos)
@@ -261,10 +253,12 @@ class TrtMultidevBackend:
 
         def build(args: list[Any]) -> tuple[Callable[..., Any], str]:
             static = dataclasses.replace(placement, example_inputs=args)
-            with engine_options(kernel_specialization=settings.kernel_specialization,
-                                internal_cuda_graphs=settings.cuda_graphs):
+            with track(f"{graph_name(placement.gm)}, static engine for {_shape_text(shapes.key(args))}", label,
+                       settings) as shown, engine_options(kernel_specialization=settings.kernel_specialization,
+                                                         internal_cuda_graphs=settings.cuda_graphs):
                 made, how = self._obtain(delegate, static, plan, settings, label, counted=False)
                 check_engine_devices(delegate, made.callable, plan.target)
+                shown.finish(how, None)
             if capture is not None and capture.refusal is None:
                 return CudaGraphs(made.callable, plan.target, capture, limit=1, warn=self._warn_once,
                                   label=f"{name}, static engine",
@@ -283,7 +277,7 @@ class TrtMultidevBackend:
                             f"({first_line_of(exc)}); the dynamic engine keeps serving that shape. "
                             "(Warned once per reason and device.)")
 
-        return Specialized(compiled, shapes, plan.target, settings.static_shapes, self._builder, build, ready, failed)
+        return Specialized(compiled, shapes, plan.target, settings.static_shapes, build, ready, failed)
 
     def _wrap(self, compiled: Callable[..., Any], plan: DevicePlan, placement: Placement, settings: Settings,
               label: str, delegate: str, *, serialize: bool, fallback: str | None = None,

@@ -1,41 +1,34 @@
 """Static engines for the shapes a dynamic graph keeps meeting (setting ``static_shapes``).
 
 A dynamic engine serves a range of shapes with one TensorRT profile, and runs slower than a
-static engine built for one shape (H200, ResNet-18 fp16: 1.28-1.8x at the same batch,
-benchmarks/results/2026-12-02-h200-s8). So the calls of a compiled graph with symbolic sizes are
+static engine built for one shape (H200, ResNet-18 fp16: 1.27-1.8x at the same batch,
+benchmarks/results/2026-12-03-h200-s9). So the calls of a compiled graph with symbolic sizes are
 counted per shape: a shape met :data:`STATIC_AFTER` times within :data:`WINDOW` calls gets a
-static engine, built for the graph's GPU on a background thread while the dynamic engine keeps
-serving that shape, and from then on calls of that shape run the static engine (a decode loop,
-which meets each length once per sequence, gets none). At most ``static_shapes`` static engines per
-graph; none for graphs whose module state is over :data:`MAX_STATE_BYTES`, since every engine
-holds its own copy of the weights. A static build that fails is warned about once and not tried
-again for that shape. A build on the background thread runs only while no other build does
-(``build.BUILD_GATE``), so the builds a user did not ask for never run beside theirs;
-``trt_multidev_backend.wait_for_builds()`` waits for those under way, ``reset()`` drops those not
-started and waits for the one running.
+static engine, built for the graph's GPU during that call (a stall like a recompile), and from
+then on calls of that shape run it; a decode loop, which meets each length once per sequence,
+gets none. At most ``static_shapes`` static engines per graph; none for graphs whose module
+state is over :data:`MAX_STATE_BYTES`, since every engine holds its own copy of the weights. A
+static build that fails is warned about once and not tried again for that shape.
+
+Why not in the background: a build traces the graph with torch.fx, whose "tracing now" flag is
+one process-wide global, and while it is set every call of a torch.compile'd function on any
+other thread raises "Detected that you are using FX to symbolically trace a dynamo-optimized
+function" (measured on the H200 in session 9: GPT-2's generate() failed so).
 """
 
 from __future__ import annotations
 
-import atexit
-import collections
-import logging
 import threading
-import weakref
 from dataclasses import dataclass
 from typing import Any, Callable, Sequence
 
 import torch
 import torch.fx
 
-from .build import BUILD_GATE
 from .graphinfo import ArgInfo, Role, attr_tensors, meta_value
 from .guard import device_guard
 
-__all__ = ["STATIC_AFTER", "WINDOW", "MAX_STATE_BYTES", "StaticPlan", "static_plan", "Specialized", "Builder",
-           "dynamic_of"]
-
-log = logging.getLogger("trt_multidev.specialize")
+__all__ = ["STATIC_AFTER", "WINDOW", "MAX_STATE_BYTES", "StaticPlan", "static_plan", "Specialized", "dynamic_of"]
 
 STATIC_AFTER = 3               # calls of one shape before it gets a static engine
 MAX_STATE_BYTES = 512 * 2**20  # graphs holding more module state get no static engines
@@ -100,7 +93,8 @@ def static_plan(gm: torch.fx.GraphModule, infos: Sequence[ArgInfo]) -> StaticPla
 
 @dataclass(frozen=True)
 class _Empty:
-    """A caller input's metadata: an empty tensor like it is made on the builder's thread."""
+    """A caller input's metadata: an empty tensor like it stands in for it in a build (the build
+    needs shapes, not values, and must not hold on to the caller's tensor)."""
 
     shape: torch.Size
     stride: tuple[int, ...]
@@ -114,25 +108,25 @@ class _Empty:
 class Specialized:
     """A compiled dynamic graph that runs static engines for the shapes it meets often.
 
-    `build(args)` makes the static engine for the call shape of `args` (on the builder's thread)
-    and returns (callable, how); `ready(key, how, seconds)` and `failed(key, exc)` report.
+    `build(args)` makes the static engine for the call shape of `args` and returns (callable,
+    how); `ready(key, how, seconds)` and `failed(key, exc)` report. Safe to call from several
+    threads: one of them builds a shape's engine, the others run the dynamic engine meanwhile.
     """
 
     def __init__(self, dynamic: Callable[..., Any], plan: StaticPlan, device: torch.device, limit: int,
-                 builder: "Builder", build: Callable[[list[Any]], tuple[Callable[..., Any], str]],
+                 build: Callable[[list[Any]], tuple[Callable[..., Any], str]],
                  ready: Callable[[tuple, str, float], None], failed: Callable[[tuple, BaseException], None]):
         self.dynamic = dynamic
         self.plan = plan
         self.device = device
         self.limit = limit
-        self._builder = builder
         self._build = build
         self._ready = ready
         self._failed = failed
         self._static: dict[tuple, Callable[..., Any]] = {}
         self._counts: dict[tuple, int] = {}  # per shape, in the current window of calls
         self._calls = 0
-        self._asked: set[tuple] = set()  # built, being built, waiting, or failed: never asked again
+        self._asked: set[tuple] = set()  # built, being built or failed: never asked for again
         self._lock = threading.Lock()
         self._open = limit > 0
 
@@ -141,8 +135,10 @@ class Specialized:
         static = self._static.get(key)
         if static is not None:
             return static(*args)
-        if self._open:
-            self._count(key, args)
+        if self._open and self._due(key):
+            static = self._make(key, args)
+            if static is not None:
+                return static(*args)
         return self.dynamic(*args)
 
     @property
@@ -150,10 +146,11 @@ class Specialized:
         """The call shapes that run a static engine now."""
         return list(self._static)
 
-    def _count(self, key: tuple, args: Sequence[Any]) -> None:
+    def _due(self, key: tuple) -> bool:
+        """Count a call of `key`; True once for the call that makes it recurring."""
         with self._lock:
             if key in self._asked or not self._open:
-                return
+                return False
             self._calls += 1
             if self._calls > WINDOW:
                 self._calls = 1
@@ -161,120 +158,34 @@ class Specialized:
             seen = self._counts.get(key, 0) + 1
             if seen < STATIC_AFTER:
                 self._counts[key] = seen
-                return
+                return False
+            if torch.cuda.is_available() and torch.cuda.is_current_stream_capturing():
+                return False  # the caller captures a CUDA graph: no build inside it
             self._counts.pop(key, None)
             self._asked.add(key)
             if len(self._asked) >= self.limit:
                 self._open = False
                 self._counts.clear()
-        inputs = set(self.plan.inputs)
-        spec = [_Empty(a.shape, a.stride(), a.dtype, a.device) if i in inputs and isinstance(a, torch.Tensor) else a
-                for i, a in enumerate(args)]
-        self._builder.submit(_Job(weakref.ref(self), key, spec, torch.is_grad_enabled()))
+            return True
 
-    def _make(self, key: tuple, spec: list[Any], grad: bool = False) -> None:
-        """Build on the builder's thread, under the target's guard and the caller's grad mode."""
+    def _make(self, key: tuple, args: Sequence[Any]) -> Callable[..., Any] | None:
         import time
 
+        inputs = set(self.plan.inputs)
         start = time.perf_counter()
         try:
-            with BUILD_GATE.alone(), device_guard(self.device), torch.set_grad_enabled(grad):
-                args = [a.make() if isinstance(a, _Empty) else a for a in spec]
-                static, how = self._build(args)
+            with device_guard(self.device):
+                example = [_Empty(a.shape, a.stride(), a.dtype, a.device).make()
+                           if i in inputs and isinstance(a, torch.Tensor) else a for i, a in enumerate(args)]
+                static, how = self._build(example)
         except Exception as exc:  # the dynamic engine keeps serving this shape
             self._failed(key, exc)
-            return
+            return None
         self._static[key] = static
         self._ready(key, how, time.perf_counter() - start)
-
-    def _forget(self, key: tuple) -> None:
-        """A build dropped before it started (reset): the shape may be asked for again."""
-        with self._lock:
-            self._asked.discard(key)
-            self._open = self.limit > len(self._asked)
+        return static
 
 
 def dynamic_of(fn: Any) -> Any:
     """The delegate's own result under a Specialized wrapper (for tools that inspect engines)."""
     return fn.dynamic if isinstance(fn, Specialized) else fn
-
-
-class _Job:
-    __slots__ = ("owner", "key", "spec", "grad")
-
-    def __init__(self, owner: "weakref.ref[Specialized]", key: tuple, spec: list[Any], grad: bool = False):
-        self.owner, self.key, self.spec, self.grad = owner, key, spec, grad
-
-    def run(self) -> None:
-        owner = self.owner()
-        if owner is not None:  # a graph dynamo dropped needs no engine
-            owner._make(self.key, self.spec, self.grad)
-
-    def drop(self) -> None:
-        owner = self.owner()
-        if owner is not None:
-            owner._forget(self.key)
-
-
-class Builder:
-    """One background thread that runs static builds one at a time, in the order asked."""
-
-    def __init__(self) -> None:
-        self._cv = threading.Condition()
-        self._jobs: collections.deque[_Job] = collections.deque()
-        self._running = 0
-        self._thread: threading.Thread | None = None
-        self._closed = False
-
-    def submit(self, job: _Job) -> None:
-        with self._cv:
-            if self._closed:
-                job.drop()
-                return
-            self._jobs.append(job)
-            if self._thread is None or not self._thread.is_alive():
-                self._thread = threading.Thread(target=self._work, name="trt_multidev-static-builds", daemon=True)
-                self._thread.start()
-                atexit.register(self.close)  # drop what waits, finish the build under way
-            self._cv.notify_all()
-
-    def _work(self) -> None:
-        while True:
-            with self._cv:
-                while not self._jobs:
-                    if self._closed:
-                        return
-                    self._cv.wait()
-                job = self._jobs.popleft()
-                self._running += 1
-            try:
-                job.run()
-            except BaseException:  # noqa: BLE001 - reported by the job; the thread keeps serving
-                log.debug("a static build raised", exc_info=True)
-            finally:
-                job = None  # type: ignore[assignment]  # what it built is the graph's, not this frame's
-                with self._cv:
-                    self._running -= 1
-                    self._cv.notify_all()
-
-    def wait(self, timeout: float | None = None) -> bool:
-        """Wait until no build waits or runs; False if `timeout` seconds passed first."""
-        with self._cv:
-            return self._cv.wait_for(lambda: not self._jobs and not self._running, timeout)
-
-    def cancel(self) -> int:
-        """Drop the builds not started (their shapes may be asked for again); wait for the one
-        running. Returns how many were dropped."""
-        with self._cv:
-            dropped = list(self._jobs)
-            self._jobs.clear()
-        for job in dropped:
-            job.drop()
-        self.wait()
-        return len(dropped)
-
-    def close(self) -> None:
-        with self._cv:
-            self._closed = True
-            self._cv.notify_all()
-        self.cancel()
