@@ -3,8 +3,8 @@
 A dynamic engine serves a range of shapes with one TensorRT profile, and runs slower than a
 static engine built for one shape (H200, ResNet-18 fp16: 1.27-1.8x at the same batch,
 benchmarks/results/2026-12-03-h200-s9). So the calls of a compiled graph with symbolic sizes are
-counted per shape: a shape met :data:`STATIC_AFTER` times within :data:`WINDOW` calls gets a
-static engine, built for the graph's GPU during that call (a stall like a recompile), and from
+counted per shape: a shape met :data:`STATIC_AFTER` times within :data:`WINDOW` calls, and in at
+least 1 of :data:`SHARE` of them, gets a static engine, built for the graph's GPU during that call (a stall like a recompile), and from
 then on calls of that shape run it; a decode loop, which meets each length once per sequence,
 gets none. At most ``static_shapes`` static engines per graph; none for graphs whose module
 state is over :data:`MAX_STATE_BYTES`, since every engine holds its own copy of the weights. A
@@ -28,12 +28,13 @@ import torch.fx
 from .graphinfo import ArgInfo, Role, attr_tensors, meta_value
 from .guard import device_guard
 
-__all__ = ["STATIC_AFTER", "WINDOW", "MAX_STATE_BYTES", "StaticPlan", "static_plan", "Specialized", "dynamic_of"]
+__all__ = ["STATIC_AFTER", "WINDOW", "SHARE", "MAX_STATE_BYTES", "StaticPlan", "static_plan", "Specialized", "dynamic_of"]
 
 STATIC_AFTER = 3               # calls of one shape before it gets a static engine
 MAX_STATE_BYTES = 512 * 2**20  # graphs holding more module state get no static engines
-WINDOW = 64                    # ...within this many calls: a decode loop, which meets each length once
-                               # per sequence, builds none
+WINDOW = 64                    # ...within this many calls of the graph,
+SHARE = 8                      # ...making at least 1/SHARE of them: a decode loop, which meets each
+                               # length once per sequence, builds none
 
 
 @dataclass(frozen=True)
@@ -156,7 +157,7 @@ class Specialized:
                 self._calls = 1
                 self._counts.clear()
             seen = self._counts.get(key, 0) + 1
-            if seen < STATIC_AFTER:
+            if seen < STATIC_AFTER or seen * SHARE < self._calls:
                 self._counts[key] = seen
                 return False
             if torch.cuda.is_available() and torch.cuda.is_current_stream_capturing():
