@@ -288,8 +288,8 @@ SETTING_SPECS: tuple[_Spec, ...] = (
           "only), auto (TensorRT's default).", affects_result=False, runtime=True),
     _Spec("static_shapes", 4, lambda v: _parse_int(v, 0, 64),
           "The most static engines built per graph with dynamic shapes, one for each input shape met "
-          "3 times within 64 calls (and in 1 of 8 of them), built during that call (static engines run faster than dynamic "
-          "ones); 0: none. Graphs holding over 512 MiB of module state get none.",
+          "3 times within 64 calls (and in 1 of 8 of them), built during that call (static engines "
+          "run faster than dynamic ones); 0: none. Graphs holding over 512 MiB of module state get none.",
           affects_result=False, runtime=True),
     _Spec("log_level", "info", _parse_log_level,
           "Level at which trt_multidev reports settings, device plans and cache hits.", affects_result=False),
