@@ -51,8 +51,17 @@ class StaticPlan:
 
     def key(self, args: Sequence[Any]) -> tuple:
         """What a static engine is specific to: the shaped arguments' sizes and strides, the sizes."""
-        return (tuple((args[i].shape, args[i].stride()) for i in self.shaped)
-                + tuple(args[i] for i in self.sizes))
+        return self.keyer()(args)
+
+    def keyer(self) -> Callable[[Sequence[Any]], tuple]:
+        """`key` as one closure, for the per-call path (a generator per call cost about 1 µs)."""
+        shaped, sizes = self.shaped, self.sizes
+        if len(shaped) == 1:
+            (i,) = shaped
+            if not sizes:
+                return lambda args: ((args[i].shape, args[i].stride()),)
+            return lambda args: ((args[i].shape, args[i].stride()), *[args[j] for j in sizes])
+        return lambda args: (*[(args[i].shape, args[i].stride()) for i in shaped], *[args[j] for j in sizes])
 
 
 def _is_symbolic(value: Any) -> bool:
@@ -119,6 +128,7 @@ class Specialized:
                  ready: Callable[[tuple, str, float], None], failed: Callable[[tuple, BaseException], None]):
         self.dynamic = dynamic
         self.plan = plan
+        self._key = plan.keyer()
         self.device = device
         self.limit = limit
         self._build = build
@@ -132,7 +142,7 @@ class Specialized:
         self._open = limit > 0
 
     def __call__(self, *args: Any) -> Any:
-        key = self.plan.key(args)
+        key = self._key(args)
         static = self._static.get(key)
         if static is not None:
             return static(*args)
