@@ -60,10 +60,11 @@ def capture_plan(gm: torch.fx.GraphModule, infos: Sequence[ArgInfo], device: tor
         return CapturePlan(static, names, f"it runs on {device}, and CUDA graphs need a GPU", "cpu")
     symbolic = [] if fixed_shapes else symbolic_sizes(infos)
     if symbolic:
-        return CapturePlan(static, names, f"it has dynamic shapes ({'; '.join(symbolic)}), and TensorRT ties a captured launch "
-                   "to the shapes its execution context holds (TensorRT-RTX captures those engines per shape "
-                   "itself); the static engines built for shapes it meets often (setting static_shapes) are captured, "
-                   "and dynamic=False captures one graph per shape", "dynamic")
+        return CapturePlan(static, names, f"it has dynamic shapes ({'; '.join(symbolic)}), and TensorRT ties a "
+                           "captured launch to the shapes its execution context holds (TensorRT-RTX captures those "
+                           "engines per shape itself); the static engines built for shapes it meets often are "
+                           "captured (setting static_shapes, unless 0), and dynamic=False captures one graph per "
+                           "shape", "dynamic")
     changed = changed_in_place(gm, infos, (Role.INPUT,))
     if changed:
         return CapturePlan(static, names, f"it changes its input {', '.join(repr(n) for n in changed)} in place, "

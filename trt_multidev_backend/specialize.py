@@ -4,9 +4,9 @@ A dynamic engine serves a range of shapes with one TensorRT profile, and runs sl
 static engine built for one shape (H200, ResNet-18 fp16: 1.27-1.8x at the same batch,
 benchmarks/results/2026-12-03-h200-s9). So the calls of a compiled graph with symbolic sizes are
 counted per shape: a shape met :data:`STATIC_AFTER` times within :data:`WINDOW` calls, and in at
-least 1 of :data:`SHARE` of them, gets a static engine, built for the graph's GPU during that call (a stall like a recompile), and from
-then on calls of that shape run it; a decode loop, which meets each length once per sequence,
-gets none. At most ``static_shapes`` static engines per graph; none for graphs whose module
+least 1 of :data:`SHARE` of them, gets a static engine, built for the graph's GPU during that
+call (a stall like a recompile), and from then on calls of that shape run it; a decode loop,
+which meets each length once per sequence, gets none. At most ``static_shapes`` static engines per graph; none for graphs whose module
 state is over :data:`MAX_STATE_BYTES`, since every engine holds its own copy of the weights. A
 static build that fails is warned about once and not tried again for that shape.
 
@@ -19,6 +19,7 @@ function" (measured on the H200 in session 9: GPT-2's generate() failed so).
 from __future__ import annotations
 
 import threading
+import time
 from dataclasses import dataclass
 from typing import Any, Callable, Sequence
 
@@ -28,7 +29,8 @@ import torch.fx
 from .graphinfo import ArgInfo, Role, attr_tensors, meta_value
 from .guard import device_guard
 
-__all__ = ["STATIC_AFTER", "WINDOW", "SHARE", "MAX_STATE_BYTES", "StaticPlan", "static_plan", "Specialized", "dynamic_of"]
+__all__ = ["STATIC_AFTER", "WINDOW", "SHARE", "MAX_STATE_BYTES", "StaticPlan", "static_plan", "Specialized",
+           "dynamic_of"]
 
 STATIC_AFTER = 3               # calls of one shape before it gets a static engine
 MAX_STATE_BYTES = 512 * 2**20  # graphs holding more module state get no static engines
@@ -40,8 +42,8 @@ SHARE = 8                      # ...making at least 1/SHARE of them: a decode lo
 @dataclass(frozen=True)
 class StaticPlan:
     """Which arguments a call's shape is read from (`shaped`: tensors with symbolic sizes;
-    `sizes`: SymInt arguments), which are caller inputs (`inputs`: a build needs only their
-    metadata, so empty tensors stand in for them), and why no static engines are built
+    `sizes`: SymInt arguments), which are caller inputs (`inputs`: empty tensors stand in for
+    them in a build), and why no static engines are built
     (`refusal`, None when they are)."""
 
     shaped: tuple[int, ...]
@@ -99,20 +101,6 @@ def static_plan(gm: torch.fx.GraphModule, infos: Sequence[ArgInfo]) -> StaticPla
         refusal = (f"its module state holds {held / 2**20:.0f} MiB, over the {MAX_STATE_BYTES // 2**20} MiB "
                    "up to which each static engine's own copy of the weights is worth its speed")
     return StaticPlan(tuple(shaped), tuple(sizes), inputs, refusal)
-
-
-@dataclass(frozen=True)
-class _Empty:
-    """A caller input's metadata: an empty tensor like it stands in for it in a build (the build
-    needs shapes, not values, and must not hold on to the caller's tensor)."""
-
-    shape: torch.Size
-    stride: tuple[int, ...]
-    dtype: torch.dtype
-    device: torch.device
-
-    def make(self) -> torch.Tensor:
-        return torch.empty_strided(self.shape, self.stride, dtype=self.dtype, device=self.device)
 
 
 class Specialized:
@@ -180,13 +168,13 @@ class Specialized:
             return True
 
     def _make(self, key: tuple, args: Sequence[Any]) -> Callable[..., Any] | None:
-        import time
-
         inputs = set(self.plan.inputs)
         start = time.perf_counter()
         try:
             with device_guard(self.device):
-                example = [_Empty(a.shape, a.stride(), a.dtype, a.device).make()
+                # Empty tensors stand in for the caller's inputs: a build needs their shapes, not
+                # their values, and must not keep the caller's tensors alive.
+                example = [torch.empty_strided(a.shape, a.stride(), dtype=a.dtype, device=a.device)
                            if i in inputs and isinstance(a, torch.Tensor) else a for i, a in enumerate(args)]
                 static, how = self._build(example)
         except Exception as exc:  # the dynamic engine keeps serving this shape
