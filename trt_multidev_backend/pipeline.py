@@ -1,5 +1,7 @@
 """The `trt_multidev` backend: resolve, place, key, look up, build under the guard, return a
-guarded callable. Fallbacks are warned once per (reason, device), counted, and refused by `strict`.
+guarded callable (for a graph with dynamic shapes, one that also builds static engines for the
+shapes it meets often). Fallbacks are warned once per (reason, device), counted, and refused by
+`strict`.
 """
 
 from __future__ import annotations
