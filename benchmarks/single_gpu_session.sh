@@ -17,6 +17,7 @@
 #   bash benchmarks/single_gpu_session.sh convnext   # ConvNeXt-T, and with optimization_level 5
 #   bash benchmarks/single_gpu_session.sh convnext_ops   # ConvNeXt-T with layer norm, GELU or convolutions left to PyTorch
 #   bash benchmarks/single_gpu_session.sh precision_short   # GPT-2 with layer norm in PyTorch; ResNet-50 bn folded
+#   bash benchmarks/single_gpu_session.sh static_graphs   # the same with cuda_graphs (static engines captured)
 #   bash benchmarks/single_gpu_session.sh profile   # engine_profile_probe.py: ConvNeXt-T's engine, layer by layer
 #   bash benchmarks/single_gpu_session.sh static_shapes   # dynamic_shapes.py: static engines for recurring batches or not
 #   bash benchmarks/single_gpu_session.sh tests decoders   # several phases in one call (about 6 min)
@@ -29,7 +30,7 @@ export PYTHONUNBUFFERED=1 PYTHONPATH=$PWD${PYTHONPATH:+:$PYTHONPATH}
 export TRT_MULTIDEV_CACHE_DIR=${TRT_MULTIDEV_CACHE_DIR:-$(mktemp -d /tmp/trt_multidev_cache.XXXX)}
 python3 -m pip install -q --no-deps --no-build-isolation --no-index -e . >/dev/null 2>&1
 nvidia-smi --query-gpu=index,name,memory.total --format=csv,noheader
-PHASES="profile static_shapes convnext_ops precision_short tests decoders encoders vision kernels attention probes llama llama_no_tf32 llama_decomposed mobilenet t5 t5_decomposed dynamic_true masks shapes precision convnext"
+PHASES="profile static_shapes static_graphs convnext_ops precision_short tests decoders encoders vision kernels attention probes llama llama_no_tf32 llama_decomposed mobilenet t5 t5_decomposed dynamic_true masks shapes precision convnext"
 noise='logger passed into|DeprecationWarning|timing_cache|unparsable type|strongly typed|no max bound|warnings.warn|^INFO'
 
 models() {  # name, models, time limit, extra arguments
@@ -81,6 +82,9 @@ print('strongly typed flag of a default network:', n.get_flag(trt.NetworkDefinit
         | grep -vE "$noise" | grep -E "^ |engine|convnext|Error|error" | cut -c1-330 | head -60 ;;
     static_shapes)  # static engines for recurring batches (static_shapes, the default) against the dynamic engine alone
       timeout 420 python3 benchmarks/dynamic_shapes.py --out "$out" --variants eager,eager+nostatic,static,inductor \
+        2>&1 | grep -E "step|failed" | cut -c1-220 ;;
+    static_graphs)  # the same with CUDA graphs: static engines captured (static_shapes) against dynamic=False's
+      timeout 420 python3 benchmarks/dynamic_shapes.py --out "$out" --variants eager+graphs,static+graphs,inductor \
         2>&1 | grep -E "step|failed" | cut -c1-220 ;;
     convnext_ops)  # ConvNeXt-T no faster than eager in TensorRT (session 9): which op family is slow there?
       for ops in native_layer_norm gelu convolution; do
