@@ -1,13 +1,15 @@
 """Where an engine's time goes: TensorRT's per-layer profile of the engines trt_multidev builds
 for one model of real_models.py (ConvNeXt-T was no faster than eager in TensorRT, session 9).
 
-    python benchmarks/engine_profile_probe.py --out DIR [--model convnext_t] [--iters 20] [--top 30]
+    python benchmarks/engine_profile_probe.py --out DIR [--model convnext_t] [--iters 20] [--top 30] [--inductor]
 
 The model on cuda:0 in fp16, compiled by trt_multidev (disk cache off); every engine the runner
 holds gets a TensorRT IProfiler; after warm-up, --iters calls are profiled. Prints the layers
 with the most time per call (TensorRT-RTX fuses many ops into one layer; names say which), the
 sum over layers against the call's median latency, and what the engine inspector tells of each
-layer. Writes DIR/engine_profile.json.
+layer. With --inductor, also the CUDA kernels of inductor's compile of the same model
+(torch.profiler, the same --iters calls), to see which parts TensorRT loses on. Writes
+DIR/engine_profile.json.
 """
 
 from __future__ import annotations
@@ -36,6 +38,7 @@ def main() -> int:
     parser.add_argument("--iters", type=int, default=20)
     parser.add_argument("--top", type=int, default=30)
     parser.add_argument("--options", default="{}", help="trt_multidev options, JSON")
+    parser.add_argument("--inductor", action="store_true", help="also profile inductor's kernels")
     args = parser.parse_args()
     os.makedirs(args.out, exist_ok=True)
     from trt_multidev_backend.engine import _tensorrt
@@ -105,9 +108,33 @@ def main() -> int:
             engine._context.profiler = None
         except Exception:  # noqa: BLE001 - some bindings refuse None; the probe ends here anyway
             pass
+    if args.inductor:
+        result["inductor"] = inductor_kernels(case, args.iters, args.top)
     with open(os.path.join(args.out, "engine_profile.json"), "w") as f:
         json.dump(result, f, indent=1, default=str)
     return 0
+
+
+def inductor_kernels(case: Any, iters: int, top: int) -> dict[str, Any]:
+    """The CUDA kernels of inductor's compile of the model, by time per call (torch.profiler)."""
+    from torch.profiler import ProfilerActivity, profile
+
+    torch._dynamo.reset()
+    compiled = torch.compile(case.module)
+    with torch.no_grad():
+        latency = gpu_bench.median_latency_ms(lambda: compiled(*case.inputs), 30, warmup=10)
+        with profile(activities=[ProfilerActivity.CUDA]) as prof:
+            for _ in range(iters):
+                compiled(*case.inputs)
+            torch.cuda.synchronize()
+    kernels = sorted(((e.key, e.device_time_total / 1e3 / iters) for e in prof.key_averages()),
+                     key=lambda item: -item[1])
+    total = sum(ms for _, ms in kernels)
+    print(f"inductor: median {latency:.3f} ms per call, {total:.3f} ms per call in {len(kernels)} kernels",
+          flush=True)
+    for name, ms in kernels[:top]:
+        print(f"  {ms:8.4f} ms  {100 * ms / max(total, 1e-9):5.1f} %  {name[:160]}", flush=True)
+    return {"median_ms": latency, "total_ms": total, "kernel_ms_per_call": dict(kernels[:top])}
 
 
 if __name__ == "__main__":

@@ -77,9 +77,9 @@ print('strongly typed flag of a default network:', n.get_flag(trt.NetworkDefinit
     convnext)  # ConvNeXt-T behind inductor in session 8: does TensorRT's optimization level change it?
       models convnext convnext_t 150
       models convnext_opt5 convnext_t 150 --backends eager,trt_multidev --options '{"optimization_level": 5}' ;;
-    profile)  # where ConvNeXt-T's engine spends its time (TensorRT's per-layer profile)
-      timeout 150 python3 benchmarks/engine_profile_probe.py --out "$out" --model convnext_t --top 25 2>&1 \
-        | grep -vE "$noise" | grep -E "^ |engine|convnext|Error|error" | cut -c1-330 | head -60 ;;
+    profile)  # where ConvNeXt-T's engine spends its time (TensorRT's per-layer profile), and inductor's kernels
+      timeout 240 python3 benchmarks/engine_profile_probe.py --out "$out" --model convnext_t --top 25 --inductor 2>&1 \
+        | grep -vE "$noise" | grep -E "^ |engine|convnext|inductor|Error|error" | cut -c1-330 | head -90 ;;
     static_shapes)  # static engines for recurring batches (static_shapes, the default) against the dynamic engine alone
       timeout 420 python3 benchmarks/dynamic_shapes.py --out "$out" --variants eager,eager+nostatic,static,inductor \
         2>&1 | grep -E "step|failed" | cut -c1-220 ;;
