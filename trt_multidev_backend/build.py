@@ -44,8 +44,6 @@ MAX_PIECE_BUILDS = 16  # delegate calls one search by halves may make
 MIN_PIECE_OPS = 4      # a failing piece with fewer than twice this many ops is not cut again
 
 
-
-
 @dataclass
 class Built:
     """A delegate's result: the callable to run, the delegate's own object (for its disk-cache

@@ -347,7 +347,8 @@ def _shape_text(key: tuple) -> str:
     arguments, which the shapes already say, only where no tensor does)."""
     shapes = [str(list(part[0])) for part in key if isinstance(part, tuple)]
     if shapes:
-        return f"input shape{'s' if len(shapes) > 1 else ''} {', '.join(shapes)}"
+        more = f" and {len(shapes) - 3} more" if len(shapes) > 3 else ""
+        return f"input shape{'s' if len(shapes) > 1 else ''} {', '.join(shapes[:3])}{more}"
     return "sizes " + ", ".join(str(part) for part in key)
 
 

@@ -150,7 +150,7 @@ class Reuse:
                plan: DevicePlan, settings: Settings, label: str, *, counted: bool = True) -> tuple[Built, str]:
         """The compiled graph from this process's copy of the entry (another GPU's build), from
         disk, or built (once across processes: under the entry's lock) and stored. `counted`:
-        False for static builds on the background thread (specialize.py), counted apart."""
+        False for static engines (specialize.py), which are counted apart."""
         assert plan.target is not None
         bump = self._stats.bump if counted else _uncounted
         with self._lock:
@@ -186,8 +186,8 @@ class Reuse:
             self._disk_broken(disk.store.root, exc, label)
             return build(), "built (disk cache unavailable)"
         try:
-            built, how, payload, meta = self._load_or_build(disk, delegate, build, placement, plan, settings, label,
-                                                                 bump)
+            built, how, payload, meta = self._load_or_build(disk, delegate, build, placement, plan, settings,
+                                                            label, bump)
         finally:
             if locked:
                 lock.release()
