@@ -1,6 +1,7 @@
 """Static engines for the shapes a dynamic graph meets often (setting static_shapes): built during
-the call that meets a shape the STATIC_AFTER-th time within WINDOW calls, run from then on for
-that shape only; bounded, refused for large module state, failures warned once, never retried."""
+the call that meets a shape the STATIC_AFTER-th time within WINDOW calls (and in 1 of SHARE of
+them), run from then on for that shape only; bounded, refused for large module state, failures
+warned once, never retried."""
 
 from __future__ import annotations
 
