@@ -41,6 +41,12 @@ class ArgInfo:
     def device(self) -> torch.device | None:
         return self.example.device if isinstance(self.example, torch.Tensor) else None
 
+    @property
+    def value(self) -> Any:
+        """What tracing recorded for the placeholder (symbolic sizes included), else the example."""
+        value = meta_value(self.node)
+        return self.example if value is None else value
+
 
 def meta_value(node: torch.fx.Node) -> Any:
     """The FakeTensor (or SymInt) recorded for a node: 'val' (aot/export) or 'example_value' (dynamo)."""
@@ -129,9 +135,7 @@ def symbolic_sizes(infos: Sequence[ArgInfo]) -> list[str]:
     for info in infos:
         if info.role is not Role.INPUT:
             continue
-        value = meta_value(info.node)
-        if value is None:
-            value = info.example
+        value = info.value
         if isinstance(value, torch.SymInt):
             text = _range(value)
             if text is not None:

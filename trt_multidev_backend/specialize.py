@@ -6,14 +6,16 @@ benchmarks/results/2026-12-03-h200-s9). So the calls of a compiled graph with sy
 counted per shape: a shape met :data:`STATIC_AFTER` times within :data:`WINDOW` calls, and in at
 least 1 of :data:`SHARE` of them, gets a static engine, built for the graph's GPU during that
 call (a stall like a recompile), and from then on calls of that shape run it; a decode loop,
-which meets each length once per sequence, gets none. At most ``static_shapes`` static engines per graph; none for graphs whose module
-state is over :data:`MAX_STATE_BYTES`, since every engine holds its own copy of the weights. A
-static build that fails is warned about once and not tried again for that shape.
+which meets each length once per sequence, gets none. At most ``static_shapes`` static engines
+per graph; none for graphs whose module state is over :data:`MAX_STATE_BYTES`, since every
+engine holds its own copy of the weights. A static build that fails is warned about once and
+not tried again for that shape.
 
 Why not in the background: a build traces the graph with torch.fx, whose "tracing now" flag is
 one process-wide global, and while it is set every call of a torch.compile'd function on any
 other thread raises "Detected that you are using FX to symbolically trace a dynamo-optimized
-function" (measured on the H200 in session 9: GPT-2's generate() failed so).
+function" (GPT-2's generate() raised it on the H200 in session 9 while static engines were built
+on a background thread).
 """
 
 from __future__ import annotations
@@ -26,7 +28,7 @@ from typing import Any, Callable, Sequence
 import torch
 import torch.fx
 
-from .graphinfo import ArgInfo, Role, attr_tensors, meta_value
+from .graphinfo import ArgInfo, Role, attr_tensors
 from .guard import device_guard
 
 __all__ = ["STATIC_AFTER", "WINDOW", "SHARE", "MAX_STATE_BYTES", "StaticPlan", "static_plan", "Specialized",
@@ -43,8 +45,7 @@ SHARE = 8                      # ...making at least 1/SHARE of them: a decode lo
 class StaticPlan:
     """Which arguments a call's shape is read from (`shaped`: tensors with symbolic sizes;
     `sizes`: SymInt arguments), which are caller inputs (`inputs`: empty tensors stand in for
-    them in a build), and why no static engines are built
-    (`refusal`, None when they are)."""
+    them in a build), and why no static engines are built (`refusal`, None when they are)."""
 
     shaped: tuple[int, ...]
     sizes: tuple[int, ...]
@@ -84,14 +85,8 @@ def static_plan(gm: torch.fx.GraphModule, infos: Sequence[ArgInfo]) -> StaticPla
     """None for a graph without symbolic sizes (nothing to specialize)."""
     shaped, sizes = [], []
     for info in infos:
-        if info.role is not Role.INPUT:
-            continue
-        value = meta_value(info.node)
-        value = info.example if value is None else value
-        if not _is_symbolic(value) and not _is_symbolic(info.example):
-            continue
-        (sizes if isinstance(value, torch.SymInt) or isinstance(info.example, (int, torch.SymInt))
-         else shaped).append(info.index)
+        if info.role is Role.INPUT and _is_symbolic(info.value):
+            (shaped if isinstance(info.example, torch.Tensor) else sizes).append(info.index)
     if not shaped and not sizes:
         return None
     inputs = tuple(i.index for i in infos if i.role is Role.INPUT and isinstance(i.example, torch.Tensor))
