@@ -1,15 +1,18 @@
 """Where an engine's time goes: TensorRT's per-layer profile of the engines trt_multidev builds
 for one model of real_models.py (ConvNeXt-T was no faster than eager in TensorRT, session 9).
 
-    python benchmarks/engine_profile_probe.py --out DIR [--model convnext_t] [--iters 20] [--top 30] [--inductor]
+    python benchmarks/engine_profile_probe.py --out DIR [--model convnext_t] [--iters 20] [--top 30]
+        [--options JSON] [--inductor [--inductor-mode reduce-overhead]]
 
 The model on cuda:0 in fp16, compiled by trt_multidev (disk cache off); every engine the runner
 holds gets a TensorRT IProfiler; after warm-up, --iters calls are profiled. Prints the layers
 with the most time per call (TensorRT-RTX fuses many ops into one layer; names say which), the
 sum over layers against the call's median latency, and what the engine inspector tells of each
-layer. With --inductor, also the CUDA kernels of inductor's compile of the same model
-(torch.profiler, the same --iters calls), to see which parts TensorRT loses on. Writes
-DIR/engine_profile.json.
+layer. Then the CUDA kernels of trt_multidev's calls as torch.profiler sees them (no per-layer
+synchronisation, so their sum is the GPU time of a call, comparable across backends). With
+--inductor, also the kernels of inductor's compile of the same model (the same --iters calls), to
+see which parts TensorRT loses on and whether a call is bound by its kernels or by the host.
+Writes DIR/engine_profile.json.
 """
 
 from __future__ import annotations
@@ -39,6 +42,7 @@ def main() -> int:
     parser.add_argument("--top", type=int, default=30)
     parser.add_argument("--options", default="{}", help="trt_multidev options, JSON")
     parser.add_argument("--inductor", action="store_true", help="also profile inductor's kernels")
+    parser.add_argument("--inductor-mode", default="default", help="torch.compile mode for inductor")
     args = parser.parse_args()
     os.makedirs(args.out, exist_ok=True)
     from trt_multidev_backend.engine import _tensorrt
@@ -75,6 +79,9 @@ def main() -> int:
 
     result: dict[str, Any] = {"env": gpu_bench.environment(), "model": args.model, "median_ms": latency,
                               "options": options, "engines": []}
+    # before any IProfiler is attached (TensorRT-RTX refuses to detach one)
+    result["trt_multidev_kernels"] = cuda_kernels("trt_multidev", lambda: compiled(*case.inputs), latency,
+                                                  args.iters, args.top)
     for number, engine in enumerate(engines):
         profiler = Profiler()
         engine._context.profiler = profiler
@@ -109,32 +116,37 @@ def main() -> int:
         except Exception:  # noqa: BLE001 - some bindings refuse None; the probe ends here anyway
             pass
     if args.inductor:
-        result["inductor"] = inductor_kernels(case, args.iters, args.top)
+        torch._dynamo.reset()
+        inductor = torch.compile(case.module, mode=args.inductor_mode)
+        with torch.no_grad():
+            inductor(*case.inputs)
+            ind_latency = gpu_bench.median_latency_ms(lambda: inductor(*case.inputs), 30, warmup=10)
+        result["inductor"] = cuda_kernels(f"inductor ({args.inductor_mode})", lambda: inductor(*case.inputs), ind_latency,
+                                          args.iters, args.top)
     with open(os.path.join(args.out, "engine_profile.json"), "w") as f:
         json.dump(result, f, indent=1, default=str)
     return 0
 
 
-def inductor_kernels(case: Any, iters: int, top: int) -> dict[str, Any]:
-    """The CUDA kernels of inductor's compile of the model, by time per call (torch.profiler)."""
+def cuda_kernels(label: str, call: Any, latency: float, iters: int, top: int) -> dict[str, Any]:
+    """The CUDA kernels of `iters` calls of `call`, by time per call (torch.profiler)."""
     from torch.profiler import ProfilerActivity, profile
 
-    torch._dynamo.reset()
-    compiled = torch.compile(case.module)
     with torch.no_grad():
-        latency = gpu_bench.median_latency_ms(lambda: compiled(*case.inputs), 30, warmup=10)
         with profile(activities=[ProfilerActivity.CUDA]) as prof:
             for _ in range(iters):
-                compiled(*case.inputs)
+                call()
             torch.cuda.synchronize()
-    kernels = sorted(((e.key, e.device_time_total / 1e3 / iters) for e in prof.key_averages()),
-                     key=lambda item: -item[1])
+    events = [e for e in prof.key_averages() if e.device_time_total > 0]
+    kernels = sorted(((e.key, e.device_time_total / 1e3 / iters) for e in events), key=lambda item: -item[1])
+    launches = sum(e.count for e in events) / iters
     total = sum(ms for _, ms in kernels)
-    print(f"inductor: median {latency:.3f} ms per call, {total:.3f} ms per call in {len(kernels)} kernels",
-          flush=True)
+    print(f"{label}: median {latency:.3f} ms per call, {total:.3f} ms per call in {len(kernels)} kernels "
+          f"({launches:.0f} launches per call)", flush=True)
     for name, ms in kernels[:top]:
         print(f"  {ms:8.4f} ms  {100 * ms / max(total, 1e-9):5.1f} %  {name[:160]}", flush=True)
-    return {"median_ms": latency, "total_ms": total, "kernel_ms_per_call": dict(kernels[:top])}
+    return {"median_ms": latency, "total_ms": total, "launches_per_call": launches,
+            "kernel_ms_per_call": dict(kernels[:top])}
 
 
 if __name__ == "__main__":

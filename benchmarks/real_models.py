@@ -229,10 +229,11 @@ MODELS: dict[str, Callable[[torch.device], Case]] = {
     "vit_s16": _timm("vit_small_patch16_224", 16),
     "convnext_t": _timm("convnext_tiny", 16),
     "resnet50": _torchvision("resnet50", 32),
+    "resnet18_b1": _torchvision("resnet18", 1),  # small_batch.py's case, for engine_profile_probe.py
     "mobilenetv3_l": _torchvision("mobilenet_v3_large", 32),
     "resnet50_bn_folded": _batch_norm_folded("resnet50", 32),
 }
-EXTRA_MODELS = ("resnet50_bn_folded",)  # probes, run only when named
+EXTRA_MODELS = ("resnet50_bn_folded", "resnet18_b1")  # probes, run only when named
 
 
 # --- where trt_multidev's ops run -------------------------------------------------------------

@@ -19,6 +19,8 @@
 #   bash benchmarks/single_gpu_session.sh precision_short   # GPT-2 with layer norm in PyTorch; ResNet-50 bn folded
 #   bash benchmarks/single_gpu_session.sh static_graphs   # the same with cuda_graphs (static engines captured)
 #   bash benchmarks/single_gpu_session.sh profile   # engine_profile_probe.py: ConvNeXt-T's engine, layer by layer
+#   bash benchmarks/single_gpu_session.sh kernels_b1   # the same for ResNet-18 b1: GPU time per call against inductor's
+#   bash benchmarks/single_gpu_session.sh llama_precision   # Llama with one op family at a time left to PyTorch
 #   bash benchmarks/single_gpu_session.sh static_shapes   # dynamic_shapes.py: static engines for recurring batches or not
 #   bash benchmarks/single_gpu_session.sh tests decoders   # several phases in one call (about 6 min)
 # Results under $OUT (default /tmp/out). One device call runs at most 10 minutes: about 7 min for
@@ -30,7 +32,7 @@ export PYTHONUNBUFFERED=1 PYTHONPATH=$PWD${PYTHONPATH:+:$PYTHONPATH}
 export TRT_MULTIDEV_CACHE_DIR=${TRT_MULTIDEV_CACHE_DIR:-$(mktemp -d /tmp/trt_multidev_cache.XXXX)}
 python3 -m pip install -q --no-deps --no-build-isolation --no-index -e . >/dev/null 2>&1
 nvidia-smi --query-gpu=index,name,memory.total --format=csv,noheader
-PHASES="profile static_shapes static_graphs convnext_ops precision_short tests decoders encoders vision kernels attention probes llama llama_no_tf32 llama_decomposed mobilenet t5 t5_decomposed dynamic_true masks shapes precision convnext"
+PHASES="profile kernels_b1 llama_precision static_shapes static_graphs convnext_ops precision_short tests decoders encoders vision kernels attention probes llama llama_no_tf32 llama_decomposed mobilenet t5 t5_decomposed dynamic_true masks shapes precision convnext"
 noise='logger passed into|DeprecationWarning|timing_cache|unparsable type|strongly typed|no max bound|warnings.warn|^INFO'
 
 models() {  # name, models, time limit, extra arguments
@@ -39,6 +41,11 @@ models() {  # name, models, time limit, extra arguments
     --backends eager,trt_multidev,inductor --iters 20 --rounds 2 "${@:4}" 2>&1 | grep -vE "$noise" > "$out/$1/log"
   grep -E "^[a-z0-9_]+ +(eager|trt_multidev|inductor|generate)|in pieces|could not convert|left to PyTorch" "$out/$1/log" \
     | sort -u | cut -c1-400
+}
+
+profile() {  # model, layers shown, time limit, extra arguments
+  timeout "$3" python3 benchmarks/engine_profile_probe.py --out "$out/profile_$1" --model "$1" --top "$2" --inductor "${@:4}" 2>&1 \
+    | grep -vE "$noise" | grep -E "^ |engine|$1|inductor|trt_multidev|Error|error" | cut -c1-330 | head -$((3 * $2 + 15))
 }
 
 run() {
@@ -78,8 +85,19 @@ print('strongly typed flag of a default network:', n.get_flag(trt.NetworkDefinit
       models convnext convnext_t 150
       models convnext_opt5 convnext_t 150 --backends eager,trt_multidev --options '{"optimization_level": 5}' ;;
     profile)  # where ConvNeXt-T's engine spends its time (TensorRT's per-layer profile), and inductor's kernels
-      timeout 240 python3 benchmarks/engine_profile_probe.py --out "$out" --model convnext_t --top 25 --inductor 2>&1 \
-        | grep -vE "$noise" | grep -E "^ |engine|convnext|inductor|Error|error" | cut -c1-330 | head -90 ;;
+      profile convnext_t 25 240 ;;
+    kernels_b1)  # ResNet-18 b1 (issue 12: behind inductor's reduce-overhead): GPU time per call, TensorRT's and inductor's
+      profile resnet18_b1 15 180 --options '{"cuda_graphs": true}' --inductor-mode reduce-overhead ;;
+    llama_precision)  # Llama's fp16 error (2.5x inductor's, its generate() tokens part at step 27): one op family
+      # at a time left to PyTorch (rotary sin/cos in fp32, matrix products, RMSNorm's rsqrt/mean, SiLU, attention)
+      # (full overload names: Torch-TensorRT matches torch_executed_ops against them after its lowering)
+      for family in rotary:sin.default,cos.default matmul:mm.default,bmm.default,addmm.default,linear.default \
+          rmsnorm:pow.Tensor_Scalar,mean.dim,rsqrt.default,sqrt.default,reciprocal.default silu:silu.default,sigmoid.default \
+          attention:_scaled_dot_product_efficient_attention.default,_scaled_dot_product_flash_attention.default,_scaled_dot_product_cudnn_attention.default; do
+        list=$(echo "${family#*:}" | tr ',' '\n' | sed 's/.*/"torch.ops.aten.&"/' | paste -sd, -)
+        models "llama_without_${family%%:*}" llama 100 --skip-generate --backends eager,trt_multidev \
+          --options "{\"trt\": {\"torch_executed_ops\": [$list]}}"
+      done ;;
     static_shapes)  # static engines for recurring batches (static_shapes, the default) against the dynamic engine alone
       timeout 420 python3 benchmarks/dynamic_shapes.py --out "$out" --variants eager,eager+nostatic,static,inductor \
         2>&1 | grep -E "step|failed" | cut -c1-220 ;;
