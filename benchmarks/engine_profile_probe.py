@@ -63,8 +63,10 @@ def main() -> int:
     with torch.no_grad():
         compiled(*case.inputs)
         latency = gpu_bench.median_latency_ms(lambda: compiled(*case.inputs), 30, warmup=10)
-    engines = [m for g in graphs for m in dynamic_of(getattr(g, "fn", None)).modules()
-               if type(m).__name__ == "TensorRTEngine"] if graphs else []
+    runners = [dynamic_of(getattr(g, "fn", None)) for g in graphs]
+    runners = [getattr(r, "fn", r) for r in runners]  # a CudaGraphs wrapper holds the runner as .fn
+    engines = [m for r in runners if hasattr(r, "modules") for m in r.modules()
+               if type(m).__name__ == "TensorRTEngine"]
     print(f"{args.model}: {len(engines)} engine(s) in the runner, median {latency:.3f} ms per call", flush=True)
 
     class Profiler(trt.IProfiler):

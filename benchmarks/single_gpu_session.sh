@@ -21,6 +21,7 @@
 #   bash benchmarks/single_gpu_session.sh profile   # engine_profile_probe.py: ConvNeXt-T's engine, layer by layer
 #   bash benchmarks/single_gpu_session.sh kernels_b1   # the same for ResNet-18 b1: GPU time per call against inductor's
 #   bash benchmarks/single_gpu_session.sh llama_precision   # Llama with one op family at a time left to PyTorch
+#   bash benchmarks/single_gpu_session.sh fp32_acc   # GPT-2 and Llama with fp32_accumulation and without
 #   bash benchmarks/single_gpu_session.sh static_shapes   # dynamic_shapes.py: static engines for recurring batches or not
 #   bash benchmarks/single_gpu_session.sh tests decoders   # several phases in one call (about 6 min)
 # Results under $OUT (default /tmp/out). One device call runs at most 10 minutes: about 7 min for
@@ -32,7 +33,7 @@ export PYTHONUNBUFFERED=1 PYTHONPATH=$PWD${PYTHONPATH:+:$PYTHONPATH}
 export TRT_MULTIDEV_CACHE_DIR=${TRT_MULTIDEV_CACHE_DIR:-$(mktemp -d /tmp/trt_multidev_cache.XXXX)}
 python3 -m pip install -q --no-deps --no-build-isolation --no-index -e . >/dev/null 2>&1
 nvidia-smi --query-gpu=index,name,memory.total --format=csv,noheader
-PHASES="profile kernels_b1 llama_precision static_shapes static_graphs convnext_ops precision_short tests decoders encoders vision kernels attention probes llama llama_no_tf32 llama_decomposed mobilenet t5 t5_decomposed dynamic_true masks shapes precision convnext"
+PHASES="fp32_acc profile kernels_b1 llama_precision static_shapes static_graphs convnext_ops precision_short tests decoders encoders vision kernels attention probes llama llama_no_tf32 llama_decomposed mobilenet t5 t5_decomposed dynamic_true masks shapes precision convnext"
 noise='logger passed into|DeprecationWarning|timing_cache|unparsable type|strongly typed|no max bound|warnings.warn|^INFO'
 
 models() {  # name, models, time limit, extra arguments
@@ -98,6 +99,9 @@ print('strongly typed flag of a default network:', n.get_flag(trt.NetworkDefinit
         models "llama_without_${family%%:*}" llama 100 --skip-generate --backends eager,trt_multidev \
           --options "{\"trt\": {\"torch_executed_ops\": [$list]}}"
       done ;;
+    fp32_acc)  # fp32_accumulation against the default on GPT-2 and Llama (error, speed, generate() tokens), one call
+      models decoders_default gpt2,llama 200 --backends eager,trt_multidev
+      models decoders_fp32_acc gpt2,llama 200 --backends eager,trt_multidev --options '{"fp32_accumulation": true}' ;;
     static_shapes)  # static engines for recurring batches (static_shapes, the default) against the dynamic engine alone
       timeout 420 python3 benchmarks/dynamic_shapes.py --out "$out" --variants eager,eager+nostatic,static,inductor \
         2>&1 | grep -E "step|failed" | cut -c1-220 ;;

@@ -19,7 +19,7 @@ README_DEFAULTS = {
     "input_policy": "error", "min_block_size": 5, "workspace_size": 0, "optimization_level": None,
     "engine_runtime": "auto", "log_level": "info", "cache": True, "cache_size": 10 * 2**30,
     "cache_lock_timeout": 1800.0, "trt": {}, "progress": "auto", "cuda_graphs": False,
-    "cuda_graph_max_shapes": 8, "kernel_specialization": "eager", "static_shapes": 4,
+    "cuda_graph_max_shapes": 8, "kernel_specialization": "eager", "static_shapes": 4, "fp32_accumulation": False,
 }
 
 

@@ -14,6 +14,7 @@ from typing import Any, Callable, Mapping, Sequence
 import torch
 import torch.fx
 
+from .accumulation import accumulate_in_fp32
 from .build import Built, call_delegate, check_engine_devices, first_line_of
 from .cache import CompiledCache, Stats, cache_key
 from .delegate import TorchTensorRTDelegate, load_delegate
@@ -108,7 +109,10 @@ class TrtMultidevBackend:
                                   "place", placement=placement, capture=capture)
         for pin in pin_state_scalars(placement.gm, infos):
             placement.pin(pin.index, pin.name, pin.value, plan.target)
-        for line in placement.notes + rewrite_for_tensorrt(placement.gm):
+        notes = placement.notes + rewrite_for_tensorrt(placement.gm)
+        if settings.fp32_accumulation:  # Torch-TensorRT's use_fp32_acc, which 2.11 ignores on TensorRT-RTX
+            notes += accumulate_in_fp32(placement.gm)
+        for line in notes:
             self._log(settings, "  placed %s", line)
         key = cache_key(placement.gm, placement.example_inputs, plan.target, settings, identity)
         hit = self._cache.get(key)

@@ -53,6 +53,7 @@ MANAGED_TRT_KEYS: Mapping[str, str] = MappingProxyType({
     "workspace_size": "workspace_size",
     "optimization_level": "optimization_level",
     "pass_through_build_failures": "strict",
+    "use_fp32_acc": "fp32_accumulation",  # which Torch-TensorRT 2.11 ignores on TensorRT-RTX
 })
 
 
@@ -270,6 +271,10 @@ SETTING_SPECS: tuple[_Spec, ...] = (
           "TensorRT builder workspace in bytes (0: TensorRT decides); 1GiB-style sizes accepted."),
     _Spec("optimization_level", None, _parse_optional_level,
           "TensorRT builder optimization level 0-5 (unset: TensorRT's default; max-autotune: 5)."),
+    _Spec("fp32_accumulation", False, _parse_bool,
+          "Matrix products (linear, matmul, bmm, addmm) of fp16/bf16 tensors computed from fp32 copies "
+          "of their inputs and rounded once, as PyTorch's kernels do (TensorRT-RTX's fp16 products "
+          "round more); slower. Torch-TensorRT's use_fp32_acc, done in the graph, so on every edition."),
     _Spec("engine_runtime", "auto", _parse_choice("auto", "torch_tensorrt"),
           "Who runs engines: auto (trt_multidev's runner, which keeps TensorRT-RTX's "
           "JIT-compiled kernels in the disk cache, where TensorRT offers that; else Torch-TensorRT) "
@@ -327,6 +332,7 @@ class Settings:
     min_block_size: int = _D["min_block_size"]
     workspace_size: int = _D["workspace_size"]
     optimization_level: int | None = _D["optimization_level"]
+    fp32_accumulation: bool = _D["fp32_accumulation"]
     engine_runtime: str = _D["engine_runtime"]
     cuda_graphs: bool = _D["cuda_graphs"]
     cuda_graph_max_shapes: int = _D["cuda_graph_max_shapes"]
