@@ -22,9 +22,9 @@ from typing import Any
 import torch
 import torch.fx
 
-from .graphinfo import meta_value
+from .graphinfo import fetch_attr, meta_value
 
-__all__ = ["accumulate_in_fp32", "PRODUCT_NAMES"]
+__all__ = ["accumulate_in_fp32"]
 
 _F = torch.nn.functional
 _aten = torch.ops.aten
@@ -35,7 +35,6 @@ _FUNCTIONS: dict[Any, str] = {
     _aten.bmm.default: "bmm", _aten.addmm.default: "addmm", _aten.baddbmm.default: "baddbmm",
 }
 _METHODS = {"matmul": "matmul", "__matmul__": "matmul", "mm": "mm", "bmm": "bmm"}
-PRODUCT_NAMES = tuple(sorted(set(_FUNCTIONS.values())))
 _LOW = (torch.float16, torch.bfloat16)
 
 
@@ -53,11 +52,7 @@ def _product(node: torch.fx.Node) -> str | None:
 def _value(gm: torch.fx.GraphModule, node: torch.fx.Node) -> Any:
     """What tracing recorded for `node`, or for a constant the tensor itself."""
     value = meta_value(node)
-    if value is None and node.op == "get_attr":
-        value = gm
-        for part in str(node.target).split("."):
-            value = getattr(value, part, None)
-    return value
+    return fetch_attr(gm, str(node.target)) if value is None and node.op == "get_attr" else value
 
 
 def _cast_value(value: Any, dtype: torch.dtype) -> Any:
