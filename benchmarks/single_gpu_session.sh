@@ -33,7 +33,7 @@ export PYTHONUNBUFFERED=1 PYTHONPATH=$PWD${PYTHONPATH:+:$PYTHONPATH}
 export TRT_MULTIDEV_CACHE_DIR=${TRT_MULTIDEV_CACHE_DIR:-$(mktemp -d /tmp/trt_multidev_cache.XXXX)}
 python3 -m pip install -q --no-deps --no-build-isolation --no-index -e . >/dev/null 2>&1
 nvidia-smi --query-gpu=index,name,memory.total --format=csv,noheader
-PHASES="fp32_acc profile kernels_b1 llama_precision static_shapes static_graphs convnext_ops precision_short tests decoders encoders vision kernels attention probes llama llama_no_tf32 llama_decomposed mobilenet t5 t5_decomposed dynamic_true masks shapes precision convnext"
+PHASES="llama_parts fp32_acc profile kernels_b1 llama_precision static_shapes static_graphs convnext_ops precision_short tests decoders encoders vision kernels attention probes llama llama_no_tf32 llama_decomposed mobilenet t5 t5_decomposed dynamic_true masks shapes precision convnext"
 noise='logger passed into|DeprecationWarning|timing_cache|unparsable type|strongly typed|no max bound|warnings.warn|^INFO'
 
 models() {  # name, models, time limit, extra arguments
@@ -99,6 +99,8 @@ print('strongly typed flag of a default network:', n.get_flag(trt.NetworkDefinit
         models "llama_without_${family%%:*}" llama 100 --skip-generate --backends eager,trt_multidev \
           --options "{\"trt\": {\"torch_executed_ops\": [$list]}}"
       done ;;
+    llama_parts)  # which part of Llama carries the extra fp16 error (fp32_accumulation left its logits bit-identical)
+      timeout 400 python3 benchmarks/llama_parts_probe.py --out "$out" 2>&1 | grep "^{" | cut -c1-600 ;;
     fp32_acc)  # fp32_accumulation against the default on GPT-2 and Llama (error, speed, generate() tokens), one call
       models decoders_default gpt2,llama 200 --backends eager,trt_multidev
       models decoders_fp32_acc gpt2,llama 200 --backends eager,trt_multidev --options '{"fp32_accumulation": true}' ;;
