@@ -57,19 +57,18 @@ def test_llama_runs_in_tensorrt_engines():
     _check(transformers.LlamaForCausalLM(config))
 
 
-def test_llama_with_fp32_accumulation_is_as_close_to_fp32_as_eager():
-    """fp32_accumulation: Llama's fp16 logits from the engines about as close to its fp32 logits
-    as eager's fp16 logits are (without it, TensorRT-RTX's were 2.3x further on a 4-layer Llama,
-    H200, session 10), everything still in engines, the casts included."""
+def test_fp32_accumulation_brings_gpt2_to_eagers_error():
+    """fp32_accumulation: GPT-2's fp16 logits from the engines about as close to its fp32 logits
+    as eager's fp16 logits are, with everything still in engines, the casts included (H200,
+    session 11: 2.9e-3 against eager's 2.4e-3, and 6.8e-3 without the setting: TensorRT-RTX
+    rounds the products of GPT-2's addmm before adding their bias)."""
     import copy
 
     torch.manual_seed(0)
-    config = transformers.LlamaConfig(hidden_size=256, intermediate_size=688, num_hidden_layers=2, num_attention_heads=4,
-                                      num_key_value_heads=4, vocab_size=1000, max_position_embeddings=128,
-                                      initializer_range=0.1)
-    exact = transformers.LlamaForCausalLM(config).eval().to(DEVICE)
+    config = transformers.GPT2Config(n_layer=4, n_embd=512, n_head=8, n_positions=1024, initializer_range=0.1)
+    exact = transformers.GPT2LMHeadModel(config).eval().to(DEVICE)
     model = copy.deepcopy(exact).half()
-    ids = torch.randint(0, 1000, (2, 64), device=DEVICE)
+    ids = torch.randint(0, config.vocab_size, (4, 128), device=DEVICE)
     graphs: list = []
     torch.cuda.set_device(0)
     with torch.no_grad():
