@@ -4,13 +4,15 @@
 
 Session 10 (H200): Llama's fp16 logits from the engines were 1.2e-2 from fp32 against eager's
 5.3e-3, and back at eager's level with every matrix product left to PyTorch; session 11: the
-`fp32_accumulation` rewrite left Llama's logits bit-identical (GPT-2's came to eager's level), so
-the products' accumulation is not the cause. Here each part of a 4-layer Llama (the shape
-`real_models.py` uses) is compiled alone, in fp16, from the fp32 model's own input to that part:
-rotary embedding, RMSNorm, MLP, attention, one decoder layer, final norm + LM head, the whole
-model. Per part and variant (default; `fp32_accumulation`; products left to PyTorch), the
-relative error against the fp32 part of eager fp16 and of the engines. Then, paired in one
-process (rounds interleaved), GPT-2's and Llama's latency with and without `fp32_accumulation`.
+`fp32_accumulation` rewrite left Llama's logits bit-identical (GPT-2's came to eager's level):
+either its casts do not reach the kernels or the products' accumulation is not the cause. Here
+bare fp16 products (K 512 and 4096, with and without bias) and each part of a 4-layer Llama (the
+shape `real_models.py` uses) are compiled alone, in fp16, from the fp32 model's own input to that
+part: rotary embedding, RMSNorm, MLP, attention, one decoder layer, final norm + LM head, the
+whole model. Per part and variant (default; `fp32_accumulation`; products left to PyTorch), the
+relative error against the fp32 part of eager fp16 and of the engines, and whether the output is
+bit-identical to the default's. Then, paired in one process (rounds interleaved), GPT-2's and
+Llama's latency with and without `fp32_accumulation`.
 Writes DIR/llama_parts_probe.json (GPU, versions, date).
 """
 
@@ -58,7 +60,12 @@ def llama_pair(dev: torch.device) -> tuple[nn.Module, nn.Module]:
     torch.manual_seed(0)
     config = LlamaConfig(hidden_size=512, intermediate_size=1376, num_hidden_layers=4, num_attention_heads=8,
                          num_key_value_heads=8, max_position_embeddings=1024, initializer_range=0.1)
-    exact = LlamaForCausalLM(config).eval().to(dev)
+    exact = LlamaForCausalLM(config).eval()
+    # bare products beside the model, to see how one fp16 product accumulates as K grows
+    exact.product_k512 = nn.Linear(512, 1376, bias=False)
+    exact.product_k4096 = nn.Linear(4096, 1024, bias=False)
+    exact.product_k4096_bias = nn.Linear(4096, 1024)
+    exact = exact.to(dev)
     return exact, copy.deepcopy(exact).half()
 
 
@@ -75,6 +82,9 @@ def parts(m: nn.Module, ids: torch.Tensor) -> dict[str, tuple[Callable[..., Any]
         "decoder_layer": (lambda h, c, s: layer(h, position_embeddings=(c, s)), ("h0", "cos", "sin")),
         "norm_and_head": (lambda h: m.lm_head(base.norm(h)), ("h_last",)),
         "model": (lambda i: m(i, use_cache=False).logits, (ids,)),
+        "product_k512": (lambda x: m.product_k512(x), ("x512",)),
+        "product_k4096": (lambda x: m.product_k4096(x), ("x4096",)),
+        "product_k4096_bias": (lambda x: m.product_k4096_bias(x), ("x4096",)),
     }
 
 
@@ -85,7 +95,9 @@ def inputs_of(exact: nn.Module, ids: torch.Tensor) -> dict[str, torch.Tensor]:
         n0 = exact.model.layers[0].input_layernorm(h0)
         positions = torch.arange(ids.shape[1], device=ids.device)[None].expand(ids.shape[0], -1)
         cos, sin = exact.model.rotary_emb(h0, positions)
-    return {"h0": h0, "h_last": h_last, "n0": n0, "cos": cos, "sin": sin}
+    generator = torch.Generator(device=ids.device).manual_seed(1)
+    x512, x4096 = (torch.randn(512, k, device=ids.device, generator=generator) for k in (512, 4096))
+    return {"h0": h0, "h_last": h_last, "n0": n0, "cos": cos, "sin": sin, "x512": x512, "x4096": x4096}
 
 
 def run_part(name: str, exact: nn.Module, half: nn.Module, ids: torch.Tensor,
@@ -168,7 +180,8 @@ def paired_latency(model_name: str, iters: int, rounds: int) -> dict[str, Any]:
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--out", required=True)
-    parser.add_argument("--parts", default="rotary,rmsnorm,mlp,attention,decoder_layer,norm_and_head,model")
+    parser.add_argument("--parts", default="product_k512,product_k4096,product_k4096_bias,rotary,rmsnorm,mlp,attention,decoder_layer,"
+                        "norm_and_head,model")
     parser.add_argument("--latency", default="gpt2,llama", help="models timed with and without fp32_accumulation")
     parser.add_argument("--iters", type=int, default=50)
     parser.add_argument("--rounds", type=int, default=3)

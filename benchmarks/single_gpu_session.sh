@@ -21,6 +21,7 @@
 #   bash benchmarks/single_gpu_session.sh profile   # engine_profile_probe.py: ConvNeXt-T's engine, layer by layer
 #   bash benchmarks/single_gpu_session.sh kernels_b1   # the same for ResNet-18 b1: GPU time per call against inductor's
 #   bash benchmarks/single_gpu_session.sh llama_precision   # Llama with one op family at a time left to PyTorch
+#   bash benchmarks/single_gpu_session.sh llama_parts   # llama_parts_probe.py: Llama's fp16 error part by part
 #   bash benchmarks/single_gpu_session.sh fp32_acc   # GPT-2 and Llama with fp32_accumulation and without
 #   bash benchmarks/single_gpu_session.sh static_shapes   # dynamic_shapes.py: static engines for recurring batches or not
 #   bash benchmarks/single_gpu_session.sh tests decoders   # several phases in one call (about 6 min)
