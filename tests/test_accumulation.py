@@ -50,7 +50,7 @@ class Watching:
         self.products: list[tuple[str, tuple[torch.dtype, ...], torch.dtype]] = []
 
     def __call__(self, gm, example_inputs, *, device, settings):
-        seen = self.products
+        seen, self.gm = self.products, gm
 
         class Interpreter(torch.fx.Interpreter):
             def run_node(self, n):
@@ -84,6 +84,27 @@ def test_each_product_takes_fp32_inputs_and_rounds_once(dtype):
     assert out.dtype == dtype
     with torch.no_grad():
         assert torch.equal(out, reference(model, x))
+
+
+def test_products_without_a_bias_get_an_fp32_zero_bias_before_the_cast_back():
+    """TensorRT-RTX folds cast, product, cast back into its fp16 product (H200, session 11: Llama's
+    logits bit-identical with the casts alone); a bias between product and cast keeps the product
+    in fp32. So every value cast back comes from a biased product: a real bias or zeros."""
+    import operator
+
+    delegate, _, _, _ = _compile(torch.float16, fp32_accumulation=True)
+    backs = [n for n in delegate.gm.graph.nodes if n.op == "call_method" and n.target == "to"
+             and n.args[1:] == (torch.float16,)]
+    assert len(backs) == 5
+    zeros = {n for n in delegate.gm.graph.nodes if n.target is torch.zeros}
+    assert all(n.kwargs["dtype"] == torch.float32 for n in zeros) and len(zeros) == 3  # 2 matmul, 1 head
+    for back in backs:
+        value = back.args[0]
+        name = getattr(value.target, "__name__", "")
+        if value.target is operator.add:
+            assert value.args[1] in zeros and getattr(value.args[0].target, "__name__", "") == "matmul"
+        else:
+            assert name in {"linear", "addmm"} and value.args[2] is not None
 
 
 def test_off_by_default_the_delegate_gets_the_products_as_they_are():
