@@ -190,6 +190,7 @@ def main() -> int:
                         "on the CPU: '{\"delegate\": \"_delegates:run_graph\"}' with tests/ on PYTHONPATH)")
     args = parser.parse_args()
     os.makedirs(args.out, exist_ok=True)
+    tm.register()  # a source checkout has no entry point installed
     path = os.path.join(args.out, "llama_parts_probe.json")
     record = gpu_bench.Record(path, variants=VARIANTS) if torch.cuda.is_available() else gpu_bench.Record.__new__(
         gpu_bench.Record)
