@@ -107,6 +107,23 @@ def test_products_without_a_bias_get_an_fp32_zero_bias_before_the_cast_back():
             assert name in {"linear", "addmm"} and value.args[2] is not None
 
 
+def test_a_symbolic_last_size_gets_no_zero_bias_and_the_log_says_so(caplog):
+    """With dynamic shapes the attention scores' last size is the sequence length, a SymInt: no
+    constant zeros fit it, so that product keeps the casts alone, which the note names; the
+    result is still rounded once."""
+    import logging
+
+    torch.manual_seed(0)
+    delegate, model = Watching(), Products().half().eval()
+    x = torch.randn(2, 5, 16, dtype=torch.float16)
+    with caplog.at_level(logging.INFO, logger="trt_multidev"), torch.no_grad():
+        out = torch.compile(model, backend="trt_multidev", dynamic=True,
+                            options={"delegate": delegate, "fp32_accumulation": True})(x)
+        assert torch.equal(out, reference(model, x))
+    assert len({n for n in delegate.gm.graph.nodes if n.target is torch.zeros}) == 2  # mixed, head
+    assert any("1 of them with a symbolic last size got no zero bias" in r.getMessage() for r in caplog.records)
+
+
 def test_off_by_default_the_delegate_gets_the_products_as_they_are():
     delegate, model, x, out = _compile(torch.float16)
     assert len(delegate.products) == 5

@@ -99,11 +99,11 @@ def _with_zero_bias(gm: torch.fx.GraphModule, node: torch.fx.Node, kind: str, re
     with gm.graph.inserting_before(node):
         zeros = gm.graph.call_function(torch.zeros, (width,), {"dtype": torch.float32, "device": result.device})
     _set_value(zeros, _cast_value(result.new_empty((width,)), torch.float32))
-    if kind == "linear":  # the product itself takes the bias, as an addmm does
-        if "bias" in node.kwargs:
-            node.kwargs = {**node.kwargs, "bias": zeros}
-        else:
-            node.args = (*node.args[:2], zeros)
+    if kind == "linear" and "bias" in node.kwargs:  # the product itself takes the bias, as an addmm does
+        node.kwargs = {**node.kwargs, "bias": zeros}
+        return node
+    if kind == "linear" and len(node.args) >= 2:
+        node.args = (*node.args[:2], zeros)
         return node
     with gm.graph.inserting_after(node):
         added = gm.graph.call_function(operator.add, (node, zeros))
@@ -115,6 +115,7 @@ def accumulate_in_fp32(gm: torch.fx.GraphModule) -> list[str]:
     """Rewrite `gm` in place so that its fp16/bf16 matrix products take fp32 inputs and round
     their result once; returns one note (products per kind), or none where nothing changed."""
     counts: collections.Counter[str] = collections.Counter()
+    unbiased = 0  # products whose symbolic last size allowed no zero bias
     for node in list(gm.graph.nodes):
         kind = _product(node)
         result = meta_value(node) if kind else None
@@ -147,9 +148,14 @@ def accumulate_in_fp32(gm: torch.fx.GraphModule) -> list[str]:
         node.replace_all_uses_with(back, delete_user_cb=lambda user: user is not back and user is not last)
         _set_value(back, result)
         counts[kind] += 1
+        unbiased += last is node and not _has_bias(node, kind)
     if not counts:
         return []
     gm.graph.lint()
     gm.recompile()
     listed = ", ".join(f"{n} {k}" for k, n in sorted(counts.items()))
-    return [f"fp32 accumulation: {listed} computed from fp32 inputs, rounded once"]
+    note = f"fp32 accumulation: {listed} computed from fp32 inputs, rounded once"
+    if unbiased:
+        note += (f"; {unbiased} of them with a symbolic last size got no zero bias, and TensorRT-RTX may run "
+                 "those as fp16 products")
+    return [note]
