@@ -216,10 +216,11 @@ def environment() -> dict[str, Any]:
                 pass
         return "not installed"
 
-    props = torch.cuda.get_device_properties(0)
+    props = torch.cuda.get_device_properties(0) if torch.cuda.is_available() else None
     return {
         "date": datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
-        "gpu": f"{props.name} (SM {props.major}.{props.minor}, {props.total_memory / 2**30:.0f} GiB)",
+        "gpu": (f"{props.name} (SM {props.major}.{props.minor}, {props.total_memory / 2**30:.0f} GiB)" if props
+                else "none (a CPU dry run)"),
         "gpus_visible": torch.cuda.device_count(),
         "torch": torch.__version__,
         "torch_tensorrt": version("torch-tensorrt", "torch-tensorrt-rtx"),

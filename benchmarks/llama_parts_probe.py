@@ -31,6 +31,7 @@ from torch import nn
 HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, HERE)
 import gpu_bench  # noqa: E402  (puts the repository root on sys.path)
+import real_models  # noqa: E402
 import trt_multidev_backend as tm  # noqa: E402
 
 PRODUCTS = [f"torch.ops.aten.{op}" for op in ("mm.default", "bmm.default", "addmm.default", "linear.default")]
@@ -58,9 +59,7 @@ def llama_pair(dev: torch.device) -> tuple[nn.Module, nn.Module]:
     from transformers import LlamaConfig, LlamaForCausalLM
 
     torch.manual_seed(0)
-    config = LlamaConfig(hidden_size=512, intermediate_size=1376, num_hidden_layers=4, num_attention_heads=8,
-                         num_key_value_heads=8, max_position_embeddings=1024, initializer_range=0.1)
-    exact = LlamaForCausalLM(config).eval()
+    exact = LlamaForCausalLM(LlamaConfig(**real_models.LLAMA_CONFIG)).eval()
     # bare products beside the model, to see how one fp16 product accumulates as K grows
     exact.product_k512 = nn.Linear(512, 1376, bias=False)
     exact.product_k4096 = nn.Linear(4096, 1024, bias=False)
@@ -145,16 +144,10 @@ def run_part(name: str, exact: nn.Module, half: nn.Module, ids: torch.Tensor,
 
 def paired_latency(model_name: str, iters: int, rounds: int) -> dict[str, Any]:
     """Median ms of the whole model with and without fp32_accumulation, rounds interleaved."""
-    from transformers import GPT2Config, GPT2LMHeadModel
-
     dev = torch.device("cuda:0")
     torch.manual_seed(0)
-    if model_name == "gpt2":
-        model = GPT2LMHeadModel(GPT2Config(n_layer=4, n_embd=512, n_head=8, n_positions=1024,
-                                           initializer_range=0.1)).eval().to(dev).half()
-    else:
-        model = llama_pair(dev)[1]
-    ids = torch.randint(0, model.config.vocab_size, (4, 128), device=dev)
+    case = getattr(real_models, model_name)(dev)  # the models and inputs of real_models.py
+    model, ids = case.lm, case.inputs[0]
     torch._dynamo.reset()
     tm.reset()
     fns = {}
@@ -191,11 +184,7 @@ def main() -> int:
     args = parser.parse_args()
     os.makedirs(args.out, exist_ok=True)
     tm.register()  # a source checkout has no entry point installed
-    path = os.path.join(args.out, "llama_parts_probe.json")
-    record = gpu_bench.Record(path, variants=VARIANTS) if torch.cuda.is_available() else gpu_bench.Record.__new__(
-        gpu_bench.Record)
-    if not torch.cuda.is_available():  # the CPU dry run: no GPU to describe
-        record.path, record.doc = path, {"rows": []}
+    record = gpu_bench.Record(os.path.join(args.out, "llama_parts_probe.json"), variants=VARIANTS)
     dev = torch.device(args.device)
     exact, half = llama_pair(dev)
     ids = torch.randint(0, exact.config.vocab_size, (4, 128), device=dev)

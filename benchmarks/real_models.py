@@ -143,11 +143,14 @@ def gpt2(dev: torch.device) -> Case:
                 {"class": "GPT2LMHeadModel", "vocab_size": vocab, **config}, lm, vocab)
 
 
+LLAMA_CONFIG = dict(hidden_size=512, intermediate_size=1376, num_hidden_layers=4, num_attention_heads=8,
+                    num_key_value_heads=8, max_position_embeddings=1024, initializer_range=0.1)
+
+
 def llama(dev: torch.device) -> Case:
     from transformers import LlamaConfig, LlamaForCausalLM
 
-    config = dict(hidden_size=512, intermediate_size=1376, num_hidden_layers=4, num_attention_heads=8,
-                  num_key_value_heads=8, max_position_embeddings=1024, initializer_range=0.1)
+    config = LLAMA_CONFIG
     lm = _fp16(LlamaForCausalLM(LlamaConfig(**config)), dev)
     vocab = lm.config.vocab_size
     return Case(HFTensor(lm, ["input_ids"], "logits", use_cache=False), (_token_ids(vocab, (4, 128), dev),),
