@@ -99,6 +99,33 @@ def median_latency_ms(fn: Callable[[], Any], iters: int, warmup: int) -> float:
     return statistics.median(s.elapsed_time(e) for s, e in zip(starts, ends))
 
 
+def with_its_callable(model: nn.Module, x: torch.Tensor, calls: int = 1,
+                      **options: Any) -> tuple[Callable[..., Any], Callable[..., Any], tuple[Any, ...]]:
+    """`model` compiled through trt_multidev (min_block_size 1, no disk cache, `options`) and
+    called `calls` times with `x`; returns (the compiled model, the callable trt_multidev returned
+    for its graph, the arguments dynamo passed that callable on the first call), so that the
+    callable can be timed without dynamo. The compiled model's calls pass through one more
+    Python frame, which records those arguments."""
+    import trt_multidev_backend as tm
+
+    seen: dict[str, Any] = {}
+
+    def hook(gm: Any, example_inputs: Any, **kwargs: Any) -> Callable[..., Any]:
+        fn = tm.backend(gm, example_inputs, **kwargs)
+
+        def record(*args: Any) -> Any:
+            seen.setdefault("call", (fn, args))
+            return fn(*args)
+        return record
+
+    compiled = torch.compile(model, backend=hook, options={"min_block_size": 1, "cache": False, **options})
+    with torch.no_grad():
+        for _ in range(calls):
+            compiled(x)
+    fn, args = seen["call"]
+    return compiled, fn, args
+
+
 def host_us_per_call(fn: Callable[[], Any], calls: int = 2000) -> float:
     """Host time to issue one call; the tiny MLP keeps the GPU from being the bottleneck."""
     for _ in range(50):

@@ -10,6 +10,8 @@ batch 1). Backends:
   torch_tensorrt          plain Torch-TensorRT (torch.compile backend)
   torch_tensorrt_graphs   the same with torch_tensorrt.runtime.set_cudagraphs_mode(True)
   inductor_graphs         torch.compile(mode="reduce-overhead")
+  graph_replay_floor      the eager model captured by hand in one CUDA graph, replayed with one copy
+                          in and one copy out: the least any CUDA-graph path costs per call
   trt_multidev_layers, trt_multidev_graphs_layers
                           trt_multidev's own layers without dynamo's: the callable trt_multidev
                           returned, called with the arguments dynamo passed it (what trt_multidev
@@ -39,7 +41,7 @@ import gpu_bench  # noqa: E402  (puts the repository root on sys.path)
 import trt_multidev_backend as tm  # noqa: E402
 
 BACKENDS = ("eager", "trt_multidev", "trt_multidev_graphs", "torch_tensorrt", "torch_tensorrt_graphs",
-            "inductor_graphs", "trt_multidev_layers", "trt_multidev_graphs_layers")
+            "inductor_graphs", "graph_replay_floor", "trt_multidev_layers", "trt_multidev_graphs_layers")
 
 
 def resnet18() -> torch.nn.Module:
@@ -72,24 +74,34 @@ def tt_graphs(on: bool):
 def layers_only(model: torch.nn.Module, x: torch.Tensor, graphs: bool) -> Callable[..., Any]:
     """The callable trt_multidev returned for the model's graph, bound to the arguments dynamo
     passed it on the first call (the same tensors every call, as the other rows use)."""
-    seen: dict[str, Any] = {}
-
-    def hook(gm: Any, example_inputs: Any, **kwargs: Any) -> Callable[..., Any]:
-        fn = tm.backend(gm, example_inputs, **kwargs)
-
-        def record(*args: Any) -> Any:
-            seen.setdefault("call", (fn, args))
-            return fn(*args)
-        return record
-
     tm.reset()
-    with torch.no_grad():
-        torch.compile(model, backend=hook, options={"min_block_size": 1, "cache": False, "cuda_graphs": graphs})(x)
-    fn, args = seen["call"]
+    _, fn, args = gpu_bench.with_its_callable(model, x, cuda_graphs=graphs)
 
     def call(_x: Any = None) -> Any:
         out = fn(*args)
         return out[0] if isinstance(out, (tuple, list)) else out  # dynamo's graphs return tuples
+    return call
+
+
+def replay_floor(model: torch.nn.Module, x: torch.Tensor) -> Callable[..., Any]:
+    """`model` captured in a CUDA graph by hand (warmed on a side stream first, as PyTorch's
+    CUDA-graph notes ask), replayed with `x` copied in and the output copied out, as
+    trt_multidev's replays do: what a call costs without dynamo and without trt_multidev."""
+    static = x.clone()
+    side = torch.cuda.Stream()
+    side.wait_stream(torch.cuda.current_stream())
+    with torch.no_grad(), torch.cuda.stream(side):
+        for _ in range(3):
+            model(static)
+    torch.cuda.current_stream().wait_stream(side)
+    graph = torch.cuda.CUDAGraph()
+    with torch.no_grad(), torch.cuda.graph(graph):
+        out = model(static)
+
+    def call(x_: torch.Tensor) -> torch.Tensor:
+        static.copy_(x_)
+        graph.replay()
+        return out.clone()
     return call
 
 
@@ -98,6 +110,8 @@ def compiled_for(backend: str, model: torch.nn.Module, x: torch.Tensor) -> Calla
         return layers_only(model, x, graphs="graphs" in backend)
     if backend == "eager":
         return model
+    if backend == "graph_replay_floor":
+        return replay_floor(model, x)
     if backend == "inductor_graphs":
         return torch.compile(model, mode="reduce-overhead")
     if backend.startswith("torch_tensorrt"):

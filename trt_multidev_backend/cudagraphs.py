@@ -31,6 +31,7 @@ from torch.utils import _pytree as pytree
 
 from .build import first_line_of
 from .graphinfo import ArgInfo, Role, changed_in_place, symbolic_sizes
+from .guard import current_stream
 from .runtime import tensor_version
 
 __all__ = ["CapturePlan", "CudaGraphs", "ShapePolicy", "capture_plan", "signature"]
@@ -210,9 +211,9 @@ class CudaGraphs:
     def __call__(self, *args: Any) -> Any:
         key = signature(self._keyed(args))
         with self._lock:
-            stream = torch.cuda.current_stream(self.device)
+            stream = current_stream(self.device)  # one object per stream
             last = self._last
-            if last is not None and last.cuda_stream != stream.cuda_stream:
+            if last is not None and last is not stream and last != stream:
                 stream.wait_stream(last)  # everything enqueued there so far, the latest call included
             self._last = stream
             return self._call(key, args)

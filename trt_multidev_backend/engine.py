@@ -25,7 +25,7 @@ from typing import Any, Iterator, Mapping, Sequence
 
 import torch
 
-from .guard import device_guard, real_device, release_held, track, watch_collections
+from .guard import current_stream, device_guard, real_device, release_held, track, watch_collections
 
 __all__ = ["TensorRTEngine", "engine_options", "runtime_cache_supported", "unsupported_reason"]
 
@@ -287,7 +287,7 @@ class TensorRTEngine(torch.nn.Module):
         ptrs = list(map(_data_ptr, inputs))
         shapes = tuple(tuple(inputs[i].shape) for i in self._dynamic)
         device = self.device
-        caller = torch.cuda.current_stream(device)
+        caller = current_stream(device)
         context = self._context
         with self._lock:
             if shapes != self._shapes:

@@ -14,6 +14,7 @@ import torch
 import trt_multidev_backend as tm
 from scenarios import Mlp, rel_error
 from trt_multidev_backend.cudagraphs import CudaGraphs
+from trt_multidev_backend.guard import current_stream
 from trt_multidev_backend.masks import MaskPrefix
 
 DEVICE = torch.device("cuda", 1 if torch.cuda.device_count() > 1 else 0)
@@ -120,6 +121,24 @@ def test_threads_on_their_own_streams_get_their_own_results():
     for t in threads:
         t.join()
     assert len(errors) == 80 and max(errors) < 1e-2
+
+
+def test_current_stream_is_the_callers_stream_as_one_object_per_stream():
+    """What the engine runner and the replays read on every call: torch's current stream on the
+    graph's GPU (not the current device's), the same object for the same stream."""
+    other = torch.device("cuda", 0)
+    default = current_stream(DEVICE)
+    assert default == torch.cuda.current_stream(DEVICE) and default is current_stream(DEVICE)
+    side = torch.cuda.Stream(DEVICE)
+    with torch.cuda.stream(side):
+        got = current_stream(DEVICE)
+        assert got == side and got.cuda_stream == side.cuda_stream and got is current_stream(DEVICE)
+        if DEVICE != other:  # the current device's stream is another one
+            assert current_stream(other) == torch.cuda.current_stream(other) != got
+    external = torch.cuda.ExternalStream(side.cuda_stream, device=DEVICE)
+    with torch.cuda.stream(external):
+        assert current_stream(DEVICE).cuda_stream == side.cuda_stream
+    assert current_stream(DEVICE) is default
 
 
 def test_a_graph_that_changes_its_input_runs_uncaptured_like_eager(caplog):
