@@ -23,10 +23,11 @@ import torch
 import torch.fx
 
 from . import engine as _engine
-from .graphinfo import is_attention, meta_value
+from .graphinfo import is_attention, meta_value, op_count
 from .guard import Releaser, cuda_usable, real_device, watch_collections
 from .masks import split_mask_prefix
 from .placement import graph_copy
+from .repeats import collapsed_repeats
 from .rewrites import sizes_from_their_tensors
 from .runtime import select_kept
 from .segments import install
@@ -288,8 +289,12 @@ class TorchTensorRTDelegate:
                      and refuses_uneven_attention() and uneven_attention(gm))
         original = graph_copy(gm) if decompose else gm
 
+        built = f"a graph of {op_count(gm)} ops on {device}"
+        quiet = settings.log_level != "debug"
+
         def build(graph: torch.fx.GraphModule, options: dict[str, Any]) -> Any:
-            with _deferring_setup(PythonTorchTensorRTModule) if runner else contextlib.nullcontext(), attention:
+            with _deferring_setup(PythonTorchTensorRTModule) if runner else contextlib.nullcontext(), attention, \
+                    collapsed_repeats(built, enabled=quiet):  # its warnings per node, once each
                 if detect_fake_mode(inputs) is None:
                     # Called outside dynamo (aot tools, direct use): Torch-TensorRT needs a fake mode.
                     with tracing(TracingContext(FakeTensorMode(allow_non_fake_inputs=True))):

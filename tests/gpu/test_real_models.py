@@ -57,6 +57,31 @@ def test_llama_runs_in_tensorrt_engines():
     _check(transformers.LlamaForCausalLM(config))
 
 
+def test_torch_tensorrts_repeated_warnings_come_once_per_build(caplog):
+    """Torch-TensorRT 2.11 repeated a warning per node for Llama's cuDNN attention (24 times per
+    graph, H200): shown once per build unless log_level=debug. Skipped where nothing repeats."""
+    torch.manual_seed(0)
+    config = transformers.LlamaConfig(hidden_size=512, intermediate_size=1376, num_hidden_layers=2,
+                                      num_attention_heads=8, num_key_value_heads=8, vocab_size=1000,
+                                      max_position_embeddings=256)
+    model = transformers.LlamaForCausalLM(config).eval().half().to(DEVICE)
+    ids = torch.randint(0, 1000, (4, 128), device=DEVICE)
+
+    def most_repeated(**options) -> int:
+        torch._dynamo.reset()
+        tm.reset()
+        caplog.clear()
+        with torch.no_grad():
+            torch.compile(model, backend=_counting([], **options))(ids, use_cache=False)
+        texts = [r.getMessage() for r in caplog.records if r.name.startswith("torch_tensorrt") and r.levelno >= 30]
+        assert tm.stats()[str(DEVICE)]["compiles"] == 1
+        return max(map(texts.count, texts), default=0)
+
+    if most_repeated(log_level="debug") <= 1:
+        pytest.skip("this Torch-TensorRT repeated no warning for this graph")
+    assert most_repeated() == 1
+
+
 def test_fp32_accumulation_brings_gpt2_to_eagers_error():
     """fp32_accumulation: GPT-2's fp16 logits from the engines about as close to its fp32 logits
     as eager's fp16 logits are, with everything still in engines, the casts included (H200,
