@@ -86,6 +86,18 @@ def test_dynamo_reset_empties_the_cache(fake_mode):
     assert len(delegate.calls) == 2
 
 
+def test_the_key_names_the_target_even_where_nothing_else_in_it_does():
+    """A graph of no tensors (nothing in its code or inputs names a device) compiled for two
+    GPUs: two keys, so one GPU's build is never handed to the other from memory."""
+    from trt_multidev_backend.cache import cache_key
+    from trt_multidev_backend.settings import resolve_settings
+
+    gm = torch.fx.symbolic_trace(lambda n: (n + 1,))
+    settings = resolve_settings({}, environ={})
+    keys = {cache_key(gm, [3], torch.device("cuda", i), settings, "d") for i in (0, 1, 0)}
+    assert len(keys) == 2
+
+
 def test_named_delegate_key_is_the_same_in_every_process():
     script = (
         "import torch, trt_multidev_backend as tm\n"
