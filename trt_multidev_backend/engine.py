@@ -13,6 +13,9 @@ Calls: inputs are bound by address only when an address changed (parameters keep
 dimensions are set only when they changed, outputs are allocated per call on the caller's stream,
 and the engine runs on its own stream, ordered after the caller's work and before the caller's
 next. One lock per engine: an execution context's scratch memory serves one enqueue at a time.
+(Enqueued on the caller's stream instead, session 13, H200: on the legacy default stream
+TensorRT-RTX failed to run dynamic engines with its own CUDA graphs; on callers' own streams it
+was faster, but one cross-stream wait failed once in the GPU suite: benchmarks/stream_probe.py.)
 """
 
 from __future__ import annotations
@@ -131,11 +134,35 @@ def _configure(config: Any, name: str, dynamic: bool) -> list[str]:
     return applied
 
 
+_trt_log = logging.getLogger("trt_multidev.tensorrt")
+
+
+def _logger(trt: Any) -> Any:
+    """TensorRT's messages about the engines trt_multidev runs, into logging (logger
+    ``trt_multidev.tensorrt``) rather than onto stderr; VERBOSE ones are dropped unread."""
+    severity = trt.ILogger.Severity
+    levels = {severity.INTERNAL_ERROR: logging.ERROR, severity.ERROR: logging.ERROR,
+              severity.WARNING: logging.WARNING, severity.INFO: logging.DEBUG}
+
+    class RuntimeLogger(trt.ILogger):  # type: ignore[misc,name-defined]
+        def __init__(self) -> None:
+            trt.ILogger.__init__(self)
+
+        def log(self, level: Any, msg: str) -> None:
+            found = levels.get(level)
+            if found is None:
+                return
+            _trt_log.log(found, "TensorRT: %s", msg)
+
+    return RuntimeLogger()
+
+
 def _runtime() -> Any:
     with _RUNTIME_LOCK:
         if "runtime" not in _RUNTIME:
             trt = _tensorrt()
-            _RUNTIME["runtime"] = trt.Runtime(trt.Logger(trt.Logger.WARNING))
+            _RUNTIME["logger"] = _logger(trt)  # TensorRT keeps a reference only: held here
+            _RUNTIME["runtime"] = trt.Runtime(_RUNTIME["logger"])
         return _RUNTIME["runtime"]
 
 

@@ -3,6 +3,9 @@ TensorRT-RTX's kernel cache, matches eager and Torch-TensorRT's runtime, binds i
 
 from __future__ import annotations
 
+import logging
+import threading
+
 import pytest
 import torch
 
@@ -81,6 +84,53 @@ def test_runner_checks_what_it_binds():
     with pytest.raises(TypeError, match="takes"):
         engine(*args[:-1])
     assert engine(*args) is not None  # a refused call leaves the engine usable
+
+
+def test_runner_orders_calls_across_streams_and_tells_tensorrts_messages_to_logging(caplog):
+    """A call on another stream than the one before waits for it (an execution context's scratch
+    memory serves one enqueue at a time), threads on streams of their own get their own results,
+    and TensorRT's messages about the runner's engines go to logging (trt_multidev.tensorrt)
+    instead of straight onto stderr."""
+    caplog.set_level(logging.DEBUG, logger="trt_multidev.tensorrt")
+    model = Mlp().eval().to(DEV)
+    _, _, engines = compiled_modules(model, torch.randn(16, 256, device=DEV), cache=False)
+    assert any(r.name == "trt_multidev.tensorrt" for r in caplog.records)  # "Loaded engine size: ..."
+    engine = engines[0]
+    args = [torch.randn(tuple(s), device=DEV) for s, _ in engine._inputs]
+    first = engine(*args)  # on the default stream
+    torch.cuda.synchronize(DEV)
+    one, two = torch.cuda.Stream(DEV), torch.cuda.Stream(DEV)
+    mark, after = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+    with torch.cuda.stream(one):
+        torch.cuda._sleep(int(0.1 * 1.98e9))  # about 100 ms of GPU time on `one`
+        a = engine(*args)
+        mark.record(one)
+    with torch.cuda.stream(two):
+        b = engine(*args)
+        after.record(two)
+    torch.cuda.synchronize(DEV)
+    assert mark.elapsed_time(after) >= 0, "the call on the second stream ended before the first's"
+    for out in (a, b):
+        assert torch.equal(out[0] if isinstance(out, tuple) else out, first[0] if isinstance(first, tuple) else first)
+    results: list[bool] = []
+
+    def worker(seed: int) -> None:
+        gen = torch.Generator(device=DEV).manual_seed(seed)
+        with torch.no_grad(), torch.cuda.stream(torch.cuda.Stream(DEV)):
+            for _ in range(50):
+                x = [torch.randn(a.shape, device=DEV, generator=gen) for a in args]
+                want = engine(*x)
+                got = engine(*x)
+                torch.cuda.current_stream(DEV).synchronize()
+                results.append(torch.equal(want[0] if isinstance(want, tuple) else want,
+                                           got[0] if isinstance(got, tuple) else got))
+
+    threads = [threading.Thread(target=worker, args=(s,)) for s in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert len(results) == 200 and all(results)
 
 
 def test_runner_pickles_with_its_kernels():
