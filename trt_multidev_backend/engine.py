@@ -30,7 +30,8 @@ import torch
 
 from .guard import current_stream, device_guard, real_device, release_held, track, watch_collections
 
-__all__ = ["TensorRTEngine", "engine_options", "runtime_cache_supported", "unsupported_reason"]
+__all__ = ["MESSAGES", "TensorRTEngine", "TensorRTMessages", "engine_options", "runtime_cache_supported",
+           "unsupported_reason"]
 
 log = logging.getLogger("trt_multidev.engine")
 
@@ -134,12 +135,44 @@ def _configure(config: Any, name: str, dynamic: bool) -> list[str]:
     return applied
 
 
-_trt_log = logging.getLogger("trt_multidev.tensorrt")
+class TensorRTMessages:
+    """Where TensorRT's messages about the runner's engines go: the logger
+    ``trt_multidev.tensorrt`` rather than stderr. Errors, and the first of each distinct warning,
+    at their level; a warning met again at DEBUG (a runtime warning TensorRT gives at every call
+    would otherwise come at every call). TensorRT reports a failed load, context or enqueue only
+    as None or False, so the latest error on each thread is kept for the exception raised next."""
+
+    def __init__(self, most: int = 1024) -> None:
+        self._warned: set[str] = set()
+        self._most = most  # distinct warnings remembered; beyond that, new ones all pass
+        self._local = threading.local()
+        self.log = logging.getLogger("trt_multidev.tensorrt")
+
+    def emit(self, level: int, msg: str) -> None:
+        if level >= logging.ERROR:
+            self._local.error = msg
+        elif level == logging.WARNING:
+            if msg in self._warned:
+                level = logging.DEBUG
+            elif len(self._warned) < self._most:
+                self._warned.add(msg)
+        self.log.log(level, "TensorRT: %s", msg)
+
+    def forget(self) -> None:
+        """Before a call whose failure may follow: an earlier error is not its cause."""
+        self._local.error = None
+
+    def said(self) -> str:
+        """The latest error on this thread, as a second line for an exception ('' if none); taken."""
+        msg, self._local.error = getattr(self._local, "error", None), None
+        return f"\nTensorRT said: {msg}" if msg else ""
+
+
+MESSAGES = TensorRTMessages()
 
 
 def _logger(trt: Any) -> Any:
-    """TensorRT's messages about the engines trt_multidev runs, into logging (logger
-    ``trt_multidev.tensorrt``) rather than onto stderr; VERBOSE ones are dropped unread."""
+    """A TensorRT logger handing its messages to MESSAGES; VERBOSE ones are dropped unread."""
     severity = trt.ILogger.Severity
     levels = {severity.INTERNAL_ERROR: logging.ERROR, severity.ERROR: logging.ERROR,
               severity.WARNING: logging.WARNING, severity.INFO: logging.DEBUG}
@@ -150,9 +183,8 @@ def _logger(trt: Any) -> Any:
 
         def log(self, level: Any, msg: str) -> None:
             found = levels.get(level)
-            if found is None:
-                return
-            _trt_log.log(found, "TensorRT: %s", msg)
+            if found is not None:
+                MESSAGES.emit(found, msg)
 
     return RuntimeLogger()
 
@@ -226,9 +258,11 @@ class TensorRTEngine(torch.nn.Module):
         name = self.name
         if real_device() != self.device.index:
             raise RuntimeError(f"engine {name!r}: the CUDA runtime is on cuda:{real_device()}, not {self.device}")
-        engine = self._engine = _runtime().deserialize_cuda_engine(self.serialized_engine)
+        runtime = _runtime()
+        MESSAGES.forget()
+        engine = self._engine = runtime.deserialize_cuda_engine(self.serialized_engine)
         if engine is None:
-            raise RuntimeError(f"TensorRT could not deserialize engine {name!r} on {self.device}")
+            raise RuntimeError(f"TensorRT could not deserialize engine {name!r} on {self.device}{MESSAGES.said()}")
         reason = unsupported_reason(engine, self.input_names, self.output_names, data_dependent=data_dependent)
         if reason is not None:
             raise ValueError(f"engine {name!r}: {reason}")
@@ -247,10 +281,12 @@ class TensorRTEngine(torch.nn.Module):
                 log.warning("engine %r: TensorRT refused its stored kernel cache (%d bytes); "
                             "compiling the kernels again", name, len(runtime_cache))
         config.set_runtime_cache(self._cache)
+        MESSAGES.forget()
         context = self._context = engine.create_execution_context(config)
         del config
         if context is None:
-            raise RuntimeError(f"TensorRT could not create an execution context for {name!r} on {self.device}")
+            raise RuntimeError(f"TensorRT could not create an execution context for {name!r} on {self.device}"
+                               f"{MESSAGES.said()}")
         for i, (n, (shape, _)) in enumerate(zip(self.input_names, self._inputs)):
             if i not in self._dynamic:
                 context.set_input_shape(n, shape)
@@ -327,11 +363,12 @@ class TensorRTEngine(torch.nn.Module):
                 context.set_tensor_address(n, out.data_ptr() or self._placeholder.data_ptr())
             self._ready.record(caller)
             self._stream.wait_event(self._ready)
+            MESSAGES.forget()
             ok = context.execute_async_v3(self._stream.cuda_stream)
             self._done.record(self._stream)
             caller.wait_event(self._done)
         if not ok:
-            raise RuntimeError(f"TensorRT failed to run engine {self.name!r} on {device}")
+            raise RuntimeError(f"TensorRT failed to run engine {self.name!r} on {device}{MESSAGES.said()}")
         return outputs[0] if len(outputs) == 1 else tuple(outputs)
 
     def _set_shapes(self, shapes: tuple) -> None:

@@ -133,6 +133,14 @@ def test_runner_orders_calls_across_streams_and_tells_tensorrts_messages_to_logg
     assert len(results) == 200 and all(results)
 
 
+def test_a_failed_load_says_what_tensorrt_said():
+    """TensorRT reports a failed deserialization only as None; its logged error becomes the
+    exception's second line."""
+    with torch.cuda.device(DEV), pytest.raises(
+            RuntimeError, match=r"could not deserialize engine 'junk' on cuda:\d+\nTensorRT said: \S"):
+        TensorRTEngine(b"not a TensorRT engine" * 64, ["x"], ["y"], name="junk", device=DEV)
+
+
 def test_runner_pickles_with_its_kernels():
     from trt_multidev_backend.delegate import TorchTensorRTDelegate
     from trt_multidev_backend.settings import resolve_settings
