@@ -122,3 +122,32 @@ def test_named_delegate_is_called_with_device_and_settings():
     assert out.shape == (2, 4)
     assert _delegates.CALLS == [("cpu", ("fp32", "fp16"))]
     assert tm.stats() == {"cpu": counters(compiles=1)}
+
+
+def test_the_in_memory_key_follows_a_constant_written_in_place_grad_and_dynamic_dims():
+    """What can change a compiled result without changing the graph's code: a constant updated
+    in place (its values are baked into an engine), inputs that require grad, dims marked dynamic."""
+    from trt_multidev_backend.cache import cache_key
+    from trt_multidev_backend.settings import resolve_settings
+
+    g = torch.fx.Graph()
+    x = g.placeholder("x")
+    g.output((g.call_function(torch.add, (x, g.get_attr("c"))),))
+    root = nn.Module()
+    root.register_buffer("c", torch.ones(4))
+    gm = torch.fx.GraphModule(root, g)
+    settings = resolve_settings({}, environ={})
+    cpu = torch.device("cpu")
+
+    def key(*inputs):
+        return cache_key(gm, list(inputs), cpu, settings, "d")
+
+    plain = torch.zeros(2, 4)
+    base = key(plain)
+    assert key(torch.zeros(2, 4)) == base  # another tensor of the same spec: same key
+    assert key(torch.zeros(2, 4, requires_grad=True)) != base
+    marked = torch.zeros(2, 4)
+    torch._dynamo.mark_dynamic(marked, 0)
+    assert key(marked) != base
+    gm.c.add_(1)  # same tensor, new values
+    assert key(plain) != base

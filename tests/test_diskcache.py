@@ -325,6 +325,31 @@ def test_disk_key_follows_constant_content():
     assert keys[0] == keys[1] != keys[2]
 
 
+def test_disk_key_follows_a_submodules_state_and_the_versions_of_the_stack():
+    """A graph calling a submodule (its weights are not graph inputs) is keyed by their content;
+    an entry written under other versions of torch or Torch-TensorRT is never read."""
+    import torch.fx
+
+    def graph_with(weight: float):
+        g = torch.fx.Graph()
+        g.output((g.call_module("fc", (g.placeholder("x"),)),))
+        root = torch.nn.Module()
+        root.fc = torch.nn.Linear(4, 4)
+        torch.nn.init.constant_(root.fc.weight, weight)
+        torch.nn.init.zeros_(root.fc.bias)
+        return torch.fx.GraphModule(root, g)
+
+    settings = resolve_settings({}, environ={})
+
+    def key(gm, versions):
+        return disk_key(gm, [torch.zeros(2, 4)], torch.device("cpu"), settings, "d", versions)[0]
+
+    one = {"torch": "2.13.0", "torch_tensorrt": "2.11.0"}
+    keys = [key(graph_with(w), one) for w in (1.0, 1.0, 2.0)]
+    assert keys[0] == keys[1] != keys[2]
+    assert key(graph_with(1.0), {**one, "torch_tensorrt": "2.12.0"}) != keys[0]
+
+
 def test_disk_key_is_the_same_in_a_new_process():
     script = (
         "import torch\n"

@@ -91,6 +91,18 @@ def test_a_failing_delegate_falls_back_on_the_placed_graph(caplog, fake_mode):
     assert tm.stats()["cuda:1"]["fallbacks"] == 1
 
 
+def test_the_same_failure_on_another_gpu_is_warned_again_there_once(caplog, fake_mode):
+    """Once per reason and device: a user with models on two GPUs learns about each GPU."""
+    delegate = EngineLikeDelegate(fail=RuntimeError("engine build exploded"))
+    for device in ("cuda:1", "cuda:3", "cuda:1", "cuda:3"):
+        tm.backend(*capture(on_fake_device(Net(), device, fake_mode), fake(fake_mode, 4, 8, device=device)),
+                   options={"delegate": delegate})
+    found = warnings_of(caplog)
+    assert len(found) == 2 and all("engine build exploded" in m for m in found)
+    assert ["[cuda:1]" in found[0], "[cuda:3]" in found[1]] == [True, True]
+    assert tm.stats()["cuda:1"] == tm.stats()["cuda:3"] == counters(fallbacks=1, cache_hits=1)
+
+
 def test_strict_reraises_the_delegate_error_with_its_cause(fake_mode):
     model = on_fake_device(Net(), "cuda:1", fake_mode)
     boom = RuntimeError("engine build exploded")

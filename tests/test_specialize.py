@@ -159,3 +159,46 @@ def test_a_static_build_runs_under_its_gpus_guard_and_gives_the_device_back(monk
     assert seen == [((1, 1), [7])]  # built with cuda:1 current, for the size it was called with
     assert cuda.state() == (0, 0)
     assert graph(7) == "static" and graph(8) == "dynamic"
+
+
+def _specialized(build, limit=4):
+    """A Specialized graph over one caller input with a symbolic batch, on the CPU."""
+    plan = specialize.StaticPlan(shaped=(0,), sizes=(), inputs=(0,))
+    return specialize.Specialized(lambda *a: "dynamic", plan, torch.device("cpu"), limit, build,
+                                  ready=lambda *a: None, failed=lambda key, exc: None)
+
+
+def test_counts_start_again_every_window_so_a_long_run_neither_grows_them_nor_blocks_a_new_shape():
+    """A long-running server: after many calls of shapes met once each (a decode loop's), a
+    batch size that starts to recur still gets its engine at its third call, and the counts held
+    stay within one window of calls."""
+    built = []
+    graph = _specialized(lambda args: (built.append(tuple(args[0].shape)) or (lambda *a: "static"), "built"))
+    for n in range(10 * specialize.WINDOW):  # each length once
+        assert graph(torch.empty(1, n + 100)) == "dynamic"
+    assert len(graph._counts) <= specialize.WINDOW
+    assert [graph(torch.empty(2, 8)) for _ in range(4)] == ["dynamic", "dynamic", "static", "static"]
+    assert built == [(2, 8)]
+
+
+def test_a_static_build_gets_stand_ins_for_the_callers_inputs_and_keeps_none_of_them_alive():
+    import gc
+    import weakref
+
+    kept = []
+
+    def build(args):
+        kept.append(args)  # as a delegate may keep its example inputs
+        return (lambda *a: "static"), "built"
+
+    graph = _specialized(build)
+    x = torch.randn(3, 4).t()  # strided: a stand-in must have the same strides
+    ref = weakref.ref(x)
+    assert [graph(x) for _ in range(3)] == ["dynamic", "dynamic", "static"]
+    (stand_in,) = kept[0]
+    assert stand_in is not x and stand_in.data_ptr() != x.data_ptr()
+    assert (stand_in.shape, stand_in.stride(), stand_in.dtype, stand_in.device) == (
+        x.shape, x.stride(), x.dtype, x.device)
+    del x
+    gc.collect()
+    assert ref() is None
