@@ -71,6 +71,10 @@ def test_outputs_move_back_and_non_tensors_pass():
                               output_moves=[(0, torch.device("meta")), (1, torch.device("meta"))])
     out = wrapper(torch.ones(2))
     assert out[0].device.type == "meta" and out[1] == "tag" and out[2].device.type == "cpu"
+    # Torch-TensorRT's engine modules return lists: moved alike, and still a list
+    listed = GuardedCallable(lambda x: [x + 1, x], torch.device("cpu"), output_moves=[(0, torch.device("meta"))])
+    out = listed(torch.ones(2))
+    assert isinstance(out, list) and out[0].device.type == "meta" and out[1].device.type == "cpu"
 
 
 def test_state_is_copied_once_and_followed_after_in_place_changes():
@@ -88,6 +92,11 @@ def test_state_is_copied_once_and_followed_after_in_place_changes():
     source.mul_(2)
     (total,) = wrapper(source)
     assert copies[2] is not copies[0] and total.item() == 6.0
+    other = torch.ones(3)  # another tensor in the same place (a buffer reassigned)...
+    other.fill_(1.0)  # ...at the same version as the one before
+    assert other._version == source._version
+    (total,) = wrapper(other)
+    assert total.item() == 3.0  # its own values, not the copy of the tensor before
 
 
 def test_serialized_calls_from_four_threads_match_single_threaded():
