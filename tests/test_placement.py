@@ -173,6 +173,27 @@ def test_cpu_scalar_state_joins_the_target(fake_mode):
     assert all(d == CUDA1 for d in delegate.calls[0].input_devices)
 
 
+def test_cpu_scalar_state_that_host_work_also_reads_stays_on_the_cpu(fake_mode):
+    """Moved to the GPU, the scalar would be copied back for the host work at every call (a
+    device-to-host copy waits for the GPU); eager leaves it on the CPU, and so does placement."""
+    class Scaled(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.fc = nn.Linear(4, 4)
+            self.scale = torch.tensor(0.5)
+
+        def forward(self, x):
+            return self.fc(x) * self.scale, self.scale.to("cpu") * 3
+
+    model = Scaled()
+    on_fake_device(model.fc, "cuda:1", fake_mode)
+    delegate = EngineLikeDelegate()
+    compiled = compile_with(model, delegate)
+    scaled, host = compiled(fake(fake_mode, 2, 4, device="cuda:1"))
+    assert scaled.device == CUDA1 and host.device == torch.device("cpu")
+    assert torch.device("cpu") in delegate.calls[0].input_devices  # the scale, where eager keeps it
+
+
 def test_input_the_graph_moves_is_moved_by_the_wrapper(fake_mode):
     class Mover(nn.Module):
         def __init__(self):
