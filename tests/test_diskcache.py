@@ -159,6 +159,29 @@ def test_reads_check_the_checksum(tmp_path):
         store.read(ns, "d" * 64)
 
 
+def test_eviction_spares_the_entry_just_written_even_when_it_is_the_oldest(tmp_path):
+    """After a write the cache is trimmed around the new entry (reuse.py passes it as `keep`)."""
+    store = DiskCache(tmp_path, size_limit=1500)
+    ns = store.namespace({"torch": "x"}, "cpu")
+    paths = [store.write(ns, key, bytes(1000), {}) for key in ("a" * 64, "b" * 64)]
+    os.utime(paths[0], (1000, 1000))  # "a" is the least recently used
+    removed = store.evict(keep={paths[0]})
+    assert [e.key for e in removed] == ["b" * 64]
+    assert [e.key for e in store.entries()] == ["a" * 64]
+
+
+def test_a_short_entry_is_said_to_be_truncated_and_a_failed_write_leaves_no_temporary_file(tmp_path):
+    store = DiskCache(tmp_path, size_limit=10**6)
+    ns = store.namespace({"torch": "x"}, "cpu")
+    path = store.write(ns, "e" * 64, bytes(100), {})
+    path.write_bytes(path.read_bytes()[:-10])  # a copy cut short
+    with pytest.raises(CorruptEntry, match="truncated: 90 of 100"):
+        store.read(ns, "e" * 64)
+    with pytest.raises(TypeError):
+        store.write(ns, "f" * 64, bytes(10), None)  # fails while writing: the metadata must be a dict
+    assert store._path(ns, "f" * 64).parent.is_dir() and not list(tmp_path.rglob("*.tmp"))
+
+
 def test_namespace_separates_versions_and_gpu_identity(tmp_path):
     store = DiskCache(tmp_path, 1)
     base = store.namespace({"torch": "2.11", "tensorrt": "10.1"}, "sm90-nvidia-h100")
