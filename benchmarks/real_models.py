@@ -9,7 +9,9 @@ lazily by name: gpt2 (GPT2LMHeadModel, 4 layers, 512 wide, batch 4 x 128), llama
 (BertModel, 4 layers, batch 8 x 128), t5 (T5Model, 4 + 4 layers, encoder 4 x 128, decoder
 4 x 64), vit_s16 and convnext_t (timm, batch 16), resnet50 and mobilenetv3_l (torchvision,
 batch 32); resnet50_bn_folded (not in the default list) is resnet50 with batch norm folded into
-its convolutions in float32 before the cast. transformers models run with use_cache=False behind a wrapper that returns one tensor
+its convolutions in float32 before the cast; qwen2, qwen3, mistral, gemma, gemma2 and phi3 (not
+in the default list: DECODER_FAMILIES) are those families' causal LMs at llama's size with 2
+key/value heads and a vocabulary of 32000, batch 4 x 128. transformers models run with use_cache=False behind a wrapper that returns one tensor
 (logits or last_hidden_state), so every backend compiles the same tensor-in, tensor-out forward.
 
 Placement: model and inputs on cuda:1 with cuda:0 current when two or more GPUs are visible,
@@ -23,7 +25,7 @@ each TensorRT build, trt_multidev's disk cache off), relative error against eage
 (`rel_error_fp32`: eager fp16's own is the size of error fp16 gives), and the median latency
 (CUDA events on the model device's current stream, 10 warm-up calls, --iters calls per round,
 median over --rounds rounds whose backend order rotates). For trt_multidev also its counters
-(trt_multidev_backend.stats() for the device) and where the ops ran (SHARE_DEFINITION below). For gpt2 and llama, also HF generate():
+(trt_multidev_backend.stats() for the device) and where the ops ran (SHARE_DEFINITION below). For the causal LMs, also HF generate():
 32 new tokens, greedy, use_cache=True, with the forward compiled (GENERATE_METHOD below), whether
 the tokens equal eager's, and milliseconds per new token.
 
@@ -157,6 +159,30 @@ def llama(dev: torch.device) -> Case:
                 {"class": "LlamaForCausalLM", "vocab_size": vocab, **config}, lm, vocab)
 
 
+# Other decoder families at Llama's size, with grouped-query attention (2 key/value heads for 8)
+# and a common vocabulary of 32000, each with what sets it apart (see tests/gpu/test_real_models.py).
+DECODER_FAMILIES: dict[str, dict[str, Any]] = {
+    "qwen2": {},
+    "qwen3": {"head_dim": 64},
+    "mistral": {"sliding_window": 64},
+    "gemma": {"head_dim": 64},
+    "gemma2": {"head_dim": 64, "sliding_window": 64},
+    "phi3": {"pad_token_id": 0, "eos_token_id": 1, "bos_token_id": 2},
+}
+
+
+def _decoder(family: str) -> Callable[[torch.device], Case]:
+    def build(dev: torch.device) -> Case:
+        from transformers import AutoConfig, AutoModelForCausalLM
+
+        config = {**LLAMA_CONFIG, "num_key_value_heads": 2, "vocab_size": 32000, **DECODER_FAMILIES[family]}
+        lm = _fp16(AutoModelForCausalLM.from_config(AutoConfig.for_model(family, **config)), dev)
+        return Case(HFTensor(lm, ["input_ids"], "logits", use_cache=False), (_token_ids(32000, (4, 128), dev),),
+                    {"class": type(lm).__name__, **config}, lm, 32000)
+
+    return build
+
+
 def bert(dev: torch.device) -> Case:
     from transformers import BertConfig, BertModel
 
@@ -235,8 +261,9 @@ MODELS: dict[str, Callable[[torch.device], Case]] = {
     "resnet18_b1": _torchvision("resnet18", 1),  # small_batch.py's case, for engine_profile_probe.py
     "mobilenetv3_l": _torchvision("mobilenet_v3_large", 32),
     "resnet50_bn_folded": _batch_norm_folded("resnet50", 32),
+    **{family: _decoder(family) for family in DECODER_FAMILIES},
 }
-EXTRA_MODELS = ("resnet50_bn_folded", "resnet18_b1")  # probes, run only when named
+EXTRA_MODELS = ("resnet50_bn_folded", "resnet18_b1", *DECODER_FAMILIES)  # run only when named
 
 
 # --- where trt_multidev's ops run -------------------------------------------------------------
@@ -652,7 +679,7 @@ def main() -> int:
     parser.add_argument("--rounds", type=int, default=3, help="interleaved rounds (default 3)")
     parser.add_argument("--device", default=None, help="cuda:N for model and inputs (default: see the docstring)")
     parser.add_argument("--min-block-size", type=int, default=1, help="min_block_size for both TensorRT backends")
-    parser.add_argument("--skip-generate", action="store_true", help="no generate() runs for gpt2 and llama")
+    parser.add_argument("--skip-generate", action="store_true", help="no generate() runs for the causal LMs")
     parser.add_argument("--options", default="{}", type=json.loads,
                         help='more trt_multidev options, as JSON (e.g. \'{"trt": {"attn_bias_is_causal": true}}\')')
     args = parser.parse_args()

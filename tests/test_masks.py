@@ -18,7 +18,7 @@ B, H, S, D = 2, 4, 16, 8
 
 class Attention(torch.nn.Module):
     """One attention call whose mask comes from `kind`: "t5" (a learned bias per head looked up
-    by constant distances, as transformers' T5 builds it), "padding" (constants only), "input"
+    by constant distances, as transformers' T5 builds it), "padding" and "sliding" (constants only), "input"
     (built from the caller's tensor), "dropout" (state, but random), "inplace" (state, written in
     place)."""
 
@@ -33,6 +33,8 @@ class Attention(torch.nn.Module):
             bias = self.relative(distance.abs().clamp(max=7)).permute(2, 0, 1).unsqueeze(0)
             keep = (torch.arange(S) >= 0)[None, None, :, None].expand(B, -1, S, S)
             mask = torch.where(keep, bias, torch.finfo(q.dtype).min)
+        elif self.kind == "sliding":  # Mistral's, Gemma 2's: causal, the 4 latest keys, joined with `&`
+            mask = (distance <= 0) & (distance > -4)
         elif self.kind == "padding":
             mask = torch.zeros(S).masked_fill(torch.arange(S) >= S - 4, float("-inf")).expand(S, S)
         elif self.kind == "input":
@@ -84,13 +86,13 @@ def _mask_source(gm):
     return attention.kwargs["attn_mask"]
 
 
-@pytest.mark.parametrize("kind", ["t5", "padding"])
+@pytest.mark.parametrize("kind", ["t5", "padding", "sliding"])
 def test_masks_from_constants_and_state_reach_the_delegate_as_inputs(monkeypatch, kind):
     seen, compiled, inputs, expected = _built_by_stand_in(monkeypatch, kind)
     assert len(seen) == 1
     assert _mask_source(seen[0]).op == "placeholder"  # computed ahead, passed in
     names = {str(getattr(n.target, "__name__", n.target)) for n in seen[0].graph.nodes}
-    assert not names & {"embedding", "where", "masked_fill", "expand", "zeros"}  # the masks' work went ahead
+    assert not names & {"embedding", "where", "masked_fill", "expand", "zeros", "and_"}  # the masks' work went ahead
     with torch.no_grad():
         assert torch.equal(compiled(*inputs)[0], expected)  # the prefix runs on every call, exactly
 
@@ -352,3 +354,22 @@ def test_masks_with_symbolic_sizes_go_ahead_too(monkeypatch):
                    if n.op == "placeholder")  # its size was dropped: the rest is called without it
     assert _mask_source(dynamic).op == "placeholder"
     assert not any("embedding" in str(n.target) for n in dynamic.graph.nodes)
+
+
+def test_a_and_b_is_not_a_write_and_a_iand_b_is():
+    """operator.and_ (`a & b`, how transformers joins a sliding window to the causal mask) ends in
+    "_" like torch's in-place ops, but writes nothing; taken for a write, it kept Mistral's and
+    Gemma 2's masks inside the engine, where Torch-TensorRT 2.11 failed to convert their attention
+    (H200, session 14)."""
+    import operator
+
+    from trt_multidev_backend.graphinfo import writes_in_place
+
+    graph = torch.fx.Graph()
+    a, b = graph.placeholder("a"), graph.placeholder("b")
+    graph.output(graph.call_function(operator.and_, (a, b)))
+    assert not writes_in_place(torch.fx.GraphModule({}, graph))
+    graph = torch.fx.Graph()
+    a, b = graph.placeholder("a"), graph.placeholder("b")
+    graph.output(graph.call_function(operator.iand, (a, b)))
+    assert writes_in_place(torch.fx.GraphModule({}, graph))

@@ -34,7 +34,7 @@ class Recording:
 class MaskedAttention(nn.Module):
     """Attention whose mask is built in the graph the way Hugging Face builds it (GPT-2, Llama:
     kv index <= q index; BERT without a padding mask: q index >= 0, every position kept), or
-    another constant mask, or one passed in."""
+    another constant mask (a sliding window's among them), or one passed in."""
 
     def __init__(self, mask: str, queries: int = S) -> None:
         super().__init__()
@@ -56,6 +56,8 @@ class MaskedAttention(nn.Module):
         elif self.mask == "min_causal":  # the dtype's lowest value instead of -inf: close, not the same
             mask = torch.zeros(self.queries, S, device=x.device).masked_fill(cols.view(1, -1) > rows.view(-1, 1),
                                                                               torch.finfo(x.dtype).min)
+        elif self.mask == "sliding":  # Mistral's, Gemma 2's: causal, and only the 3 latest keys
+            mask = ((cols <= rows) & (cols > rows - 3)).expand(B, -1, self.queries, S)
         elif self.mask == "padding":
             mask = (cols < S - 2).expand(B, -1, self.queries, S)
         else:  # "given"
@@ -88,7 +90,7 @@ def test_a_constant_mask_that_keeps_every_position_is_removed(mask, queries):
     assert delegate.attention == [(None, False)] and torch.equal(out, ref)
 
 
-@pytest.mark.parametrize("mask, queries", [("padding", S), ("min_causal", S), ("given", S),
+@pytest.mark.parametrize("mask, queries", [("padding", S), ("min_causal", S), ("given", S), ("sliding", S),
                                            ("hf_causal", 3)])  # 3 queries over 6 keys: not a square tril
 def test_other_masks_reach_the_delegate_as_they_are(mask, queries):
     delegate, out, ref = _run(mask, queries)

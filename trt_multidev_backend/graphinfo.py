@@ -20,6 +20,8 @@ __all__ = ["Role", "ArgInfo", "classify_args", "meta_value", "storage_of", "fetc
 _INPLACE_OPERATORS = {operator.setitem, operator.iadd, operator.isub, operator.imul, operator.itruediv,
                       operator.ifloordiv, operator.imod, operator.ipow, operator.iand, operator.ior,
                       operator.ixor, operator.ilshift, operator.irshift, operator.imatmul}
+# The operator module's out-of-place functions whose names end in "_" like in-place torch ops do.
+_OPERATORS = {operator.and_, operator.or_, operator.not_, operator.is_}
 
 
 class Role(enum.Enum):
@@ -177,7 +179,7 @@ def _mutated_args(node: torch.fx.Node) -> list[Any]:
                     written.append(node.args[i] if i < len(node.args) else node.kwargs.get(arg.name))
         elif target in _INPLACE_OPERATORS:
             written.append(node.args[0])
-        else:
+        elif target not in _OPERATORS:  # operator.and_ is `a & b`; its in-place form is operator.iand
             name = getattr(target, "__name__", "")
             if name.endswith("_") and not name.startswith("_") and node.args:
                 written.append(node.args[0])  # torch.relu_, torch.Tensor.add_, ...

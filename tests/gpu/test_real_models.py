@@ -57,6 +57,29 @@ def test_llama_runs_in_tensorrt_engines():
     _check(transformers.LlamaForCausalLM(config))
 
 
+# Decoder families users run besides GPT-2 and Llama, each with grouped-query attention (2 key/value
+# heads for 8 query heads) and what sets it apart: Qwen2's biased q/k/v, Qwen3's q/k norms,
+# Mistral's sliding window, Gemma's scaled embedding and GeGLU, Gemma 2's soft-capped logits and
+# alternating sliding layers, Phi-3's fused q/k/v and gate/up products.
+FAMILIES = {
+    "qwen2": {},
+    "qwen3": {"head_dim": 32},
+    "mistral": {"sliding_window": 32},
+    "gemma": {"head_dim": 32},
+    "gemma2": {"head_dim": 32, "sliding_window": 32},
+    "phi3": {"pad_token_id": 0, "eos_token_id": 1, "bos_token_id": 2},
+}
+
+
+@pytest.mark.parametrize("family", sorted(FAMILIES))
+def test_decoder_family_runs_in_tensorrt_engines(family):
+    torch.manual_seed(0)
+    config = transformers.AutoConfig.for_model(
+        family, hidden_size=256, intermediate_size=512, num_hidden_layers=2, num_attention_heads=8,
+        num_key_value_heads=2, vocab_size=1000, max_position_embeddings=128, **FAMILIES[family])
+    _check(transformers.AutoModelForCausalLM.from_config(config))
+
+
 def test_torch_tensorrts_repeated_warnings_come_once_per_build(caplog):
     """Torch-TensorRT 2.11 repeated a warning per node for Llama's cuDNN attention (24 times per
     graph, H200): shown once per build unless log_level=debug. Skipped where nothing repeats."""
