@@ -25,7 +25,8 @@
 #   bash benchmarks/single_gpu_session.sh fp32_acc   # GPT-2 and Llama with fp32_accumulation and without
 #   bash benchmarks/single_gpu_session.sh static_shapes   # dynamic_shapes.py: static engines for recurring batches or not
 #   bash benchmarks/single_gpu_session.sh families   # real_models.py qwen2,qwen3,mistral,gemma,gemma2,phi3 (no generate())
-#   bash benchmarks/single_gpu_session.sh families_generate   # generate() for qwen2 and gemma2
+#   bash benchmarks/single_gpu_session.sh families_generate   # generate() for qwen2, mistral and gemma2
+#   bash benchmarks/single_gpu_session.sh slices   # slice bounds beyond a dimension: torch_tensorrt and trt_multidev
 #   bash benchmarks/single_gpu_session.sh tests decoders   # several phases in one call (about 6 min)
 # Results under $OUT (default /tmp/out). One device call runs at most 10 minutes: about 7 min for
 # tests + decoders, 5 min for encoders + attention + kernels, 7 min for vision.
@@ -36,7 +37,7 @@ export PYTHONUNBUFFERED=1 PYTHONPATH=$PWD${PYTHONPATH:+:$PYTHONPATH}
 export TRT_MULTIDEV_CACHE_DIR=${TRT_MULTIDEV_CACHE_DIR:-$(mktemp -d /tmp/trt_multidev_cache.XXXX)}
 python3 -m pip install -q --no-deps --no-build-isolation --no-index -e . >/dev/null 2>&1
 nvidia-smi --query-gpu=index,name,memory.total --format=csv,noheader
-PHASES="families families_generate llama_parts fp32_acc profile kernels_b1 llama_precision static_shapes static_graphs convnext_ops precision_short tests decoders encoders vision kernels attention probes llama llama_no_tf32 llama_decomposed mobilenet t5 t5_decomposed dynamic_true masks shapes precision convnext"
+PHASES="families families_generate slices llama_parts fp32_acc profile kernels_b1 llama_precision static_shapes static_graphs convnext_ops precision_short tests decoders encoders vision kernels attention probes llama llama_no_tf32 llama_decomposed mobilenet t5 t5_decomposed dynamic_true masks shapes precision convnext"
 noise='logger passed into|DeprecationWarning|timing_cache|unparsable type|strongly typed|no max bound|warnings.warn|^INFO'
 
 models() {  # name, models, time limit, extra arguments
@@ -61,7 +62,9 @@ run() {
     decoders) models decoders gpt2,llama 280 --options '{"log_level": "warning"}' ;;  # every graph's build line
     families) models families qwen2,qwen3,mistral,gemma,gemma2,phi3 480 --skip-generate --options '{"log_level": "warning"}' ;;
     families_generate)
-      models families_generate qwen2,gemma2 400 --options '{"log_level": "warning"}' ;;
+      models families_generate qwen2,mistral,gemma2 500 --options '{"log_level": "warning"}' ;;
+    slices)
+      timeout 240 python3 benchmarks/slice_bounds_probe.py --out "$out" 2>&1 | grep "^{" | cut -c1-400 ;;
     encoders) models encoders bert,t5 200 --skip-generate --options '{"log_level": "warning"}' ;;
     vision) models vision vit_s16,convnext_t,resnet50,mobilenetv3_l 400 ;;
     kernels)

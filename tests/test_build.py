@@ -3,6 +3,9 @@ sent to the fallback) and the exact rewrites for TensorRT, with CPU test delegat
 
 from __future__ import annotations
 
+import logging
+import operator
+
 import pytest
 import torch
 import torch.nn as nn
@@ -396,6 +399,116 @@ def test_an_empty_tensor_that_changes_the_dtype_is_kept():
     delegate, model, x = Recording(), FirstCacheStep(torch.float64), torch.randn(2, 24)
     out = torch.compile(model, backend="trt_multidev", options={"delegate": delegate})(x)
     assert out.dtype == torch.float64 and torch.equal(out, model(x)) and torch.tensor in delegate.calls
+
+
+def _wrapping_getitem(value, index):
+    """x[index] the way Torch-TensorRT 2.11's slice converter reads a constant bound beyond the
+    dimension: modulo its size (-63 on 16 starts at 1), where PyTorch clamps (starts at 0)."""
+    entries = list(index) if isinstance(index, tuple) else [index]
+    dim = 0
+    for i, entry in enumerate(entries):
+        if entry is Ellipsis:
+            dim += value.dim() - sum(e is not None and e is not Ellipsis for e in entries)
+            continue
+        if isinstance(entry, slice):
+            n = value.shape[dim]
+            entries[i] = slice(*(b % n if type(b) is int and not -n <= b <= n else b
+                                 for b in (entry.start, entry.stop)), entry.step)
+        dim += entry is not None
+    return value[tuple(entries)]
+
+
+class Wrapping(Recording):
+    """Stands in for Torch-TensorRT: runs the graph reading slice bounds as its converter does."""
+
+    def __call__(self, gm, example_inputs, *, device, settings):
+        super().__call__(gm, example_inputs, device=device, settings=settings)
+        self.slices = [n.args[1] for n in gm.graph.nodes if n.target is operator.getitem]
+        for node in gm.graph.nodes:
+            if node.target is operator.getitem:
+                node.target = _wrapping_getitem
+        gm.recompile()
+        return gm
+
+
+class WindowCache(nn.Module):
+    """A sliding-window KV cache's update (Hugging Face's DynamicSlidingWindowLayer keeps the
+    last window - 1 positions: full[:, :, -63:] for a window of 64), and a stop past the end."""
+
+    def forward(self, x):
+        full = torch.tanh(x) * 2
+        return full.sum(-1), full[:, :, -63:], full[..., 2:100]
+
+
+@pytest.mark.parametrize("dynamic", [False, True])
+def test_slice_bounds_beyond_a_dimension_are_clamped_as_pytorch_clamps_them(dynamic, caplog):
+    """Mistral's and Gemma 2's generate() failed on Torch-TensorRT: 15 cached positions instead
+    of 16 after the prompt, then a shape error. Clamped, the bounds mean the same on every side."""
+    caplog.set_level(logging.INFO, logger="trt_multidev")
+    delegate, model = Wrapping(), WindowCache()
+    compiled = torch.compile(model, backend="trt_multidev", options={"delegate": delegate})
+    for n in (16, 20, 40, 5) if dynamic else (16,):
+        x = torch.randn(2, 3, n)
+        if dynamic and n == 16:
+            torch._dynamo.mark_dynamic(x, 2, min=2, max=62)
+        out, ref = compiled(x), model(x)
+        assert all(torch.equal(a, b) for a, b in zip(out, ref)), n
+    assert tm.stats()["cpu"]["compiles"] == 1 and tm.stats()["cpu"]["fallbacks"] == 0
+    assert [s[-1] for s in delegate.slices] == ([slice(0, None), slice(2, 16)] if not dynamic
+                                                 else [slice(0, None), slice(2, None)])
+    assert "slice bounds beyond the dimension clamped as PyTorch does (-63:None -> 0:None on dim 2 of " \
+        + ("16)" if not dynamic else "s") in caplog.text
+
+
+def test_slice_bounds_inside_every_size_are_left_alone():
+    """-4: on a dimension of at least 5 means the last four for every size: not pinned to one."""
+    delegate = Wrapping()
+    compiled = torch.compile(lambda x: (x * 2)[:, -4:] + (x * 3)[:, 1:4].sum(), backend="trt_multidev",
+                             options={"delegate": delegate})
+    first = torch.randn(2, 16)
+    torch._dynamo.mark_dynamic(first, 1, min=5, max=100)
+    for n in (16, 9, 30):
+        x = first if n == 16 else torch.randn(2, n)
+        assert torch.equal(compiled(x), (x * 2)[:, -4:] + (x * 3)[:, 1:4].sum())
+    assert [s[-1] for s in delegate.slices] == [slice(-4, None), slice(1, 4)]
+
+
+def test_a_slice_no_one_bound_fits_runs_in_pytorch_after_the_rest():
+    """A size with no guard either way (here an unbacked one in [2, 100]): -63 starts at 0 below
+    63 and at n - 63 above, so the slice runs in PyTorch, after the one device segment."""
+    from torch._subclasses.fake_tensor import FakeTensorMode
+    from torch.fx.experimental.symbolic_shapes import ShapeEnv
+
+    from trt_multidev_backend.device import DevicePlan
+    from trt_multidev_backend.graphinfo import IN_PYTORCH
+    from trt_multidev_backend.rewrites import rewrite_for_tensorrt
+    from trt_multidev_backend.segments import split_by_device
+
+    env = ShapeEnv()
+    n = env.create_unbacked_symint()
+    env.constrain_symbol_range(n.node.expr, compiler_min=2, compiler_max=100)
+    with FakeTensorMode(shape_env=env) as mode:
+        example = torch.empty(2, n)
+        graph = torch.fx.Graph()
+        x = graph.placeholder("x")
+        full = graph.call_function(torch.mul, (graph.call_function(torch.tanh, (x,)), 2))
+        window = graph.call_function(operator.getitem, (full, (slice(None), slice(-63, None))))
+        total = graph.call_function(torch.sum, (full,))
+        graph.output((window, total))
+        x.meta["val"], full.meta["val"] = example, example * 2
+        window.meta["val"], total.meta["val"] = example[:, -63:], example.sum()
+    gm = torch.fx.GraphModule(torch.nn.Module(), graph)
+    notes = rewrite_for_tensorrt(gm)
+    assert window.meta[IN_PYTORCH] and any("runs in PyTorch: slice bounds" in note for note in notes)
+    segmented = split_by_device(gm, [example], DevicePlan(torch.device("cpu"), "test", torch.device("cpu"), (), ("cpu",)))
+    assert len(segmented.device_segments) == 1 and len(segmented.host_segments) == 1
+    (name, _, _), = segmented.device_segments
+    assert operator.getitem not in [node.target for node in getattr(segmented.gm, name).graph.nodes]
+    for size in (16, 70):
+        real = torch.randn(2, size)
+        out = segmented.gm(real)
+        assert torch.equal(out[0], (torch.tanh(real) * 2)[:, -63:]) and torch.equal(out[1], (torch.tanh(real) * 2).sum())
+    del mode
 
 
 @pytest.mark.parametrize("fn, dims", [(F.dropout, 2), (F.dropout1d, 3), (F.dropout2d, 4), (F.dropout3d, 5),

@@ -56,6 +56,7 @@ class Built:
     excluded: list[tuple[str, str]] = field(default_factory=list)
     left: list[tuple[int, str, str]] = field(default_factory=list)  # pieces run in PyTorch: (ops, their names, why)
     segmented: bool = False  # host work split out: device segments built apart (specialize.py skips these)
+    in_pytorch: bool = False  # every op runs in PyTorch by our own choice (scalars.py): no delegate call
 
 
 def call_delegate(delegate: Any, gm: torch.fx.GraphModule, inputs: Sequence[Any], device: torch.device,

@@ -298,8 +298,8 @@ class TorchTensorRTDelegate:
                 if detect_fake_mode(inputs) is None:
                     # Called outside dynamo (aot tools, direct use): Torch-TensorRT needs a fake mode.
                     with tracing(TracingContext(FakeTensorMode(allow_non_fake_inputs=True))):
-                        return torch_tensorrt_backend(graph, inputs, options=options)
-                return torch_tensorrt_backend(graph, inputs, options=options)
+                        return torch_tensorrt_backend(graph, list(inputs), options=options)
+                return torch_tensorrt_backend(graph, list(inputs), options=options)  # it pops from the list
 
         if decompose:
             # Torch-TensorRT 2.11 converts attention only where queries, keys and values have one

@@ -342,8 +342,8 @@ class TensorRTEngine(torch.nn.Module):
             raise TypeError(f"engine {self.name!r} takes {len(self._inputs)} inputs, got {len(inputs)}")
         try:
             contiguous = all(map(_is_contiguous, inputs))
-        except TypeError:  # a Python number where the engine takes a 0-d tensor
-            inputs = tuple(x if isinstance(x, torch.Tensor) else torch.tensor(x, device=self.device) for x in inputs)
+        except TypeError:  # a Python number (a SymInt's value) where the engine takes a tensor of one element
+            inputs = tuple(x if isinstance(x, torch.Tensor) else self._scalar(x, i) for i, x in enumerate(inputs))
             contiguous = all(map(_is_contiguous, inputs))
         if not contiguous:
             inputs = tuple(x.contiguous() for x in inputs)
@@ -370,6 +370,12 @@ class TensorRTEngine(torch.nn.Module):
         if not ok:
             raise RuntimeError(f"TensorRT failed to run engine {self.name!r} on {device}{MESSAGES.said()}")
         return outputs[0] if len(outputs) == 1 else tuple(outputs)
+
+    def _scalar(self, value: Any, i: int) -> torch.Tensor:
+        """A Python number as input `i`: 0-d, or [1] where the engine declares that (Torch-TensorRT
+        gives a SymInt input one dimension of size 1)."""
+        shape, dtype = self._inputs[i]
+        return torch.tensor(value, dtype=dtype, device=self.device).reshape(shape if shape == (1,) else ())
 
     def _set_shapes(self, shapes: tuple) -> None:
         self._shapes = ()  # a failure below leaves the shapes to be set again

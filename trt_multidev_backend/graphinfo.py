@@ -13,7 +13,7 @@ from typing import Any, Iterator, Sequence
 import torch
 import torch.fx
 
-__all__ = ["Role", "ArgInfo", "classify_args", "meta_value", "storage_of", "fetch_attr", "attr_tensors", "op_count",
+__all__ = ["IN_PYTORCH", "size_bounds", "Role", "ArgInfo", "classify_args", "meta_value", "storage_of", "fetch_attr", "attr_tensors", "op_count",
            "symbolic_sizes", "changed_in_place", "writes_in_place", "is_attention", "attention_mask",
            "set_attention_mask", "target_name"]
 
@@ -148,6 +148,25 @@ def symbolic_sizes(infos: Sequence[ArgInfo]) -> list[str]:
             if found:
                 dims.append(f"{info.name}: {', '.join(found)}")
     return dims or sizes
+
+
+IN_PYTORCH = "trt_multidev_in_pytorch"  # node.meta key: why this node must run in PyTorch (segments.py)
+
+
+def size_bounds(size: Any) -> tuple[int | None, int | None]:
+    """The least and the greatest value a size can take (the guards dynamo put on it): the int
+    itself twice; None for an end that is unbounded or unknown."""
+    if type(size) is int:
+        return size, size
+    try:
+        bounds = size.node.shape_env.bound_sympy(size.node.expr)
+    except Exception:  # noqa: BLE001 - no shape environment
+        return None, None
+
+    def end(value: Any) -> int | None:
+        return int(value) if type(value) is int or getattr(value, "is_Integer", False) else None  # not oo
+
+    return end(bounds.lower), end(bounds.upper)
 
 
 def _range(size: torch.SymInt) -> str | None:

@@ -29,6 +29,7 @@ from .progress import current as current_progress, track
 from .reuse import Reuse, graph_name
 from .rewrites import pin_state_scalars, rewrite_for_tensorrt
 from .runtime import GuardedCallable
+from .scalars import numbers_in_pytorch
 from .segments import install, split_by_device
 from .specialize import Specialized, static_plan
 from .notices import Notices, build_failure
@@ -109,7 +110,7 @@ class TrtMultidevBackend:
                                   "place", placement=placement, capture=capture)
         for pin in pin_state_scalars(placement.gm, infos):
             placement.pin(pin.index, pin.name, pin.value, plan.target)
-        notes = placement.notes + rewrite_for_tensorrt(placement.gm)
+        notes = placement.notes + rewrite_for_tensorrt(placement.gm) + numbers_in_pytorch(placement.gm)
         if settings.fp32_accumulation:  # Torch-TensorRT's use_fp32_acc, which 2.11 ignores on TensorRT-RTX
             notes += accumulate_in_fp32(placement.gm)
         for line in notes:
@@ -144,7 +145,7 @@ class TrtMultidevBackend:
             return wrapper
         engines = ""
         if isinstance(delegate, TorchTensorRTDelegate):
-            if delegate.count_engines(compiled) == 0:
+            if delegate.count_engines(compiled) == 0 and not built.in_pytorch:
                 self._warn_once(("no-engine", label),
                                 f"trt_multidev: Torch-TensorRT built no engine for a graph on {label} "
                                 f"(too few supported ops for min_block_size={settings.min_block_size}); "
@@ -205,6 +206,8 @@ class TrtMultidevBackend:
                 install(segmented.gm, name, part.callable)
                 excluded += part.excluded
                 left += part.left
+        if not segmented.device_segments:  # nothing for the delegate: numbers only (scalars.py)
+            return Built(segmented.gm, segmented.gm, None, segmented=True, in_pytorch=True), "run in PyTorch"
         self._stats.bump(label, "compiles")
         return Built(segmented.gm, segmented.gm, None, excluded, left, segmented=True), (
             f"built ({len(segmented.device_segments)} device segment(s); host segment(s) "

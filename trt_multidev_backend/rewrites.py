@@ -36,6 +36,13 @@ Each rewrite changes how a value is represented, never what is computed:
   build fails (graphinfo.writes_in_place), and Torch-TensorRT refuses a piece that mutates its
   input (``aot_export_joint_simple does not support input mutations``), so T5 fell back whole.
 
+- an integer slice bound beyond its dimension (``x[:, :, -63:]`` on a dimension of 16: a
+  sliding-window KV cache's first steps) becomes the bound PyTorch clamps it to, where that bound
+  is the same for every size the dimension can take (static, or within dynamo's range for it).
+  Torch-TensorRT 2.11 wraps such a bound instead of clamping it (-63 on 16 started at 1, not 0:
+  15 positions came back where eager gives 16, an H200, session 16). A slice no single bound
+  fits is marked to run in PyTorch (graphinfo.IN_PYTORCH).
+
 And one for Torch-TensorRT 2.11 itself (`sizes_from_their_tensors`, applied by its delegate): a
 size argument dynamo adds for a dynamic dimension is computed from its tensor instead, where that
 tensor came through a list or a dict.
@@ -51,7 +58,7 @@ from typing import Any, NamedTuple, Sequence
 import torch
 import torch.fx
 
-from .graphinfo import ArgInfo, Role, attention_mask, is_attention, meta_value, set_attention_mask, storage_of
+from .graphinfo import IN_PYTORCH, ArgInfo, Role, attention_mask, is_attention, meta_value, set_attention_mask, size_bounds, storage_of
 
 __all__ = ["rewrite_for_tensorrt", "sizes_from_their_tensors", "pin_state_scalars", "Pin"]
 
@@ -82,7 +89,7 @@ _FACTORIES = (torch.tensor, torch.empty, torch.zeros)
 def rewrite_for_tensorrt(gm: torch.fx.GraphModule) -> list[str]:
     """Apply the rewrites to `gm` in place (a placed copy); returns a note per rewrite."""
     notes = (_drop_eval_dropouts(gm) + _drop_empty_concat_inputs(gm) + _constant_attention_masks(gm)
-             + _fresh_updates_out_of_place(gm))
+             + _fresh_updates_out_of_place(gm) + _slices_within_bounds(gm))
     for node in list(gm.graph.nodes):
         if node.op != "call_function" or node.target not in _EMBEDDINGS:
             continue
@@ -386,6 +393,90 @@ def _same_result(node: torch.fx.Node, replacement: Any) -> bool:
         return False
     return isinstance(out, torch.Tensor) and out.dtype == result.dtype and tuple(map(str, out.shape)) == tuple(
         map(str, result.shape))
+
+
+def _slices_within_bounds(gm: torch.fx.GraphModule) -> list[str]:
+    """Slice bounds of `x[...]` that may lie beyond a dimension, replaced by the bound PyTorch
+    clamps them to where that is the same for every size the dimension can take (Torch-TensorRT
+    2.11 wraps -63 on a dimension of 16 to 1, where PyTorch starts at 0: a sliding-window KV
+    cache lost a position). A slice no one bound fits runs in PyTorch (IN_PYTORCH)."""
+    notes = []
+    output = next(n for n in reversed(gm.graph.nodes) if n.op == "output")
+    for node in list(gm.graph.nodes):  # a node may move to the end
+        if node.op != "call_function" or node.target is not operator.getitem or len(node.args) != 2:
+            continue
+        base, index = node.args
+        value = _value(base)
+        if not isinstance(value, torch.Tensor):
+            continue
+        entries = list(index) if isinstance(index, tuple) else [index]
+        dims = _indexed_dims(entries, value.dim())
+        if dims is None:
+            continue
+        changed, unresolved = [], []
+        for at, dim in dims:
+            size, entry = value.shape[dim], entries[at]
+            if not all(b is None or type(b) is int for b in (entry.start, entry.stop)):
+                continue  # a computed bound: Torch-TensorRT takes it as a tensor
+            low, high = size_bounds(size)
+            start, stop = (_clamped(entry.start, low, high, size, stop=False),
+                           _clamped(entry.stop, low, high, size, stop=True))
+            where = f"on dim {dim} of {size}" + ("" if type(size) is int else f" in [{low}, {high or 'inf'}]")
+            if _UNRESOLVED in (start, stop):
+                unresolved.append(f"{entry.start}:{entry.stop} {where}")
+            elif (start, stop) != (entry.start, entry.stop):
+                entries[at] = slice(start, stop, entry.step)
+                changed.append(f"{entry.start}:{entry.stop} -> {start}:{stop} {where}")
+        if changed:
+            node.update_arg(1, tuple(entries) if isinstance(index, tuple) else entries[0])
+            notes.append(f"{node.name}: slice bounds beyond the dimension clamped as PyTorch does ({'; '.join(changed)})")
+        if unresolved:
+            node.meta[IN_PYTORCH] = f"slice bounds that may lie beyond the dimension ({'; '.join(unresolved)})"
+            if set(node.users) == {output}:
+                output.prepend(node)  # read by outputs only: after the engine, which stays whole
+            notes.append(f"{node.name}: runs in PyTorch: {node.meta[IN_PYTORCH]}")
+    if notes:
+        gm.recompile()
+    return notes
+
+
+_UNRESOLVED = object()  # no one bound is right for every size a dimension can take
+
+
+def _clamped(bound: int | None, low: int | None, high: int | None, size: Any, *, stop: bool) -> Any:
+    """A slice bound as PyTorch reads it on a dimension of `size` in [low, high]: unchanged where
+    it lies inside for every size, 0 or the end where it lies beyond for every size."""
+    if bound is None or (low is not None and abs(bound) <= low):
+        return bound
+    if bound < 0 and high is not None and -bound >= high:
+        return 0  # before the start, for every size
+    if bound >= 0 and high is not None and bound >= high:  # past the end, for every size
+        if type(size) is int:
+            return size
+        if stop:
+            return None
+    return _UNRESOLVED
+
+
+def _indexed_dims(entries: Sequence[Any], ndim: int) -> list[tuple[int, int]] | None:
+    """(position in the index, dimension) of each slice in a basic index of a tensor with `ndim`
+    dimensions; None for an index with anything but slices, integers, None and one Ellipsis."""
+    if any(e is not None and e is not Ellipsis and not isinstance(e, slice) and type(e) is not int for e in entries):
+        return None
+    consumed = sum(1 for e in entries if isinstance(e, slice) or type(e) is int)
+    ellipses = [i for i, e in enumerate(entries) if e is Ellipsis]
+    if len(ellipses) > 1 or consumed > ndim:
+        return None
+    dims, dim = [], 0
+    for i, entry in enumerate(entries):
+        if entry is Ellipsis:
+            dim += ndim - consumed
+        elif isinstance(entry, slice):
+            dims.append((i, dim))
+            dim += 1
+        elif entry is not None:
+            dim += 1
+    return dims
 
 
 def _skipped_by_cat(arg: Any) -> bool:

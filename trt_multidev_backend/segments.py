@@ -25,7 +25,7 @@ from torch._subclasses.fake_tensor import FakeTensor
 from torch.fx.passes.split_module import split_module
 
 from .device import DevicePlan
-from .graphinfo import meta_value, op_count
+from .graphinfo import IN_PYTORCH, meta_value, op_count
 from .placement import is_move
 
 __all__ = ["Segmented", "split_by_device", "runs", "split_graph", "piece_number", "install"]
@@ -77,16 +77,19 @@ def split_by_device(gm: torch.fx.GraphModule, examples: Sequence[Any], plan: Dev
     """Split `gm` into device segments and PyTorch segments; None when no split is needed (one
     target and no host work) or possible (no GPU work at all)."""
     target = plan.target
-    if target is not None and target.type != "cuda":
-        return None
+    if target is not None and target.type != "cuda" and not any(IN_PYTORCH in n.meta for n in gm.graph.nodes):
+        return None  # on the host only what a rewrite sends to PyTorch is split off (a test delegate's target)
     classes: dict[torch.fx.Node, torch.device | None] = {}  # the segment's GPU, or None: PyTorch
     current: torch.device | None = target
     for node in gm.graph.nodes:
         if node.op in ("placeholder", "output"):
             continue
         device = _node_device(node, plan)
+        if node.meta.get(IN_PYTORCH):  # a rewrite found TensorRT would get it wrong (rewrites.py)
+            classes[node] = None
+            continue
         if device is not None:
-            current = device if device.type == "cuda" and (target is None or device == target) else None
+            current = device if (device == target if target is not None else device.type == "cuda") else None
             if current is not None and is_move(node):
                 # A copy from the host or from another GPU stays in PyTorch, so a device segment
                 # only ever receives tensors on its own GPU (an engine refuses the others).
@@ -95,8 +98,9 @@ def split_by_device(gm: torch.fx.GraphModule, examples: Sequence[Any], plan: Dev
                     current = None
         classes[node] = current
     gpus = {c for c in classes.values() if c is not None}
-    if not gpus or (target is not None and all(c is not None for c in classes.values())):
-        return None
+    marked = any(n.meta.get(IN_PYTORCH) for n in classes)
+    if (not gpus and not marked) or (target is not None and all(c is not None for c in classes.values())):
+        return None  # (only marked PyTorch work: one host segment, no device segment)
 
     partition, device_of = runs(gm, lambda node, seen: classes[node])
     split, pieces = split_graph(gm, examples, partition)
@@ -122,7 +126,8 @@ def runs(gm: torch.fx.GraphModule, label: Callable[[torch.fx.Node, int], Hashabl
         if node.op in ("placeholder", "output"):
             continue
         source = node.args[0] if node.args else None
-        if node.op == "call_function" and node.target is operator.getitem and source in pieces:
+        if (node.op == "call_function" and node.target is operator.getitem and source in pieces
+                and not isinstance(meta_value(source), torch.Tensor)):  # a tuple's item, not indexing
             pieces[node] = pieces[source]
             continue
         current = label(node, seen)

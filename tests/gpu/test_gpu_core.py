@@ -66,3 +66,30 @@ def test_guard_restores_the_callers_device_even_on_error():
         with device_guard(torch.device("cuda", torch.cuda.device_count() - 1)):
             raise RuntimeError("inside")
     assert torch.cuda.current_device() == before
+
+
+class WindowCache(torch.nn.Module):
+    """A sliding-window KV cache's update (Hugging Face keeps full[:, :, -(window - 1):]) and a
+    stop past the end: bounds beyond the dimension, which PyTorch clamps."""
+
+    def forward(self, x):
+        full = x * 2
+        return full.sum(-1), full[:, :, -63:], full[..., 2:100]
+
+
+@pytest.mark.parametrize("dynamic", [False, True])
+def test_slice_bounds_beyond_the_dimension_give_eagers_values(dynamic):
+    """Torch-TensorRT 2.11 wraps a constant bound beyond the dimension (-63 on 16 starts at 1):
+    through trt_multidev the engine returns eager's slices, static and dynamic."""
+    model = WindowCache()
+    compiled = torch.compile(model, backend="trt_multidev", options={"min_block_size": 1, "cache": False})
+    with torch.no_grad():
+        for n in (16, 20, 40) if dynamic else (16,):
+            x = torch.randn(1, 2, n, 32, device=DEV, dtype=torch.float16)
+            if dynamic and n == 16:
+                torch._dynamo.mark_dynamic(x, 2, min=2, max=62)
+            out, ref = compiled(x), model(x)
+            assert [o.shape for o in out] == [r.shape for r in ref], n
+            assert all(torch.equal(o, r) for o, r in zip(out[1:], ref[1:])), n
+    counts = tm.stats()[str(DEV)]
+    assert counts["compiles"] == 1 and counts["fallbacks"] == 0

@@ -1,0 +1,114 @@
+"""Numbers in a graph that run in PyTorch, beside the engines.
+
+Dynamo hands a backend numbers as well as tensors: SymInt inputs for a dynamic dimension's size,
+SymInt inputs for a Python int it made dynamic after it changed between calls, and numbers the
+graph computes and returns. Torch-TensorRT 2.11 takes tensors, and two of these go wrong there
+(Mistral's and Gemma 2's generate() on an H200, session 16, Hugging Face's sliding-window cache):
+
+- an input number that is no tensor's size (the cache's ``cumulative_length``) makes its
+  ``remove_sym_nodes`` pass raise (``AttributeError: 'GetItemSource' object has no attribute
+  'local_name'``), and in a piece whose values it bounds, the range Torch-TensorRT reads for a
+  shape is unbounded below (``AttributeError: 'Infinity' object has no attribute '_mpf_'``);
+- a number the graph returns comes back from an engine as a tensor (the mask sizes ``kv_length``
+  and ``q_offset`` came back as ``tensor([18])``, and ``torch.arange`` then raised in the model's
+  own code).
+
+So the nodes that read such an input or a value that depends on it (a number, or a tensor whose
+shape does), and the numbers a graph returns, are marked IN_PYTORCH: segments.py runs them in
+PyTorch on the target, and the engines get tensors whose shapes they can read. Sizes of tensors
+stay with Torch-TensorRT, which reads them from the tensors. Exact: the same ops on the same values.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+import torch.fx
+
+from .graphinfo import IN_PYTORCH, meta_value, writes_in_place
+
+__all__ = ["numbers_in_pytorch"]
+
+_NUMBERS = (torch.SymInt, torch.SymFloat, torch.SymBool, int, float, bool)
+
+
+def numbers_in_pytorch(gm: torch.fx.GraphModule) -> list[str]:
+    """Mark the nodes of `gm` that read an input number no tensor's size gives, or anything that
+    depends on one, and the numbers `gm` returns; move them to the top (those that read only the
+    inputs and each other) or the end (those only the output reads), so that the engines stay
+    whole. Returns a note per kind of node marked."""
+    output = next(n for n in reversed(gm.graph.nodes) if n.op == "output")
+    foreign = {}  # symbol -> the input it came from
+    for node in gm.graph.nodes:
+        if node.op == "placeholder" and isinstance(meta_value(node), torch.SymInt) and not _is_size(node):
+            for symbol in meta_value(node).node.expr.free_symbols:
+                foreign[symbol] = _source_name(node)
+    notes, marked = [], []
+    for node in gm.graph.nodes:
+        if node.op in ("placeholder", "output", "get_attr"):
+            continue
+        if foreign and any(_mentions(meta_value(n), foreign) for n in (node, *node.all_input_nodes)):
+            names = sorted({foreign[s] for n in (node, *node.all_input_nodes) for s in _symbols(meta_value(n))
+                            if s in foreign})
+            node.meta[IN_PYTORCH] = f"reads the number {', '.join(names)}, which is no tensor's size"
+        elif output in node.users and isinstance(meta_value(node), _NUMBERS):
+            node.meta[IN_PYTORCH] = "a number the graph returns (an engine would return a tensor)"
+        else:
+            continue
+        marked.append(node)
+    if not marked:
+        return []
+    if not writes_in_place(gm):  # moved past a write, a node would read another value
+        _gather(gm, marked, output)
+    for reason in dict.fromkeys(n.meta[IN_PYTORCH] for n in marked):
+        count = sum(n.meta[IN_PYTORCH] == reason for n in marked)
+        notes.append(f"{count} op(s) run in PyTorch: {reason}")
+    gm.graph.lint()
+    gm.recompile()
+    return notes
+
+
+def _gather(gm: torch.fx.GraphModule, marked: list[torch.fx.Node], output: torch.fx.Node) -> None:
+    """Marked nodes that read only placeholders and earlier moved nodes go to the top, in order;
+    of the rest, those only the output reads go to the end."""
+    placeholders = [n for n in gm.graph.nodes if n.op == "placeholder"]
+    if not placeholders:
+        return
+    anchor, moved = placeholders[-1], set(placeholders)
+    for node in marked:
+        if all(a in moved for a in node.all_input_nodes):
+            anchor.append(node)
+            anchor = node
+            moved.add(node)
+    for node in marked:
+        if node not in moved and set(node.users) == {output}:
+            output.prepend(node)
+
+
+def _is_size(node: torch.fx.Node) -> bool:
+    """A size argument (`x.size()[i]`), which Torch-TensorRT reads from its tensor."""
+    source = getattr(node.meta.get("grapharg"), "source", None)
+    return isinstance(getattr(source, "idx", None), int) and hasattr(source, "base")
+
+
+def _source_name(node: torch.fx.Node) -> str:
+    source = getattr(node.meta.get("grapharg"), "source", None)
+    try:
+        return source.name() if callable(source.name) else str(source.name)
+    except Exception:  # noqa: BLE001 - no source: the placeholder's own name
+        return node.name
+
+
+def _symbols(value: Any) -> set:
+    if isinstance(value, (torch.SymInt, torch.SymFloat, torch.SymBool)):
+        return set(value.node.expr.free_symbols)
+    if isinstance(value, torch.Tensor):
+        return {s for d in value.shape if isinstance(d, torch.SymInt) for s in d.node.expr.free_symbols}
+    if isinstance(value, (tuple, list)):
+        return set().union(*map(_symbols, value)) if value else set()
+    return set()
+
+
+def _mentions(value: Any, symbols: dict) -> bool:
+    return not _symbols(value).isdisjoint(symbols)
