@@ -13,7 +13,7 @@ from typing import Any, Iterator, Sequence
 import torch
 import torch.fx
 
-__all__ = ["IN_PYTORCH", "size_bounds", "Role", "ArgInfo", "classify_args", "meta_value", "storage_of", "fetch_attr", "attr_tensors", "op_count",
+__all__ = ["IN_PYTORCH", "size_bounds", "source_of", "source_name", "Role", "ArgInfo", "classify_args", "meta_value", "storage_of", "fetch_attr", "attr_tensors", "op_count",
            "symbolic_sizes", "changed_in_place", "writes_in_place", "is_attention", "attention_mask",
            "set_attention_mask", "target_name"]
 
@@ -56,9 +56,21 @@ def meta_value(node: torch.fx.Node) -> Any:
     return meta["val"] if "val" in meta else meta.get("example_value")
 
 
-def _source_of(node: torch.fx.Node) -> Any:
+def source_of(node: torch.fx.Node) -> Any:
+    """Where dynamo took a placeholder from (``meta['grapharg'].source``), or None."""
     grapharg = node.meta.get("grapharg")
     return getattr(grapharg, "source", None)
+
+
+def source_name(node: torch.fx.Node) -> str:
+    """A placeholder's name as the user wrote it (``self.fc.weight``, ``x``), or its own name."""
+    source = source_of(node)
+    if source is not None:
+        try:
+            return _pretty_source(source.name)
+        except Exception:  # noqa: BLE001 - a source kind without a printable name
+            pass
+    return str(node.target)
 
 
 def _pretty_source(name: str) -> str:
@@ -81,14 +93,10 @@ def classify_args(gm: torch.fx.GraphModule, example_inputs: Sequence[Any]) -> li
     infos = []
     for index, node in enumerate(placeholders):
         example = example_inputs[index] if index < len(example_inputs) else meta_value(node)
-        source = _source_of(node)
+        source = source_of(node)
         role = Role.INPUT
-        name = str(node.target)
+        name = source_name(node)
         if source is not None:
-            try:
-                name = _pretty_source(source.name)
-            except Exception:  # a source kind without a printable name
-                pass
             guard_source = getattr(source, "guard_source", None)
             kind = getattr(guard_source() if callable(guard_source) else guard_source, "name", "")
             if "NN_MODULE" in kind or kind.startswith("GLOBAL") or kind == "CONSTANT":

@@ -21,12 +21,13 @@ stay with Torch-TensorRT, which reads them from the tensors. Exact: the same ops
 
 from __future__ import annotations
 
+import collections
 from typing import Any
 
 import torch
 import torch.fx
 
-from .graphinfo import IN_PYTORCH, meta_value, writes_in_place
+from .graphinfo import IN_PYTORCH, meta_value, source_name, source_of, writes_in_place
 
 __all__ = ["numbers_in_pytorch"]
 
@@ -43,15 +44,14 @@ def numbers_in_pytorch(gm: torch.fx.GraphModule) -> list[str]:
     for node in gm.graph.nodes:
         if node.op == "placeholder" and isinstance(meta_value(node), torch.SymInt) and not _is_size(node):
             for symbol in meta_value(node).node.expr.free_symbols:
-                foreign[symbol] = _source_name(node)
+                foreign[symbol] = source_name(node)
     notes, marked = [], []
     for node in gm.graph.nodes:
         if node.op in ("placeholder", "output", "get_attr"):
             continue
-        if foreign and any(_mentions(meta_value(n), foreign) for n in (node, *node.all_input_nodes)):
-            names = sorted({foreign[s] for n in (node, *node.all_input_nodes) for s in _symbols(meta_value(n))
-                            if s in foreign})
-            node.meta[IN_PYTORCH] = f"reads the number {', '.join(names)}, which is no tensor's size"
+        read = {foreign[s] for n in (node, *node.all_input_nodes) for s in _symbols(meta_value(n)) if s in foreign}
+        if read:
+            node.meta[IN_PYTORCH] = f"reads the number {', '.join(sorted(read))}, which is no tensor's size"
         elif output in node.users and isinstance(meta_value(node), _NUMBERS):
             node.meta[IN_PYTORCH] = "a number the graph returns (an engine would return a tensor)"
         else:
@@ -61,8 +61,7 @@ def numbers_in_pytorch(gm: torch.fx.GraphModule) -> list[str]:
         return []
     if not writes_in_place(gm):  # moved past a write, a node would read another value
         _gather(gm, marked, output)
-    for reason in dict.fromkeys(n.meta[IN_PYTORCH] for n in marked):
-        count = sum(n.meta[IN_PYTORCH] == reason for n in marked)
+    for reason, count in collections.Counter(n.meta[IN_PYTORCH] for n in marked).items():
         notes.append(f"{count} op(s) run in PyTorch: {reason}")
     gm.graph.lint()
     gm.recompile()
@@ -88,16 +87,8 @@ def _gather(gm: torch.fx.GraphModule, marked: list[torch.fx.Node], output: torch
 
 def _is_size(node: torch.fx.Node) -> bool:
     """A size argument (`x.size()[i]`), which Torch-TensorRT reads from its tensor."""
-    source = getattr(node.meta.get("grapharg"), "source", None)
+    source = source_of(node)
     return isinstance(getattr(source, "idx", None), int) and hasattr(source, "base")
-
-
-def _source_name(node: torch.fx.Node) -> str:
-    source = getattr(node.meta.get("grapharg"), "source", None)
-    try:
-        return source.name() if callable(source.name) else str(source.name)
-    except Exception:  # noqa: BLE001 - no source: the placeholder's own name
-        return node.name
 
 
 def _symbols(value: Any) -> set:
@@ -108,7 +99,3 @@ def _symbols(value: Any) -> set:
     if isinstance(value, (tuple, list)):
         return set().union(*map(_symbols, value)) if value else set()
     return set()
-
-
-def _mentions(value: Any, symbols: dict) -> bool:
-    return not _symbols(value).isdisjoint(symbols)

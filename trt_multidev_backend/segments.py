@@ -77,7 +77,8 @@ def split_by_device(gm: torch.fx.GraphModule, examples: Sequence[Any], plan: Dev
     """Split `gm` into device segments and PyTorch segments; None when no split is needed (one
     target and no host work) or possible (no GPU work at all)."""
     target = plan.target
-    if target is not None and target.type != "cuda" and not any(IN_PYTORCH in n.meta for n in gm.graph.nodes):
+    marked = any(n.meta.get(IN_PYTORCH) for n in gm.graph.nodes)
+    if target is not None and target.type != "cuda" and not marked:
         return None  # on the host only what a rewrite sends to PyTorch is split off (a test delegate's target)
     classes: dict[torch.fx.Node, torch.device | None] = {}  # the segment's GPU, or None: PyTorch
     current: torch.device | None = target
@@ -98,7 +99,6 @@ def split_by_device(gm: torch.fx.GraphModule, examples: Sequence[Any], plan: Dev
                     current = None
         classes[node] = current
     gpus = {c for c in classes.values() if c is not None}
-    marked = any(n.meta.get(IN_PYTORCH) for n in classes)
     if (not gpus and not marked) or (target is not None and all(c is not None for c in classes.values())):
         return None  # (only marked PyTorch work: one host segment, no device segment)
 
