@@ -588,6 +588,25 @@ def test_sizes_of_local_tensors_are_left_to_torch_tensorrt():
     assert sizes_from_their_tensors(gm) == [] and gm.code == before
 
 
+def test_number_arguments_nothing_reads_are_dropped_with_their_inputs():
+    """Torch-TensorRT 2.11 pops each unread SymInt argument's example by a position counted before
+    any pop: with two or more it took the wrong ones or raised IndexError (Mistral's decode step,
+    H200, session 17). They are dropped first, from the graph and the inputs alike."""
+    from trt_multidev_backend.rewrites import unread_numbers_dropped
+
+    x, y = torch.randn(3, 4), torch.randn(5, 2)
+    gm, inputs = _dynamic_graph(lambda a, b: a * 2 + b.sum(), x, y)
+    unread = [n for n in _symint_placeholders(gm) if not n.users]
+    assert len(unread) >= 2  # the case 2.11 gets wrong
+    examples = list(inputs)
+    assert unread_numbers_dropped(gm, examples) == len(unread)
+    kept = [n for n in gm.graph.nodes if n.op == "placeholder"]
+    assert not any(n in kept for n in unread) and len(examples) == len(kept)
+    assert all(isinstance(e, torch.Tensor) for e in examples)  # what is left lines up with the tensors
+    torch.testing.assert_close(gm(x, y)[0], x * 2 + y.sum())
+    assert unread_numbers_dropped(gm, examples) == 0
+
+
 class Slices(nn.Module):
     def forward(self, x):
         y = torch.tanh(x)[:, :4]  # a view whose strides reach past its own 32 elements

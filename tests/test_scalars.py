@@ -24,9 +24,9 @@ class TensorsOnly:
     def __call__(self, gm, example_inputs, *, device, settings):
         self.graphs.append(gm)
         self.inputs.append([type(x) for x in example_inputs])
-        for node in gm.graph.nodes:
+        for node in gm.graph.nodes:  # (its delegate drops the number inputs nothing reads first)
             source = getattr(node.meta.get("grapharg"), "source", None)
-            if node.op == "placeholder" and source is not None and node.type is torch.SymInt and not (
+            if node.op == "placeholder" and node.users and source is not None and node.type is torch.SymInt and not (
                     hasattr(getattr(source, "base", None), "local_name") and isinstance(getattr(source, "idx", None), int)):
                 raise AttributeError(f"{type(getattr(source, 'base', None)).__name__!r} object has no attribute 'local_name'")
 
@@ -100,3 +100,89 @@ def test_a_graph_whose_every_op_reads_the_number_runs_in_pytorch_without_the_del
         assert torch.equal(compiled(torch.randn(2, 3), ours), torch.arange(k))
     assert len(delegate.graphs) == 1  # the first call's graph (the number still a constant) only
     assert tm.stats()["cpu"]["fallbacks"] == 0 and _warnings(caplog) == []
+
+
+class Sized:
+    def __init__(self) -> None:
+        self.length = 0
+
+
+def _cache_like(x, state):
+    """Hugging Face's sliding-window cache keeps its length as an int, equal to its keys' length:
+    dynamo gives the int the size's symbol."""
+    k = state.length
+    if k == x.shape[0]:
+        return (torch.tanh(x) * (torch.arange(k, device=x.device) < k - 1).float()[:, None]).sum(-1)
+    return x.sum(-1)
+
+
+def test_a_number_dynamo_found_equal_to_a_size_is_read_from_that_size(caplog):
+    """Mistral's decode step (H200, session 17): `cumulative_length` carried the cached keys'
+    symbol; marked as a foreign number, every op whose shape carried it (the attention) ran in
+    PyTorch. Read from the size instead, the engine gets all of it."""
+    delegate = TensorsOnly()
+    compiled = torch.compile(_cache_like, backend="trt_multidev", options={"delegate": delegate, "min_block_size": 1})
+    ours, theirs = Sized(), Sized()
+    for n in (2, 3, 4, 5):
+        ours.length = theirs.length = n
+        x = torch.randn(n, 4)
+        torch.testing.assert_close(compiled(x, ours), _cache_like(x, theirs))
+    assert tm.stats()["cpu"]["fallbacks"] == 0 and _warnings(caplog) == []
+    dynamic = delegate.graphs[-1]
+    assert any(n.op == "placeholder" and n.type is torch.SymInt for n in dynamic.graph.nodes)  # the dynamic graph
+    assert "arange" in dynamic.code and "tanh" in dynamic.code  # nothing left out of the engine
+
+
+def _reads_a_size_beside_the_number(x, state):
+    state.length += 1
+    y = torch.tanh(x)
+    n = y.shape[0] + 1  # a number from a size, where the engine's work is
+    k = torch.sym_max(state.length, n)  # reads the changing number: PyTorch
+    return y.sum(-1) * (torch.arange(k, device=x.device) < n).float().sum()
+
+
+def test_a_number_an_engine_piece_would_compute_is_computed_again_where_it_is_read():
+    """H200, session 16: a number computed in an engine piece reached `torch.sym_max` in the next,
+    PyTorch, piece as a tensor (AssertionError). Only tensors cross pieces now: the reader
+    computes the number again from the size."""
+    delegate = TensorsOnly()
+    compiled = torch.compile(_reads_a_size_beside_the_number, backend="trt_multidev",
+                             options={"delegate": delegate, "min_block_size": 1})
+    ours, theirs = State(), State()
+    for n in (2, 3, 4, 5, 6):
+        x = torch.randn(n, 4)
+        torch.testing.assert_close(compiled(x, ours), _reads_a_size_beside_the_number(x, theirs))
+    assert tm.stats()["cpu"]["fallbacks"] == 0
+    assert any("tanh" in g.code for g in delegate.graphs[1:])
+
+
+def test_a_number_dynamo_fixed_is_read_as_that_constant():
+    """Mistral's and Gemma 2's first decode step (H200, session 17): dynamo passed the cache's
+    `cumulative_length` as a SymInt whose value it had fixed (16), still read by the mask's ops;
+    Torch-TensorRT then raised on its source. Its readers get the constant, exact under dynamo's
+    guards, and the input is left unread."""
+    from trt_multidev_backend.graphinfo import meta_value
+    from trt_multidev_backend.scalars import numbers_in_pytorch
+
+    captured = []
+
+    def grab(gm, example_inputs):
+        captured.append(gm)
+        return gm.forward
+
+    def scaled(x, state):
+        state.length += 1
+        return x * (state.length - 1)
+
+    compiled, state = torch.compile(scaled, backend=grab), State()
+    for _ in range(3):
+        compiled(torch.randn(2, 3), state)
+    gm = captured[-1]
+    number = next(n for n in gm.graph.nodes if n.op == "placeholder" and isinstance(meta_value(n), torch.SymInt))
+    key = "val" if "val" in number.meta else "example_value"
+    number.meta[key] = torch.SymInt(meta_value(number).node.wrap_int(5))  # as dynamo left it there
+    notes = numbers_in_pytorch(gm)
+    assert not number.users and any("constant 5" in n for n in notes)
+    x = torch.randn(2, 3)
+    args = [x if isinstance(meta_value(n), torch.Tensor) else 99 for n in gm.graph.nodes if n.op == "placeholder"]
+    torch.testing.assert_close(gm(*args)[0], x * 5)  # the input (99 here) is no longer read

@@ -28,7 +28,7 @@ from .guard import Releaser, cuda_usable, real_device, watch_collections
 from .masks import split_mask_prefix
 from .placement import graph_copy
 from .repeats import collapsed_repeats
-from .rewrites import sizes_from_their_tensors
+from .rewrites import sizes_from_their_tensors, unread_numbers_dropped
 from .runtime import select_kept
 from .segments import install
 from .settings import Settings, SettingsError
@@ -276,6 +276,7 @@ class TorchTensorRTDelegate:
         options = self.options_for(device, settings, runner=runner)
         inputs = [_materialize(x, device) if isinstance(x, FakeTensor) else x for x in example_inputs]
         sizes_from_their_tensors(gm)  # Torch-TensorRT 2.11 cannot find tensors passed in lists or dicts
+        unread_numbers_dropped(gm, inputs)  # nor pop two unread number arguments right
         output = next(n for n in gm.graph.nodes if n.op == "output")
         single = not isinstance(output.args[0], (tuple, list))
         if single:  # Torch-TensorRT's export step wants a tuple of outputs

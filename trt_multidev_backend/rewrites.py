@@ -43,9 +43,10 @@ Each rewrite changes how a value is represented, never what is computed:
   15 positions came back where eager gives 16, an H200, session 16). A slice no single bound
   fits is marked to run in PyTorch (graphinfo.IN_PYTORCH).
 
-And one for Torch-TensorRT 2.11 itself (`sizes_from_their_tensors`, applied by its delegate): a
-size argument dynamo adds for a dynamic dimension is computed from its tensor instead, where that
-tensor came through a list or a dict.
+And two for Torch-TensorRT 2.11 itself, applied by its delegate: a size argument dynamo adds for
+a dynamic dimension is computed from its tensor instead, where that tensor came through a list or
+a dict (`sizes_from_their_tensors`); and number arguments the graph no longer reads are dropped
+before it sees them (`unread_numbers_dropped`).
 """
 
 from __future__ import annotations
@@ -60,7 +61,7 @@ import torch.fx
 
 from .graphinfo import IN_PYTORCH, ArgInfo, Role, attention_mask, is_attention, meta_value, set_attention_mask, size_bounds, storage_of
 
-__all__ = ["rewrite_for_tensorrt", "sizes_from_their_tensors", "pin_state_scalars", "Pin"]
+__all__ = ["rewrite_for_tensorrt", "sizes_from_their_tensors", "unread_numbers_dropped", "pin_state_scalars", "Pin"]
 
 _INT32_ROWS = 2**31 - 1
 # embedding call -> (position of the indices, position of the table) among its arguments
@@ -561,3 +562,22 @@ def _as_int32(value: torch.Tensor) -> Any:
         return None
     with mode:
         return value.to(torch.int32)
+
+
+def unread_numbers_dropped(gm: torch.fx.GraphModule, inputs: list[Any]) -> int:
+    """For Torch-TensorRT 2.11: its `remove_sym_nodes` pass erases the SymInt placeholders nothing
+    reads and pops each one's example input by the placeholder's position, counted before any was
+    popped, so with two or more it pops the wrong inputs or past the end (`IndexError: pop index
+    out of range`: Mistral's decode step on an H200, session 17, after its sizes were read from
+    their tensors). This drops them first, from `gm` and from `inputs` alike (the caller's
+    select_kept then passes only the arguments kept). Returns how many were dropped."""
+    placeholders = [n for n in gm.graph.nodes if n.op == "placeholder"]
+    unread = [i for i, node in enumerate(placeholders) if not node.users and i < len(inputs)
+              and isinstance(meta_value(node), (torch.SymInt, torch.SymFloat, torch.SymBool, int, float, bool))]
+    for i in reversed(unread):
+        gm.graph.erase_node(placeholders[i])
+        del inputs[i]
+    if unread:
+        gm.graph.lint()
+        gm.recompile()
+    return len(unread)

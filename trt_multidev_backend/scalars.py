@@ -17,6 +17,12 @@ So the nodes that read such an input or a value that depends on it (a number, or
 shape does), and the numbers a graph returns, are marked IN_PYTORCH: segments.py runs them in
 PyTorch on the target, and the engines get tensors whose shapes they can read. Sizes of tensors
 stay with Torch-TensorRT, which reads them from the tensors. Exact: the same ops on the same values.
+
+Two refinements from session 17's H200 probe (benchmarks/decode_graph_probe.py): dynamo may fix
+such an input's value (its SymInt a constant, ``16``) and still pass it, so the input's own
+readers, and the numbers computed from them, are marked whatever their symbols say; and a symbol
+that a size input also carries (dynamo found ``cumulative_length`` equal to the cached keys'
+length) is bounded by that size, so tensors whose shapes carry it stay in the engines.
 """
 
 from __future__ import annotations
@@ -31,7 +37,8 @@ from .graphinfo import IN_PYTORCH, meta_value, source_name, source_of, writes_in
 
 __all__ = ["numbers_in_pytorch"]
 
-_NUMBERS = (torch.SymInt, torch.SymFloat, torch.SymBool, int, float, bool)
+_SYMBOLIC = (torch.SymInt, torch.SymFloat, torch.SymBool)
+_NUMBERS = (*_SYMBOLIC, int, float, bool)
 
 
 def numbers_in_pytorch(gm: torch.fx.GraphModule) -> list[str]:
@@ -40,17 +47,25 @@ def numbers_in_pytorch(gm: torch.fx.GraphModule) -> list[str]:
     inputs and each other) or the end (those only the output reads), so that the engines stay
     whole. Returns a note per kind of node marked."""
     output = next(n for n in reversed(gm.graph.nodes) if n.op == "output")
-    foreign = {}  # symbol -> the input it came from
-    for node in gm.graph.nodes:
-        if node.op == "placeholder" and isinstance(meta_value(node), torch.SymInt) and not _is_size(node):
-            for symbol in meta_value(node).node.expr.free_symbols:
-                foreign[symbol] = source_name(node)
-    notes, marked = [], []
+    notes = _read_where_known(gm)
+    inputs = {node: name for node, name in _foreign_inputs(gm).items() if node.users}  # placeholder -> its name
+    sizes = set().union(*(_symbols(meta_value(n)) for n in gm.graph.nodes
+                          if n.op == "placeholder" and n not in inputs))
+    # A symbol a size also carries is bounded by it (dynamo found them equal): not foreign.
+    foreign = {s: name for node, name in inputs.items() for s in _symbols(meta_value(node)) if s not in sizes}
+    reads: dict[torch.fx.Node, set[str]] = {}  # marked node -> the input numbers it depends on
+    marked = []
     for node in gm.graph.nodes:
         if node.op in ("placeholder", "output", "get_attr"):
             continue
         read = {foreign[s] for n in (node, *node.all_input_nodes) for s in _symbols(meta_value(n)) if s in foreign}
+        for arg in node.all_input_nodes:
+            if arg in inputs:
+                read.add(inputs[arg])
+            elif arg in reads and isinstance(meta_value(arg), _NUMBERS):
+                read |= reads[arg]  # a number computed from one, even where its value is fixed
         if read:
+            reads[node] = read
             node.meta[IN_PYTORCH] = f"reads the number {', '.join(sorted(read))}, which is no tensor's size"
         elif output in node.users and isinstance(meta_value(node), _NUMBERS):
             node.meta[IN_PYTORCH] = "a number the graph returns (an engine would return a tensor)"
@@ -58,7 +73,10 @@ def numbers_in_pytorch(gm: torch.fx.GraphModule) -> list[str]:
             continue
         marked.append(node)
     if not marked:
-        return []
+        if notes:
+            gm.graph.lint()
+            gm.recompile()
+        return notes
     if not writes_in_place(gm):  # moved past a write, a node would read another value
         _gather(gm, marked, output)
     for reason, count in collections.Counter(n.meta[IN_PYTORCH] for n in marked).items():
@@ -66,6 +84,58 @@ def numbers_in_pytorch(gm: torch.fx.GraphModule) -> list[str]:
     gm.graph.lint()
     gm.recompile()
     return notes
+
+
+def _foreign_inputs(gm: torch.fx.GraphModule) -> dict[torch.fx.Node, str]:
+    """The number placeholders that are no tensor's size, by name; dynamo may have fixed one's
+    value (its symbol replaced by a constant) and still pass it, which Torch-TensorRT refuses."""
+    return {node: source_name(node) for node in gm.graph.nodes
+            if node.op == "placeholder" and isinstance(meta_value(node), _SYMBOLIC) and not _is_size(node)}
+
+
+def _read_where_known(gm: torch.fx.GraphModule) -> list[str]:
+    """Input numbers whose value dynamo fixed (a constant) or found equal to a tensor's size (one
+    symbol) are read from there instead: the constant, or the size. Exact wherever the graph runs
+    (dynamo's guards hold), and the input is left unread."""
+    placeholders = [n for n in gm.graph.nodes if n.op == "placeholder"]
+    first_op = next((n for n in gm.graph.nodes if n.op != "placeholder"), None)
+    notes = []
+    for node, name in _foreign_inputs(gm).items():
+        expr = meta_value(node).node.expr
+        if not node.users or first_op is None:
+            continue
+        if not expr.free_symbols and expr.is_number:
+            kind = {torch.SymInt: int, torch.SymFloat: float, torch.SymBool: bool}[type(meta_value(node))]
+            node.replace_all_uses_with(kind(expr))  # type: ignore[arg-type]
+            notes.append(f"number {name} read as the constant {kind(expr)} dynamo fixed it to")
+            continue
+        size = _size_of(placeholders, expr, first_op, gm)
+        if size is not None:
+            node.replace_all_uses_with(size[0])
+            notes.append(f"number {name} read from {size[1]}, which dynamo found equal to it")
+    return notes
+
+
+def _size_of(placeholders: list[torch.fx.Node], expr: Any, first_op: torch.fx.Node, gm: torch.fx.GraphModule
+             ) -> tuple[torch.fx.Node, str] | None:
+    """A node giving the size that is exactly `expr` (a symbol): a size input that is that
+    symbol, else `sym_size` of a tensor input with a dimension of that size."""
+    if not getattr(expr, "is_Symbol", False):
+        return None
+    for node in placeholders:
+        value = meta_value(node)
+        if isinstance(value, torch.SymInt) and _is_size(node) and value.node.expr == expr:
+            return node, source_name(node)
+    for node in placeholders:
+        value = meta_value(node)
+        if isinstance(value, torch.Tensor):
+            for dim, size in enumerate(value.shape):
+                if isinstance(size, torch.SymInt) and size.node.expr == expr:
+                    with gm.graph.inserting_before(first_op):
+                        read = gm.graph.call_function(torch.ops.aten.sym_size.int, (node, dim))
+                    read.meta["val"] = size
+                    return read, f"{source_name(node)}.size({dim})"
+    return None
 
 
 def _gather(gm: torch.fx.GraphModule, marked: list[torch.fx.Node], output: torch.fx.Node) -> None:
@@ -92,7 +162,7 @@ def _is_size(node: torch.fx.Node) -> bool:
 
 
 def _symbols(value: Any) -> set:
-    if isinstance(value, (torch.SymInt, torch.SymFloat, torch.SymBool)):
+    if isinstance(value, _SYMBOLIC):
         return set(value.node.expr.free_symbols)
     if isinstance(value, torch.Tensor):
         return {s for d in value.shape if isinstance(d, torch.SymInt) for s in d.node.expr.free_symbols}

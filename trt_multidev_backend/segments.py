@@ -26,9 +26,9 @@ from torch.fx.passes.split_module import split_module
 
 from .device import DevicePlan
 from .graphinfo import IN_PYTORCH, meta_value, op_count
-from .placement import is_move
+from .placement import graph_copy, is_move
 
-__all__ = ["Segmented", "split_by_device", "runs", "split_graph", "piece_number", "install"]
+__all__ = ["Segmented", "split_by_device", "runs", "split_graph", "numbers_recomputed", "piece_number", "install"]
 
 log = logging.getLogger("trt_multidev.segments")
 
@@ -148,7 +148,9 @@ def split_graph(gm: torch.fx.GraphModule, examples: Sequence[Any], partition: di
                 known: dict[str, Any] | None = None) -> tuple[torch.fx.GraphModule, dict[str, list[Any]]]:
     """`gm` cut into submodules submod_<n> by `partition` (every node but placeholders and the
     output, numbered in graph order), and each submodule's example inputs, in order: the values
-    `known` gives by node name, else made from the nodes' metadata."""
+    `known` gives by node name, else made from the nodes' metadata. Numbers do not cross between
+    pieces (`numbers_recomputed`)."""
+    gm, partition = numbers_recomputed(gm, partition)
     split = split_module(gm, gm, lambda n: partition[n], keep_original_order=True)
     values: dict[str, Any] = dict(known or {})
     placeholders = [n for n in gm.graph.nodes if n.op == "placeholder"]
@@ -161,6 +163,74 @@ def split_graph(gm: torch.fx.GraphModule, examples: Sequence[Any], partition: di
     pieces = {name: [values.get(p.name) for p in module.graph.nodes if p.op == "placeholder"]
               for name, module in split.named_children() if name.startswith("submod_")}
     return split, pieces
+
+
+_SIZE_METHODS = {"size", "numel", "dim", "stride", "storage_offset"}
+_SIZE_OPS = {torch.ops.aten.sym_size.int, torch.ops.aten.sym_numel.default, torch.ops.aten.sym_stride.int,
+             torch.ops.aten.sym_storage_offset.default, torch.ops.aten.sym_size.default}
+
+
+def _number_like(node: Any) -> bool:
+    return isinstance(node, torch.fx.Node) and isinstance(
+        meta_value(node), (torch.SymInt, torch.SymFloat, torch.SymBool, int, float, bool, torch.Size))
+
+
+def _recomputable(node: torch.fx.Node) -> bool:
+    """A number computed from numbers and from tensors' sizes only (no tensor's data), by us
+    unmarked: the same value wherever it is computed again."""
+    if node.op not in ("call_function", "call_method") or not _number_like(node) or node.meta.get(IN_PYTORCH):
+        return False
+    sizes = node.target in _SIZE_OPS or (node.op == "call_method" and node.target in _SIZE_METHODS)
+    return all(_number_like(a) or (sizes and isinstance(meta_value(a), torch.Tensor)) for a in node.all_input_nodes)
+
+
+def numbers_recomputed(gm: torch.fx.GraphModule, partition: dict[torch.fx.Node, int]
+                       ) -> tuple[torch.fx.GraphModule, dict[torch.fx.Node, int]]:
+    """`gm` (a copy, when it changes) and its partition, where a number one piece computes from
+    sizes and another piece reads is computed again in the reader, from the same sizes. An engine
+    hands numbers back as tensors (Torch-TensorRT 2.11: ``torch.sym_max`` in the next piece got a
+    tensor, Mistral's decode step on an H200, session 16), so only tensors cross: the sizes are
+    read from them where they arrive. Numbers marked to run in PyTorch still cross (into an
+    engine, as its inputs)."""
+    def crosses(node: torch.fx.Node) -> bool:
+        return _recomputable(node) and any(u in partition and partition[u] != partition[node] for u in node.users)
+
+    if not any(crosses(n) for n in partition):
+        return gm, partition
+    gm = graph_copy(gm)
+    by_name = {n.name: n for n in gm.graph.nodes}
+    partition = {by_name[n.name]: piece for n, piece in partition.items()}
+    copies: dict[tuple[torch.fx.Node, int], torch.fx.Node] = {}
+
+    def local(node: torch.fx.Node, piece: int, before: torch.fx.Node) -> torch.fx.Node:
+        """`node`'s value as `piece` sees it: itself, or its copy inserted ahead of `before`."""
+        if partition.get(node, piece) == piece or not _recomputable(node):
+            return node
+        if (node, piece) not in copies:
+            args, kwargs = torch.fx.node.map_arg((node.args, node.kwargs), lambda a: local(a, piece, before)
+                                                 if _number_like(a) else a)
+            with gm.graph.inserting_before(before):
+                again = gm.graph.create_node(node.op, node.target, args, kwargs, name=f"{node.name}_again")
+            again.meta = dict(node.meta)
+            partition[again] = piece
+            copies[node, piece] = again
+        return copies[node, piece]
+
+    for user in list(gm.graph.nodes):  # in graph order: a copy precedes every later reader in its piece
+        if user not in partition:
+            continue
+        for arg in list(user.all_input_nodes):
+            if _number_like(arg):
+                mine = local(arg, partition[user], user)
+                if mine is not arg:
+                    user.replace_input_with(arg, mine)
+    for node in reversed(list(gm.graph.nodes)):
+        if node in partition and not node.users and _recomputable(node):
+            gm.graph.erase_node(node)
+            del partition[node]
+    gm.graph.lint()
+    gm.recompile()
+    return gm, partition
 
 
 def _hint(size: Any) -> int:
