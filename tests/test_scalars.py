@@ -20,12 +20,18 @@ class TensorsOnly:
     def __init__(self) -> None:
         self.graphs: list[torch.fx.GraphModule] = []
         self.inputs: list[list[type]] = []
+        self.returned_numbers: list[str] = []  # numbers its engines would hand back as tensors
 
     def __call__(self, gm, example_inputs, *, device, settings):
         self.graphs.append(gm)
         self.inputs.append([type(x) for x in example_inputs])
+        output = next(n for n in gm.graph.nodes if n.op == "output")
+        self.returned_numbers += [n.name for n in output.all_input_nodes
+                                  if isinstance(n.meta.get("example_value", n.meta.get("val")), (int, torch.SymInt))]
         for node in gm.graph.nodes:  # (its delegate drops the number inputs nothing reads first)
             source = getattr(node.meta.get("grapharg"), "source", None)
+            if node.op == "call_function" and node.target is torch.sym_max:  # its partitioner leaves it out
+                raise RuntimeError("stand-in: no converter for torch.sym_max")
             if node.op == "placeholder" and node.users and source is not None and node.type is torch.SymInt and not (
                     hasattr(getattr(source, "base", None), "local_name") and isinstance(getattr(source, "idx", None), int)):
                 raise AttributeError(f"{type(getattr(source, 'base', None)).__name__!r} object has no attribute 'local_name'")
@@ -137,7 +143,7 @@ def _reads_a_size_beside_the_number(x, state):
     state.length += 1
     y = torch.tanh(x)
     n = y.shape[0] + 1  # a number from a size, where the engine's work is
-    k = torch.sym_max(state.length, n)  # reads the changing number: PyTorch
+    k = state.length + n  # reads the changing number: PyTorch
     return y.sum(-1) * (torch.arange(k, device=x.device) < n).float().sum()
 
 
@@ -154,6 +160,27 @@ def test_a_number_an_engine_piece_would_compute_is_computed_again_where_it_is_re
         torch.testing.assert_close(compiled(x, ours), _reads_a_size_beside_the_number(x, theirs))
     assert tm.stats()["cpu"]["fallbacks"] == 0
     assert any("tanh" in g.code for g in delegate.graphs[1:])
+    assert delegate.returned_numbers == []  # no engine hands a number on
+
+
+def _clamped_offset(x):
+    offset = torch.sym_max(x.shape[0] - 3, 0)  # a sliding window's first kept position
+    return torch.tanh(x) * (torch.arange(x.shape[0], device=x.device) + offset).float()[:, None]
+
+
+def test_number_ops_torch_tensorrt_cannot_convert_run_in_pytorch_with_the_sizes_they_read(caplog):
+    """Mistral's decode step (H200, session 17): Torch-TensorRT 2.11 left `torch.sym_max` to
+    PyTorch between its engines, and the number an engine computed for it came as a tensor
+    (AssertionError). It runs in PyTorch ahead of the engine, with the sizes it reads."""
+    delegate = TensorsOnly()
+    compiled = torch.compile(_clamped_offset, backend="trt_multidev", dynamic=True,
+                             options={"delegate": delegate, "min_block_size": 1})
+    for n in (2, 5, 9):
+        x = torch.randn(n, 4)
+        torch.testing.assert_close(compiled(x), _clamped_offset(x))
+    assert tm.stats()["cpu"]["fallbacks"] == 0 and _warnings(caplog) == []
+    assert len(delegate.graphs) == 1 and "tanh" in delegate.graphs[0].code
+    assert "sym_max" not in delegate.graphs[0].code
 
 
 def test_a_number_dynamo_fixed_is_read_as_that_constant():

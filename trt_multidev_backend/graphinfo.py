@@ -13,7 +13,7 @@ from typing import Any, Iterator, Sequence
 import torch
 import torch.fx
 
-__all__ = ["IN_PYTORCH", "size_bounds", "source_of", "source_name", "Role", "ArgInfo", "classify_args", "meta_value", "storage_of", "fetch_attr", "attr_tensors", "op_count",
+__all__ = ["IN_PYTORCH", "is_number", "from_sizes", "size_bounds", "source_of", "source_name", "Role", "ArgInfo", "classify_args", "meta_value", "storage_of", "fetch_attr", "attr_tensors", "op_count",
            "symbolic_sizes", "changed_in_place", "writes_in_place", "is_attention", "attention_mask",
            "set_attention_mask", "target_name"]
 
@@ -275,3 +275,23 @@ def changed_in_place(gm: torch.fx.GraphModule, infos: Sequence[ArgInfo],
             if name is not None and name not in found:
                 found.append(name)
     return found
+
+
+_SIZE_METHODS = {"size", "numel", "dim", "stride", "storage_offset"}
+_SIZE_OPS = {torch.ops.aten.sym_size.int, torch.ops.aten.sym_numel.default, torch.ops.aten.sym_stride.int,
+             torch.ops.aten.sym_storage_offset.default, torch.ops.aten.sym_size.default}
+
+
+def is_number(node: Any) -> bool:
+    """A node whose value is a number (or a torch.Size), not a tensor."""
+    return isinstance(node, torch.fx.Node) and isinstance(
+        meta_value(node), (torch.SymInt, torch.SymFloat, torch.SymBool, int, float, bool, torch.Size))
+
+
+def from_sizes(node: torch.fx.Node) -> bool:
+    """A number computed from numbers and from tensors' sizes only (no tensor's data), and not
+    marked IN_PYTORCH: the same value wherever it is computed again."""
+    if node.op not in ("call_function", "call_method") or not is_number(node) or node.meta.get(IN_PYTORCH):
+        return False
+    sizes = node.target in _SIZE_OPS or (node.op == "call_method" and node.target in _SIZE_METHODS)
+    return all(is_number(a) or (sizes and isinstance(meta_value(a), torch.Tensor)) for a in node.all_input_nodes)

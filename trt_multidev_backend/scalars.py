@@ -33,12 +33,16 @@ from typing import Any
 import torch
 import torch.fx
 
-from .graphinfo import IN_PYTORCH, meta_value, source_name, source_of, writes_in_place
+from .graphinfo import IN_PYTORCH, from_sizes, is_number, meta_value, source_name, source_of, writes_in_place
 
 __all__ = ["numbers_in_pytorch"]
 
 _SYMBOLIC = (torch.SymInt, torch.SymFloat, torch.SymBool)
 _NUMBERS = (*_SYMBOLIC, int, float, bool)
+# Number functions dynamo records that Torch-TensorRT 2.11's converter registry lacks (it has
+# torch.sym_not, operator arithmetic and aten.sym_size).
+_NO_CONVERTER = {torch.sym_max, torch.sym_min, torch.sym_ite, torch.sym_float, torch.sym_int}
+_FACTORIES = {torch.arange, torch.ones, torch.zeros, torch.full, torch.empty}
 
 
 def numbers_in_pytorch(gm: torch.fx.GraphModule) -> list[str]:
@@ -54,6 +58,7 @@ def numbers_in_pytorch(gm: torch.fx.GraphModule) -> list[str]:
     # A symbol a size also carries is bounded by it (dynamo found them equal): not foreign.
     foreign = {s: name for node, name in inputs.items() for s in _symbols(meta_value(node)) if s not in sizes}
     reads: dict[torch.fx.Node, set[str]] = {}  # marked node -> the input numbers it depends on
+    reads_unconverted: dict[torch.fx.Node, str] = {}  # marked node -> the number op it is or reads
     marked = []
     for node in gm.graph.nodes:
         if node.op in ("placeholder", "output", "get_attr"):
@@ -64,26 +69,74 @@ def numbers_in_pytorch(gm: torch.fx.GraphModule) -> list[str]:
                 read.add(inputs[arg])
             elif arg in reads and isinstance(meta_value(arg), _NUMBERS):
                 read |= reads[arg]  # a number computed from one, even where its value is fixed
+        unconverted = _unconverted(node) or next((reads_unconverted[a] for a in node.all_input_nodes
+                                                  if a in reads_unconverted and is_number(a)), None)
         if read:
             reads[node] = read
             node.meta[IN_PYTORCH] = f"reads the number {', '.join(sorted(read))}, which is no tensor's size"
+        elif unconverted:
+            reads_unconverted[node] = unconverted
+            node.meta[IN_PYTORCH] = f"computes or reads a number with {unconverted}, which Torch-TensorRT 2.11 cannot convert"
         elif output in node.users and isinstance(meta_value(node), _NUMBERS):
             node.meta[IN_PYTORCH] = "a number the graph returns (an engine would return a tensor)"
         else:
             continue
         marked.append(node)
+    marked += _sizes_read(marked, reads_unconverted)
     if not marked:
         if notes:
             gm.graph.lint()
             gm.recompile()
         return notes
     if not writes_in_place(gm):  # moved past a write, a node would read another value
-        _gather(gm, marked, output)
+        _gather(gm, sorted(marked, key=_position(marked)), output)
     for reason, count in collections.Counter(n.meta[IN_PYTORCH] for n in marked).items():
         notes.append(f"{count} op(s) run in PyTorch: {reason}")
     gm.graph.lint()
     gm.recompile()
     return notes
+
+
+def _unconverted(node: torch.fx.Node) -> str | None:
+    """The name of a number op Torch-TensorRT 2.11 cannot convert, if `node` is one. Its
+    partitioner leaves such an op to PyTorch between its engines, and the numbers an engine
+    computes for it arrive as tensors: ``torch.sym_max`` raised AssertionError in Mistral's
+    decode step (H200, session 17)."""
+    if node.op == "call_function" and node.target in _NO_CONVERTER and is_number(node):
+        return f"torch.{node.target.__name__}"
+    return None
+
+
+def _sizes_read(marked: list[torch.fx.Node], unconverted: dict[torch.fx.Node, str]) -> list[torch.fx.Node]:
+    """What the nodes marked for a number op Torch-TensorRT cannot convert read that is made from
+    sizes alone (numbers, and tensors a factory makes from numbers: ``torch.arange(n)``),
+    recursively: marked too, so that they run in PyTorch with their reader (moved up with it)
+    instead of in an engine that would hand them over."""
+    found: list[torch.fx.Node] = []
+    todo = [a for n in marked if n in unconverted for a in n.all_input_nodes]
+    while todo:
+        node = todo.pop()
+        if node.meta.get(IN_PYTORCH):
+            continue
+        if from_sizes(node):
+            node.meta[IN_PYTORCH] = "a number made from sizes, read by a number op left to PyTorch"
+        elif _factory(node):
+            node.meta[IN_PYTORCH] = "a tensor made from sizes alone, read beside a number op left to PyTorch"
+        else:
+            continue
+        found.append(node)
+        todo += node.all_input_nodes
+    return found
+
+
+def _factory(node: torch.fx.Node) -> bool:
+    return (node.op == "call_function" and node.target in _FACTORIES
+            and all(is_number(a) for a in node.all_input_nodes))
+
+
+def _position(marked: list[torch.fx.Node]) -> Any:
+    order = {n: i for i, n in enumerate(next(iter(marked)).graph.nodes)} if marked else {}
+    return lambda node: order[node]
 
 
 def _foreign_inputs(gm: torch.fx.GraphModule) -> dict[torch.fx.Node, str]:

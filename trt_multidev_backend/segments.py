@@ -25,7 +25,7 @@ from torch._subclasses.fake_tensor import FakeTensor
 from torch.fx.passes.split_module import split_module
 
 from .device import DevicePlan
-from .graphinfo import IN_PYTORCH, meta_value, op_count
+from .graphinfo import IN_PYTORCH, from_sizes, is_number, meta_value, op_count
 from .placement import graph_copy, is_move
 
 __all__ = ["Segmented", "split_by_device", "runs", "split_graph", "numbers_recomputed", "piece_number", "install"]
@@ -165,25 +165,6 @@ def split_graph(gm: torch.fx.GraphModule, examples: Sequence[Any], partition: di
     return split, pieces
 
 
-_SIZE_METHODS = {"size", "numel", "dim", "stride", "storage_offset"}
-_SIZE_OPS = {torch.ops.aten.sym_size.int, torch.ops.aten.sym_numel.default, torch.ops.aten.sym_stride.int,
-             torch.ops.aten.sym_storage_offset.default, torch.ops.aten.sym_size.default}
-
-
-def _number_like(node: Any) -> bool:
-    return isinstance(node, torch.fx.Node) and isinstance(
-        meta_value(node), (torch.SymInt, torch.SymFloat, torch.SymBool, int, float, bool, torch.Size))
-
-
-def _recomputable(node: torch.fx.Node) -> bool:
-    """A number computed from numbers and from tensors' sizes only (no tensor's data), by us
-    unmarked: the same value wherever it is computed again."""
-    if node.op not in ("call_function", "call_method") or not _number_like(node) or node.meta.get(IN_PYTORCH):
-        return False
-    sizes = node.target in _SIZE_OPS or (node.op == "call_method" and node.target in _SIZE_METHODS)
-    return all(_number_like(a) or (sizes and isinstance(meta_value(a), torch.Tensor)) for a in node.all_input_nodes)
-
-
 def numbers_recomputed(gm: torch.fx.GraphModule, partition: dict[torch.fx.Node, int]
                        ) -> tuple[torch.fx.GraphModule, dict[torch.fx.Node, int]]:
     """`gm` (a copy, when it changes) and its partition, where a number one piece computes from
@@ -193,7 +174,7 @@ def numbers_recomputed(gm: torch.fx.GraphModule, partition: dict[torch.fx.Node, 
     read from them where they arrive. Numbers marked to run in PyTorch still cross (into an
     engine, as its inputs)."""
     def crosses(node: torch.fx.Node) -> bool:
-        return _recomputable(node) and any(u in partition and partition[u] != partition[node] for u in node.users)
+        return from_sizes(node) and any(u in partition and partition[u] != partition[node] for u in node.users)
 
     if not any(crosses(n) for n in partition):
         return gm, partition
@@ -204,11 +185,11 @@ def numbers_recomputed(gm: torch.fx.GraphModule, partition: dict[torch.fx.Node, 
 
     def local(node: torch.fx.Node, piece: int, before: torch.fx.Node) -> torch.fx.Node:
         """`node`'s value as `piece` sees it: itself, or its copy inserted ahead of `before`."""
-        if partition.get(node, piece) == piece or not _recomputable(node):
+        if partition.get(node, piece) == piece or not from_sizes(node):
             return node
         if (node, piece) not in copies:
             args, kwargs = torch.fx.node.map_arg((node.args, node.kwargs), lambda a: local(a, piece, before)
-                                                 if _number_like(a) else a)
+                                                 if is_number(a) else a)
             with gm.graph.inserting_before(before):
                 again = gm.graph.create_node(node.op, node.target, args, kwargs, name=f"{node.name}_again")
             again.meta = dict(node.meta)
@@ -220,12 +201,12 @@ def numbers_recomputed(gm: torch.fx.GraphModule, partition: dict[torch.fx.Node, 
         if user not in partition:
             continue
         for arg in list(user.all_input_nodes):
-            if _number_like(arg):
+            if is_number(arg):
                 mine = local(arg, partition[user], user)
                 if mine is not arg:
                     user.replace_input_with(arg, mine)
     for node in reversed(list(gm.graph.nodes)):
-        if node in partition and not node.users and _recomputable(node):
+        if node in partition and not node.users and from_sizes(node):
             gm.graph.erase_node(node)
             del partition[node]
     gm.graph.lint()
