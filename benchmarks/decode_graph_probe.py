@@ -2,17 +2,22 @@
 inputs (their sources, symbols, ranges), which nodes scalars.py marks for PyTorch, and how the
 build went, for Mistral and Gemma 2 (the configs of tests/gpu/test_real_models.py's GENERATE).
 
-    python benchmarks/decode_graph_probe.py --out DIR [--models mistral,gemma2] [--device cuda:0]
+    python benchmarks/decode_graph_probe.py --out DIR [--models mistral,gemma2,qwen2] [--device cuda:0]
+                                            [--keep-unread-numbers]
 
 Writes DIR/<model>.txt (one section per graph) and DIR/<model>.json (tokens equal, graphs,
 fallbacks, what ran in PyTorch). Runs with the real Torch-TensorRT delegate; on a machine without
 one, --delegate picks another (`tests/_delegates.py:run_graph` names the CPU stand-in).
+--keep-unread-numbers hands Torch-TensorRT the number arguments nothing reads, as before session 17
+(rewrites.unread_numbers_dropped off): an A/B for what that pass changes (Qwen2's decode step met an
+`aten.clone` Torch-TensorRT refused on session 17's H200, not on session 15's).
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import logging
 import pathlib
 import sys
 import traceback
@@ -27,6 +32,7 @@ from trt_multidev_backend.graphinfo import IN_PYTORCH, meta_value, source_name
 CONFIGS = {
     "mistral": {"sliding_window": 64},
     "gemma2": {"head_dim": 32, "sliding_window": 64},
+    "qwen2": {},
 }
 
 
@@ -83,7 +89,12 @@ def main() -> int:
     parser.add_argument("--device", default="cuda:0")
     parser.add_argument("--delegate", default=None)
     parser.add_argument("--new-tokens", type=int, default=12)
+    parser.add_argument("--keep-unread-numbers", action="store_true")
     args = parser.parse_args()
+    if args.keep_unread_numbers:
+        from trt_multidev_backend import delegate as _delegate
+
+        _delegate.unread_numbers_dropped = lambda gm, inputs: 0
     import transformers
 
     out = pathlib.Path(args.out)
@@ -98,9 +109,18 @@ def main() -> int:
         return notes
 
     _pipeline.numbers_in_pytorch = spy
+    warned: list[str] = []
+
+    class _Warnings(logging.Handler):
+        def emit(self, record: logging.LogRecord) -> None:
+            if record.levelno >= logging.WARNING:
+                warned.append(record.getMessage()[:600])
+
+    logging.getLogger("trt_multidev").addHandler(_Warnings())
     options = {"delegate": args.delegate} if args.delegate else {}
     for name in args.models.split(","):
         sections.clear()
+        warned.clear()
         torch.manual_seed(0)
         config = transformers.AutoConfig.for_model(
             name, hidden_size=256, intermediate_size=512, num_hidden_layers=2, num_attention_heads=8,
@@ -113,7 +133,8 @@ def main() -> int:
         kwargs = dict(attention_mask=torch.ones_like(prompt), max_new_tokens=args.new_tokens,
                       min_new_tokens=args.new_tokens, do_sample=False, use_cache=True, pad_token_id=999,
                       eos_token_id=999)
-        result: dict = {"model": name, "torch": torch.__version__, "transformers": transformers.__version__}
+        result: dict = {"model": name, "torch": torch.__version__, "transformers": transformers.__version__,
+                        "unread_numbers_dropped": not args.keep_unread_numbers}
         torch._dynamo.reset()
         tm.reset()
         with torch.no_grad():
@@ -128,6 +149,7 @@ def main() -> int:
             finally:
                 vars(lm).pop("forward", None)
         result["stats"] = tm.stats()
+        result["warnings"] = list(warned)  # trt_multidev's: ops left to PyTorch, fallbacks
         (out / f"{name}.txt").write_text("\n\n".join(sections) + "\n")
         (out / f"{name}.json").write_text(json.dumps(result, indent=2) + "\n")
         print(name, json.dumps(result)[:600], flush=True)

@@ -188,3 +188,46 @@ def tagging(gm, example_inputs, *, device, settings):
         return forward(*args)
 
     return run
+
+
+class TensorsOnly:
+    """Stands in for Torch-TensorRT 2.11 where numbers meet it (H200, sessions 16 and 17): a number
+    input that is no tensor's size makes it raise (its remove_sym_nodes reads
+    `source.base.local_name` and `source.idx`), it has no converter for `torch.sym_max`, and its
+    engines hand numbers back as tensors. It gets the graph as trt_multidev's Torch-TensorRT
+    delegate hands it over (sizes read from their tensors, unread number arguments dropped) and
+    runs it as it is otherwise."""
+
+    def __init__(self, prepared: bool = True) -> None:
+        self.prepared = prepared  # False: sizes and unread numbers as dynamo gave them
+        self.graphs: list = []
+        self.inputs: list = []
+        self.returned_numbers: list = []  # numbers its engines would hand back as tensors
+
+    def __call__(self, gm, example_inputs, *, device, settings):
+        import torch
+
+        from trt_multidev_backend.rewrites import sizes_from_their_tensors, unread_numbers_dropped
+
+        if self.prepared:
+            sizes_from_their_tensors(gm)
+            unread_numbers_dropped(gm, list(example_inputs))
+        self.graphs.append(gm)
+        self.inputs.append([type(x) for x in example_inputs])
+        output = next(n for n in gm.graph.nodes if n.op == "output")
+        self.returned_numbers += [n.name for n in output.all_input_nodes
+                                  if isinstance(n.meta.get("example_value", n.meta.get("val")), (int, torch.SymInt))]
+        for node in gm.graph.nodes:  # (its delegate drops the number inputs nothing reads first)
+            source = getattr(node.meta.get("grapharg"), "source", None)
+            if node.op == "call_function" and node.target is torch.sym_max:  # its partitioner leaves it out
+                raise RuntimeError("stand-in: no converter for torch.sym_max")
+            if node.op == "placeholder" and node.users and source is not None and node.type is torch.SymInt and not (
+                    hasattr(getattr(source, "base", None), "local_name") and isinstance(getattr(source, "idx", None), int)):
+                raise AttributeError(f"{type(getattr(source, 'base', None)).__name__!r} object has no attribute 'local_name'")
+
+        def run(*args):
+            out = gm(*args)
+            as_tensor = [torch.tensor(o) if isinstance(o, (int, float, bool)) else o for o in out]
+            return type(out)(as_tensor) if isinstance(out, (tuple, list)) else out
+
+        return run

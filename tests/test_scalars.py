@@ -10,38 +10,7 @@ import torch
 import torch.nn as nn
 
 import trt_multidev_backend as tm
-
-
-class TensorsOnly:
-    """Stands in for Torch-TensorRT 2.11 where numbers meet it (H200, session 16): a number input
-    that is no tensor's size makes it raise (its remove_sym_nodes reads `source.base.local_name`
-    and `source.idx`), and its engines hand numbers back as tensors."""
-
-    def __init__(self) -> None:
-        self.graphs: list[torch.fx.GraphModule] = []
-        self.inputs: list[list[type]] = []
-        self.returned_numbers: list[str] = []  # numbers its engines would hand back as tensors
-
-    def __call__(self, gm, example_inputs, *, device, settings):
-        self.graphs.append(gm)
-        self.inputs.append([type(x) for x in example_inputs])
-        output = next(n for n in gm.graph.nodes if n.op == "output")
-        self.returned_numbers += [n.name for n in output.all_input_nodes
-                                  if isinstance(n.meta.get("example_value", n.meta.get("val")), (int, torch.SymInt))]
-        for node in gm.graph.nodes:  # (its delegate drops the number inputs nothing reads first)
-            source = getattr(node.meta.get("grapharg"), "source", None)
-            if node.op == "call_function" and node.target is torch.sym_max:  # its partitioner leaves it out
-                raise RuntimeError("stand-in: no converter for torch.sym_max")
-            if node.op == "placeholder" and node.users and source is not None and node.type is torch.SymInt and not (
-                    hasattr(getattr(source, "base", None), "local_name") and isinstance(getattr(source, "idx", None), int)):
-                raise AttributeError(f"{type(getattr(source, 'base', None)).__name__!r} object has no attribute 'local_name'")
-
-        def run(*args):
-            out = gm(*args)
-            as_tensor = [torch.tensor(o) if isinstance(o, (int, float, bool)) else o for o in out]
-            return type(out)(as_tensor) if isinstance(out, (tuple, list)) else out
-
-        return run
+from _delegates import TensorsOnly
 
 
 class State:

@@ -177,6 +177,8 @@ def _cut(delegate: Any, gm: torch.fx.GraphModule, inputs: Sequence[Any], device:
             if set(partition.values()) <= suspected:
                 raise failure  # nothing but suspects: what failed
         split, pieces = split_graph(gm, inputs, partition)
+        if any(op_count(getattr(split, name)) >= op_count(gm) for name in pieces):
+            raise failure  # no smaller piece: what a piece reads of numbers is computed in it again
         trial = next((name for name in pieces if piece_number(name) in suspected
                       and not set(_names(getattr(split, name))) <= search.confirmed), None)
         if trial is None or search.builds <= 0:

@@ -1,0 +1,77 @@
+"""Hugging Face decoders' generate() with a KV cache, on the CPU, through a delegate that meets
+numbers as Torch-TensorRT 2.11 does (tests/_delegates.py TensorsOnly). Their decode steps hand the
+backend what broke on the GPU: the sliding-window cache's length as a number (fixed by dynamo to a
+constant, or equal to the cached keys' length), `torch.sym_max` over it, and numbers returned."""
+
+from __future__ import annotations
+
+import logging
+
+import pytest
+import torch
+
+import trt_multidev_backend as tm
+from _delegates import TensorsOnly
+
+transformers = pytest.importorskip("transformers")
+
+FAMILIES = {
+    "mistral": {"sliding_window": 16},
+    "gemma2": {"head_dim": 16, "sliding_window": 16},
+    "qwen2": {},
+    "llama": {},
+}
+
+
+def _lm(family: str) -> torch.nn.Module:
+    config = transformers.AutoConfig.for_model(
+        family, hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=4,
+        num_key_value_heads=2, vocab_size=100, max_position_embeddings=64, initializer_range=0.1,
+        **FAMILIES[family])
+    return transformers.AutoModelForCausalLM.from_config(config).eval()
+
+
+@pytest.mark.parametrize("family", sorted(FAMILIES))
+def test_generate_with_a_cache_gives_eagers_tokens_and_engines_get_the_attention(family, caplog):
+    torch.manual_seed(0)
+    lm, delegate = _lm(family), TensorsOnly()
+    prompt = torch.randint(0, 100, (1, 8))
+    kwargs = dict(attention_mask=torch.ones_like(prompt), max_new_tokens=5, min_new_tokens=5, do_sample=False,
+                  use_cache=True, pad_token_id=99, eos_token_id=99)
+    with torch.no_grad():
+        ref = lm.generate(prompt, **kwargs)
+        lm.forward = torch.compile(lm.forward, backend="trt_multidev",
+                                   options={"delegate": delegate, "min_block_size": 1})
+        try:
+            out = lm.generate(prompt, **kwargs)
+        finally:
+            vars(lm).pop("forward", None)
+    assert torch.equal(out, ref)
+    counts = tm.stats()["cpu"]
+    assert counts["compiles"] >= 2 and counts["fallbacks"] == 0  # the prompt pass and the decode steps
+    assert [r.getMessage() for r in caplog.records if r.name.startswith("trt_multidev")
+            and r.levelno >= logging.WARNING] == []
+    assert delegate.returned_numbers == []  # no engine hands a number on
+    assert len(delegate.graphs) >= counts["compiles"]
+    assert all("scaled_dot_product_attention" in g.code for g in delegate.graphs)  # not left to PyTorch
+
+
+def test_a_decode_step_whose_sizes_a_delegate_refuses_is_searched_to_an_end():
+    """Gemma 2's decode step, with a delegate that refuses the cached keys' sizes wherever they are
+    read (Torch-TensorRT 2.11 without trt_multidev's own passes): each piece reading a number
+    computes it again, so a cut could give back a piece as large as the one cut, and the search
+    recursed without end. It ends, and generate() still gives eager's tokens."""
+    torch.manual_seed(0)
+    lm, delegate = _lm("gemma2"), TensorsOnly(prepared=False)
+    prompt = torch.randint(0, 100, (1, 8))
+    kwargs = dict(attention_mask=torch.ones_like(prompt), max_new_tokens=4, min_new_tokens=4, do_sample=False,
+                  use_cache=True, pad_token_id=99, eos_token_id=99)
+    with torch.no_grad():
+        ref = lm.generate(prompt, **kwargs)
+        lm.forward = torch.compile(lm.forward, backend="trt_multidev",
+                                   options={"delegate": delegate, "min_block_size": 1})
+        try:
+            out = lm.generate(prompt, **kwargs)
+        finally:
+            vars(lm).pop("forward", None)
+    assert torch.equal(out, ref) and tm.stats()["cpu"]["fallbacks"] == 0
