@@ -27,6 +27,8 @@
 #   bash benchmarks/single_gpu_session.sh families   # real_models.py qwen2,qwen3,mistral,gemma,gemma2,phi3 (no generate())
 #   bash benchmarks/single_gpu_session.sh families_generate   # generate() for qwen2, mistral and gemma2
 #   bash benchmarks/single_gpu_session.sh slices   # slice bounds beyond a dimension: torch_tensorrt and trt_multidev
+#   bash benchmarks/single_gpu_session.sh decode_probe   # decode_graph_probe.py: mistral, gemma2, qwen2; qwen2 and
+#                                                        # gemma2 again with unread number arguments kept (an A/B)
 #   bash benchmarks/single_gpu_session.sh tests decoders   # several phases in one call (about 6 min)
 # Results under $OUT (default /tmp/out). One device call runs at most 10 minutes: about 7 min for
 # tests + decoders, 5 min for encoders + attention + kernels, 7 min for vision.
@@ -37,7 +39,7 @@ export PYTHONUNBUFFERED=1 PYTHONPATH=$PWD${PYTHONPATH:+:$PYTHONPATH}
 export TRT_MULTIDEV_CACHE_DIR=${TRT_MULTIDEV_CACHE_DIR:-$(mktemp -d /tmp/trt_multidev_cache.XXXX)}
 python3 -m pip install -q --no-deps --no-build-isolation --no-index -e . >/dev/null 2>&1
 nvidia-smi --query-gpu=index,name,memory.total --format=csv,noheader
-PHASES="families families_generate slices llama_parts fp32_acc profile kernels_b1 llama_precision static_shapes static_graphs convnext_ops precision_short tests decoders encoders vision kernels attention probes llama llama_no_tf32 llama_decomposed mobilenet t5 t5_decomposed dynamic_true masks shapes precision convnext"
+PHASES="families families_generate slices decode_probe llama_parts fp32_acc profile kernels_b1 llama_precision static_shapes static_graphs convnext_ops precision_short tests decoders encoders vision kernels attention probes llama llama_no_tf32 llama_decomposed mobilenet t5 t5_decomposed dynamic_true masks shapes precision convnext"
 noise='logger passed into|DeprecationWarning|timing_cache|unparsable type|strongly typed|no max bound|warnings.warn|^INFO'
 
 models() {  # name, models, time limit, extra arguments
@@ -65,6 +67,11 @@ run() {
       models families_generate qwen2,mistral,gemma2 500 --options '{"log_level": "warning"}' ;;
     slices)
       timeout 240 python3 benchmarks/slice_bounds_probe.py --out "$out" 2>&1 | grep "^{" | cut -c1-400 ;;
+    decode_probe)  # the decode steps' graphs, with unread number arguments dropped and kept (an A/B)
+      PYTHONPATH=$PWD/tests:$PYTHONPATH timeout 200 python3 benchmarks/decode_graph_probe.py --out "$out/decode_probe" \
+        --models mistral,gemma2,qwen2 2>&1 | grep -E "^(mistral|gemma2|qwen2) " | cut -c1-300
+      PYTHONPATH=$PWD/tests:$PYTHONPATH timeout 200 python3 benchmarks/decode_graph_probe.py --out "$out/decode_probe_kept" \
+        --models qwen2,gemma2 --keep-unread-numbers 2>&1 | grep -E "^(gemma2|qwen2) " | cut -c1-300 ;;
     encoders) models encoders bert,t5 200 --skip-generate --options '{"log_level": "warning"}' ;;
     vision) models vision vit_s16,convnext_t,resnet50,mobilenetv3_l 400 ;;
     kernels)
