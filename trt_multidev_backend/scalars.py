@@ -18,11 +18,14 @@ shape does), and the numbers a graph returns, are marked IN_PYTORCH: segments.py
 PyTorch on the target, and the engines get tensors whose shapes they can read. Sizes of tensors
 stay with Torch-TensorRT, which reads them from the tensors. Exact: the same ops on the same values.
 
-Two refinements from session 17's H200 probe (benchmarks/decode_graph_probe.py): dynamo may fix
-such an input's value (its SymInt a constant, ``16``) and still pass it, so the input's own
-readers, and the numbers computed from them, are marked whatever their symbols say; and a symbol
-that a size input also carries (dynamo found ``cumulative_length`` equal to the cached keys'
-length) is bounded by that size, so tensors whose shapes carry it stay in the engines.
+Session 17's H200 probe (benchmarks/decode_graph_probe.py) added three rules. Dynamo may fix such
+an input's value (its SymInt a constant, ``16``) and still pass it: its readers get the constant.
+It may find the input equal to a size (``cumulative_length`` carries the cached keys' symbol): its
+readers get that size, and tensors whose shapes carry the symbol stay in the engines. Other inputs
+of this kind keep the rule above, whether their values are symbols or not. And number ops
+Torch-TensorRT 2.11 has no converter for (``torch.sym_max`` over the cache's length, in the
+sliding window's mask) are marked with what reads their numbers and what they read that is made
+from sizes alone, so no engine computes a number for them.
 """
 
 from __future__ import annotations
@@ -46,10 +49,12 @@ _FACTORIES = {torch.arange, torch.ones, torch.zeros, torch.full, torch.empty}
 
 
 def numbers_in_pytorch(gm: torch.fx.GraphModule) -> list[str]:
-    """Mark the nodes of `gm` that read an input number no tensor's size gives, or anything that
-    depends on one, and the numbers `gm` returns; move them to the top (those that read only the
-    inputs and each other) or the end (those only the output reads), so that the engines stay
-    whole. Returns a note per kind of node marked."""
+    """Mark the nodes of `gm` that read an input number no tensor's size gives (after reading
+    such inputs where dynamo knows their value), or anything that depends on one, the number ops
+    Torch-TensorRT cannot convert with what they read and what reads them, and the numbers `gm`
+    returns; move them to the top (those that read only the inputs and each other) or the end
+    (those only the output reads), so that the engines stay whole. Returns a note per kind of node
+    read or marked."""
     output = next(n for n in reversed(gm.graph.nodes) if n.op == "output")
     notes = _read_where_known(gm)
     inputs = {node: name for node, name in _foreign_inputs(gm).items() if node.users}  # placeholder -> its name

@@ -10,6 +10,10 @@ with events between the two devices' current streams, without a host synchroniza
 Two cases: a graph with one target whose host work must stay out of its engines (only target
 segments; graphs with no host work are not split), and a graph whose state spans several GPUs
 (one device segment per run of work on each GPU: pipeline placement, ``device_map``).
+
+Every split here (segments, the search in pieces, the mask prefix) passes only tensors from a piece
+to another: a number computed from sizes is computed again where it is read (`numbers_recomputed`),
+since an engine hands numbers back as tensors.
 """
 
 from __future__ import annotations
