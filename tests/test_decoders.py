@@ -31,21 +31,26 @@ def _lm(family: str) -> torch.nn.Module:
     return transformers.AutoModelForCausalLM.from_config(config).eval()
 
 
-@pytest.mark.parametrize("family", sorted(FAMILIES))
-def test_generate_with_a_cache_gives_eagers_tokens_and_engines_get_the_attention(family, caplog):
-    torch.manual_seed(0)
-    lm, delegate = _lm(family), TensorsOnly()
+def _generate(lm: torch.nn.Module, delegate: TensorsOnly, new_tokens: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Eager's tokens and trt_multidev's (with `delegate`), for one random prompt of 8 tokens."""
     prompt = torch.randint(0, 100, (1, 8))
-    kwargs = dict(attention_mask=torch.ones_like(prompt), max_new_tokens=5, min_new_tokens=5, do_sample=False,
-                  use_cache=True, pad_token_id=99, eos_token_id=99)
+    kwargs = dict(attention_mask=torch.ones_like(prompt), max_new_tokens=new_tokens, min_new_tokens=new_tokens,
+                  do_sample=False, use_cache=True, pad_token_id=99, eos_token_id=99)
     with torch.no_grad():
         ref = lm.generate(prompt, **kwargs)
         lm.forward = torch.compile(lm.forward, backend="trt_multidev",
                                    options={"delegate": delegate, "min_block_size": 1})
         try:
-            out = lm.generate(prompt, **kwargs)
+            return lm.generate(prompt, **kwargs), ref
         finally:
             vars(lm).pop("forward", None)
+
+
+@pytest.mark.parametrize("family", sorted(FAMILIES))
+def test_generate_with_a_cache_gives_eagers_tokens_and_engines_get_the_attention(family, caplog):
+    torch.manual_seed(0)
+    delegate = TensorsOnly()
+    out, ref = _generate(_lm(family), delegate, 5)
     assert torch.equal(out, ref)
     counts = tm.stats()["cpu"]
     assert counts["compiles"] >= 2 and counts["fallbacks"] == 0  # the prompt pass and the decode steps
@@ -62,16 +67,5 @@ def test_a_decode_step_whose_sizes_a_delegate_refuses_is_searched_to_an_end():
     computes it again, so a cut could give back a piece as large as the one cut, and the search
     recursed without end. It ends, and generate() still gives eager's tokens."""
     torch.manual_seed(0)
-    lm, delegate = _lm("gemma2"), TensorsOnly(prepared=False)
-    prompt = torch.randint(0, 100, (1, 8))
-    kwargs = dict(attention_mask=torch.ones_like(prompt), max_new_tokens=4, min_new_tokens=4, do_sample=False,
-                  use_cache=True, pad_token_id=99, eos_token_id=99)
-    with torch.no_grad():
-        ref = lm.generate(prompt, **kwargs)
-        lm.forward = torch.compile(lm.forward, backend="trt_multidev",
-                                   options={"delegate": delegate, "min_block_size": 1})
-        try:
-            out = lm.generate(prompt, **kwargs)
-        finally:
-            vars(lm).pop("forward", None)
+    out, ref = _generate(_lm("gemma2"), TensorsOnly(prepared=False), 4)
     assert torch.equal(out, ref) and tm.stats()["cpu"]["fallbacks"] == 0
