@@ -217,7 +217,7 @@ class TensorsOnly:
         output = next(n for n in gm.graph.nodes if n.op == "output")
         self.returned_numbers += [n.name for n in output.all_input_nodes
                                   if isinstance(n.meta.get("example_value", n.meta.get("val")), (int, torch.SymInt))]
-        for node in gm.graph.nodes:  # (its delegate drops the number inputs nothing reads first)
+        for node in gm.graph.nodes:  # placeholders nothing reads: dropped above, when prepared
             source = getattr(node.meta.get("grapharg"), "source", None)
             if node.op == "call_function" and node.target is torch.sym_max:  # its partitioner leaves it out
                 raise RuntimeError("stand-in: no converter for torch.sym_max")

@@ -77,11 +77,6 @@ def test_a_graph_whose_every_op_reads_the_number_runs_in_pytorch_without_the_del
     assert tm.stats()["cpu"]["fallbacks"] == 0 and _warnings(caplog) == []
 
 
-class Sized:
-    def __init__(self) -> None:
-        self.length = 0
-
-
 def _cache_like(x, state):
     """Hugging Face's sliding-window cache keeps its length as an int, equal to its keys' length:
     dynamo gives the int the size's symbol."""
@@ -97,7 +92,7 @@ def test_a_number_dynamo_found_equal_to_a_size_is_read_from_that_size(caplog):
     PyTorch. Read from the size instead, the engine gets all of it."""
     delegate = TensorsOnly()
     compiled = torch.compile(_cache_like, backend="trt_multidev", options={"delegate": delegate, "min_block_size": 1})
-    ours, theirs = Sized(), Sized()
+    ours, theirs = State(), State()
     for n in (2, 3, 4, 5):
         ours.length = theirs.length = n
         x = torch.randn(n, 4)

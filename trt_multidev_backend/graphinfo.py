@@ -13,7 +13,7 @@ from typing import Any, Iterator, Sequence
 import torch
 import torch.fx
 
-__all__ = ["IN_PYTORCH", "is_number", "from_sizes", "size_bounds", "source_of", "source_name", "Role", "ArgInfo", "classify_args", "meta_value", "storage_of", "fetch_attr", "attr_tensors", "op_count",
+__all__ = ["IN_PYTORCH", "SYMBOLIC", "NUMBERS", "is_number", "from_sizes", "size_bounds", "source_of", "source_name", "Role", "ArgInfo", "classify_args", "meta_value", "storage_of", "fetch_attr", "attr_tensors", "op_count",
            "symbolic_sizes", "changed_in_place", "writes_in_place", "is_attention", "attention_mask",
            "set_attention_mask", "target_name"]
 
@@ -282,10 +282,13 @@ _SIZE_OPS = {torch.ops.aten.sym_size.int, torch.ops.aten.sym_numel.default, torc
              torch.ops.aten.sym_storage_offset.default, torch.ops.aten.sym_size.default}
 
 
+SYMBOLIC = (torch.SymInt, torch.SymFloat, torch.SymBool)
+NUMBERS = (*SYMBOLIC, int, float, bool)  # the values of number nodes and arguments
+
+
 def is_number(node: Any) -> bool:
     """A node whose value is a number (or a torch.Size), not a tensor."""
-    return isinstance(node, torch.fx.Node) and isinstance(
-        meta_value(node), (torch.SymInt, torch.SymFloat, torch.SymBool, int, float, bool, torch.Size))
+    return isinstance(node, torch.fx.Node) and isinstance(meta_value(node), (*NUMBERS, torch.Size))
 
 
 def from_sizes(node: torch.fx.Node) -> bool:

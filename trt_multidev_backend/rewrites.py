@@ -59,7 +59,7 @@ from typing import Any, NamedTuple, Sequence
 import torch
 import torch.fx
 
-from .graphinfo import IN_PYTORCH, ArgInfo, Role, attention_mask, is_attention, meta_value, set_attention_mask, size_bounds, storage_of
+from .graphinfo import IN_PYTORCH, NUMBERS, ArgInfo, Role, attention_mask, is_attention, meta_value, set_attention_mask, size_bounds, storage_of
 
 __all__ = ["rewrite_for_tensorrt", "sizes_from_their_tensors", "unread_numbers_dropped", "pin_state_scalars", "Pin"]
 
@@ -573,7 +573,7 @@ def unread_numbers_dropped(gm: torch.fx.GraphModule, inputs: list[Any]) -> int:
     select_kept then passes only the arguments kept). Returns how many were dropped."""
     placeholders = [n for n in gm.graph.nodes if n.op == "placeholder"]
     unread = [i for i, node in enumerate(placeholders) if not node.users and i < len(inputs)
-              and isinstance(meta_value(node), (torch.SymInt, torch.SymFloat, torch.SymBool, int, float, bool))]
+              and isinstance(meta_value(node), NUMBERS)]
     for i in reversed(unread):
         gm.graph.erase_node(placeholders[i])
         del inputs[i]

@@ -36,12 +36,10 @@ from typing import Any
 import torch
 import torch.fx
 
-from .graphinfo import IN_PYTORCH, from_sizes, is_number, meta_value, source_name, source_of, writes_in_place
+from .graphinfo import IN_PYTORCH, NUMBERS, SYMBOLIC, from_sizes, is_number, meta_value, source_name, source_of, writes_in_place
 
 __all__ = ["numbers_in_pytorch"]
 
-_SYMBOLIC = (torch.SymInt, torch.SymFloat, torch.SymBool)
-_NUMBERS = (*_SYMBOLIC, int, float, bool)
 # Number functions dynamo records that Torch-TensorRT 2.11's converter registry lacks (it has
 # torch.sym_not, operator arithmetic and aten.sym_size).
 _NO_CONVERTER = {torch.sym_max, torch.sym_min, torch.sym_ite, torch.sym_float, torch.sym_int}
@@ -72,7 +70,7 @@ def numbers_in_pytorch(gm: torch.fx.GraphModule) -> list[str]:
         for arg in node.all_input_nodes:
             if arg in inputs:
                 read.add(inputs[arg])
-            elif arg in reads and isinstance(meta_value(arg), _NUMBERS):
+            elif arg in reads and isinstance(meta_value(arg), NUMBERS):
                 read |= reads[arg]  # a number computed from one, even where its value is fixed
         unconverted = _unconverted(node) or next((reads_unconverted[a] for a in node.all_input_nodes
                                                   if a in reads_unconverted and is_number(a)), None)
@@ -82,7 +80,7 @@ def numbers_in_pytorch(gm: torch.fx.GraphModule) -> list[str]:
         elif unconverted:
             reads_unconverted[node] = unconverted
             node.meta[IN_PYTORCH] = f"computes or reads a number with {unconverted}, which Torch-TensorRT 2.11 cannot convert"
-        elif output in node.users and isinstance(meta_value(node), _NUMBERS):
+        elif output in node.users and isinstance(meta_value(node), NUMBERS):
             node.meta[IN_PYTORCH] = "a number the graph returns (an engine would return a tensor)"
         else:
             continue
@@ -94,7 +92,8 @@ def numbers_in_pytorch(gm: torch.fx.GraphModule) -> list[str]:
             gm.recompile()
         return notes
     if not writes_in_place(gm):  # moved past a write, a node would read another value
-        _gather(gm, sorted(marked, key=_position(marked)), output)
+        order = {n: i for i, n in enumerate(gm.graph.nodes)}
+        _gather(gm, sorted(marked, key=order.__getitem__), output)
     for reason, count in collections.Counter(n.meta[IN_PYTORCH] for n in marked).items():
         notes.append(f"{count} op(s) run in PyTorch: {reason}")
     gm.graph.lint()
@@ -139,16 +138,11 @@ def _factory(node: torch.fx.Node) -> bool:
             and all(is_number(a) for a in node.all_input_nodes))
 
 
-def _position(marked: list[torch.fx.Node]) -> Any:
-    order = {n: i for i, n in enumerate(next(iter(marked)).graph.nodes)} if marked else {}
-    return lambda node: order[node]
-
-
 def _foreign_inputs(gm: torch.fx.GraphModule) -> dict[torch.fx.Node, str]:
     """The number placeholders that are no tensor's size, by name; dynamo may have fixed one's
     value (its symbol replaced by a constant) and still pass it, which Torch-TensorRT refuses."""
     return {node: source_name(node) for node in gm.graph.nodes
-            if node.op == "placeholder" and isinstance(meta_value(node), _SYMBOLIC) and not _is_size(node)}
+            if node.op == "placeholder" and isinstance(meta_value(node), SYMBOLIC) and not _is_size(node)}
 
 
 def _read_where_known(gm: torch.fx.GraphModule) -> list[str]:
@@ -220,7 +214,7 @@ def _is_size(node: torch.fx.Node) -> bool:
 
 
 def _symbols(value: Any) -> set:
-    if isinstance(value, _SYMBOLIC):
+    if isinstance(value, SYMBOLIC):
         return set(value.node.expr.free_symbols)
     if isinstance(value, torch.Tensor):
         return {s for d in value.shape if isinstance(d, torch.SymInt) for s in d.node.expr.free_symbols}
