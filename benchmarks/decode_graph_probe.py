@@ -82,6 +82,33 @@ def dump(gm: torch.fx.GraphModule, title: str) -> str:
     return "\n".join(lines)
 
 
+def _record_failing_graphs(sections: list[str]) -> None:
+    """Where Torch-TensorRT's converter raises, the graph it was converting (after its own
+    lowering and partitioning), with the failing node's inputs and users: which `aten.clone` it
+    refuses, and why (a copy of its graph's input that is also its output, with dynamic shapes)."""
+    try:
+        from trt_multidev_backend.delegate import TorchTensorRTDelegate
+    except ImportError:
+        return
+    original = TorchTensorRTDelegate.failing_op
+
+    def failing_op(exc: BaseException) -> str | None:
+        tb, node = exc.__traceback__, None
+        while tb is not None:
+            current = getattr(tb.tb_frame.f_locals.get("self"), "_cur_node", None)
+            if isinstance(current, torch.fx.Node):
+                node = current
+            tb = tb.tb_next
+        if node is not None:
+            users = ", ".join(f"{u.name} ({u.op})" for u in node.users)
+            inputs = ", ".join(f"{a.name} ({a.op})" for a in node.all_input_nodes)
+            sections.append(f"== failing node {node.name} = {node.target}: inputs {inputs}; users {users}\n"
+                            + str(node.graph)[:20000])
+        return original(exc)
+
+    TorchTensorRTDelegate.failing_op = staticmethod(failing_op)
+
+
 def main() -> int:
     parser = argparse.ArgumentParser()
     parser.add_argument("--out", required=True)
@@ -109,6 +136,7 @@ def main() -> int:
         return notes
 
     _pipeline.numbers_in_pytorch = spy
+    _record_failing_graphs(sections)
     warned: list[str] = []
 
     class _Warnings(logging.Handler):

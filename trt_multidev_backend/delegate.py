@@ -25,6 +25,7 @@ import torch.fx
 from . import engine as _engine
 from .graphinfo import is_attention, meta_value, op_count
 from .guard import Releaser, cuda_usable, real_device, watch_collections
+from .lowering import added_to_lowering
 from .masks import split_mask_prefix
 from .placement import graph_copy
 from .repeats import collapsed_repeats
@@ -139,7 +140,8 @@ def delegate_identity(fn: Any) -> str:
 # What this delegate does to a graph before and around Torch-TensorRT (masks computed ahead,
 # attention decomposed, ...): part of the disk cache's namespace, so entries built the older way
 # are built again rather than loaded. Bump it when that changes.
-BUILD_RECIPE = 3  # 2: masks computed ahead (session 7); 3: their constant work computed when compiling
+BUILD_RECIPE = 4  # 2: masks computed ahead (session 7); 3: their constant work computed when compiling;
+# 4: copies of inputs dropped in Torch-TensorRT's lowering (lowering.py), unread numbers dropped
 
 
 class TorchTensorRTDelegate:
@@ -295,7 +297,7 @@ class TorchTensorRTDelegate:
 
         def build(graph: torch.fx.GraphModule, options: dict[str, Any]) -> Any:
             with _deferring_setup(PythonTorchTensorRTModule) if runner else contextlib.nullcontext(), attention, \
-                    collapsed_repeats(built, enabled=quiet):  # its warnings per node, once each
+                    added_to_lowering(), collapsed_repeats(built, enabled=quiet):  # its warnings once each
                 if detect_fake_mode(inputs) is None:
                     # Called outside dynamo (aot tools, direct use): Torch-TensorRT needs a fake mode.
                     with tracing(TracingContext(FakeTensorMode(allow_non_fake_inputs=True))):
