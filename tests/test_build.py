@@ -696,3 +696,25 @@ def test_pieces_of_a_dynamic_graph_run_every_batch_size():
             assert torch.allclose(compiled(x), model(x))
     assert len(delegate.built) >= 2 and all("exp" not in names for names in delegate.built)
     assert tm.stats()["cpu"]["compiles"] == 1  # one dynamic graph, built once in pieces
+
+
+class ValuesCache(nn.Module):
+    """A decode step's values: concatenated with the new one, then expanded to every query head
+    (GQA's repeat_kv). Dynamo reads the concatenation's length as torch.sym_sum([1, s])."""
+
+    def forward(self, values, new):
+        values = torch.cat([values, torch.tanh(new)], dim=-2)
+        b, h, s, d = values.shape
+        return values[:, :, None].expand(b, h, 2, s, d).reshape(b, h * 2, s, d) * 3
+
+
+def test_a_sum_of_numbers_reaches_the_delegate_as_additions_and_results_are_exact():
+    """Torch-TensorRT 2.11 has no converter for torch.sym_sum: Qwen2's decode step ran it in
+    PyTorch between three engines (H200, session 18)."""
+    delegate, model = Recording(), ValuesCache()
+    compiled = torch.compile(model, backend="trt_multidev", options={"delegate": delegate}, dynamic=True)
+    for n in (5, 9, 2):
+        args = torch.randn(1, 2, n, 4), torch.randn(1, 2, 1, 4)
+        assert torch.equal(compiled(*args), model(*args))
+    assert torch.sym_sum not in delegate.calls and operator.add in delegate.calls
+    assert tm.stats()["cpu"]["compiles"] == 1 and tm.stats()["cpu"]["fallbacks"] == 0

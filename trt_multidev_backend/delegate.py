@@ -312,8 +312,9 @@ class TorchTensorRTDelegate:
             try:
                 compiled = build(gm, {**options, "decompose_attention": True})
             except Exception as exc:  # noqa: BLE001 - the undecomposed build decides
-                log.info("graph with uneven attention on %s: the decomposed build failed (%s); building "
-                         "it with attention kept whole", device, type(exc).__name__)
+                op = self.failing_op(exc)
+                log.info("graph with uneven attention on %s: the decomposed build failed (%s%s); building "
+                         "it with attention kept whole", device, type(exc).__name__, f" converting {op}" if op else "")
                 compiled = build(original, options)
         else:
             compiled = build(gm, options)

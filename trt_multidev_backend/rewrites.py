@@ -43,6 +43,12 @@ Each rewrite changes how a value is represented, never what is computed:
   15 positions came back where eager gives 16, an H200, session 16). A slice no single bound
   fits is marked to run in PyTorch (graphinfo.IN_PYTORCH).
 
+- a sum of numbers as one call (``torch.sym_sum([1, s40])``: dynamo reads a concatenation's size
+  that way, as in the cached values' length a Qwen2 or Mistral decode step expands its values to)
+  becomes a chain of ``+``. Torch-TensorRT 2.11 has no converter for ``torch.sym_sum``, so each
+  left PyTorch between engines (Qwen2's decode step on an H200, session 18: three engines instead
+  of one); ``+`` on numbers it converts.
+
 And two for Torch-TensorRT 2.11 itself, applied by its delegate: a size argument dynamo adds for
 a dynamic dimension is computed from its tensor instead, where that tensor came through a list or
 a dict (`sizes_from_their_tensors`); and number arguments the graph no longer reads are dropped
@@ -90,7 +96,7 @@ _FACTORIES = (torch.tensor, torch.empty, torch.zeros)
 def rewrite_for_tensorrt(gm: torch.fx.GraphModule) -> list[str]:
     """Apply the rewrites to `gm` in place (a placed copy); returns a note per rewrite."""
     notes = (_drop_eval_dropouts(gm) + _drop_empty_concat_inputs(gm) + _constant_attention_masks(gm)
-             + _fresh_updates_out_of_place(gm) + _slices_within_bounds(gm))
+             + _fresh_updates_out_of_place(gm) + _slices_within_bounds(gm) + _number_sums_as_adds(gm))
     for node in list(gm.graph.nodes):
         if node.op != "call_function" or node.target not in _EMBEDDINGS:
             continue
@@ -442,6 +448,29 @@ def _slices_within_bounds(gm: torch.fx.GraphModule) -> list[str]:
 
 
 _UNRESOLVED = object()  # no one bound is right for every size a dimension can take
+
+
+def _number_sums_as_adds(gm: torch.fx.GraphModule) -> list[str]:
+    """``torch.sym_sum([a, b, ...])`` becomes ``(a + b) + ...``: the same number (an int's or a
+    SymInt's sum), in the form Torch-TensorRT converts."""
+    notes = []
+    for node in list(gm.graph.nodes):
+        if node.op != "call_function" or node.target is not torch.sym_sum or node.kwargs or len(node.args) != 1:
+            continue
+        terms = node.args[0]
+        if not isinstance(terms, (list, tuple)) or len(terms) < 2 or any(_value(t) is None for t in terms):
+            continue
+        total, value = terms[0], _value(terms[0])
+        with gm.graph.inserting_before(node):
+            for term in terms[1:]:
+                total = gm.graph.call_function(operator.add, (total, term))
+                value = value + _value(term)
+                total.meta["example_value"] = value
+        total.meta.update(node.meta)  # the sum's own value (its symbols as dynamo made them)
+        node.replace_all_uses_with(total)
+        gm.graph.erase_node(node)
+        notes.append(f"{node.name}: torch.sym_sum of {len(terms)} numbers as + ({total.name})")
+    return notes
 
 
 def _clamped(bound: int | None, low: int | None, high: int | None, size: Any, *, stop: bool) -> Any:
