@@ -9,7 +9,7 @@ Writes DIR/<model>.txt (one section per graph) and DIR/<model>.json (tokens equa
 fallbacks, what ran in PyTorch). Runs with the real Torch-TensorRT delegate; on a machine without
 one, --delegate picks another (`tests/_delegates.py:run_graph` names the CPU stand-in).
 --keep-unread-numbers hands Torch-TensorRT the number arguments nothing reads, as before session 17
-(rewrites.unread_numbers_dropped off): an A/B for what that pass changes (Qwen2's decode step met an
+(lowering.unread_numbers_dropped off): an A/B for what that pass changes (Qwen2's decode step met an
 `aten.clone` Torch-TensorRT refused on session 17's H200, not on session 15's).
 """
 

@@ -207,7 +207,7 @@ class TensorsOnly:
     def __call__(self, gm, example_inputs, *, device, settings):
         import torch
 
-        from trt_multidev_backend.rewrites import sizes_from_their_tensors, unread_numbers_dropped
+        from trt_multidev_backend.lowering import sizes_from_their_tensors, unread_numbers_dropped
 
         if self.prepared:
             sizes_from_their_tensors(gm)

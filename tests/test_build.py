@@ -15,7 +15,6 @@ from torch.fx.node import _get_qualified_name
 import _delegates
 import trt_multidev_backend as tm
 from trt_multidev_backend.build import MAX_EXCLUDED, MAX_PIECE_BUILDS
-from trt_multidev_backend.placement import graph_copy
 from trt_multidev_backend.rewrites import _DROPOUTS
 
 
@@ -534,77 +533,6 @@ def test_cudnn_attention_is_left_out_of_tracing_only_inside_the_block():
             torch.backends.cuda.mem_efficient_sdp_enabled(), torch.backends.cuda.math_sdp_enabled()) == before
     assert "another kernel" in TorchTensorRTDelegate.exclusion_note(CUDNN_ATTENTION)
     assert TorchTensorRTDelegate.exclusion_note("torch.ops.aten.embedding.default") is None
-
-
-def _dynamic_graph(fn, *args, **kwargs):
-    seen = {}
-
-    def grab(gm, example_inputs, **_):
-        seen["gm"], seen["inputs"] = graph_copy(gm), list(example_inputs)
-        return gm.forward
-
-    torch.compile(fn, backend=grab, dynamic=True)(*args, **kwargs)
-    return seen["gm"], seen["inputs"]
-
-
-def _symint_placeholders(gm):
-    return [n for n in gm.graph.nodes if n.op == "placeholder" and n.type is torch.SymInt]
-
-
-@pytest.mark.parametrize("fn, args, kwargs", [
-    (lambda tensors: tensors[0] * tensors[0].shape[0] + tensors[0].shape[1], ([torch.randn(3, 4)],), {}),
-    (lambda x, **kw: x * kw["y"].shape[0] + kw["y"].sum(), (torch.randn(3, 4),), {"y": torch.randn(5, 2)}),
-])
-def test_sizes_of_tensors_in_lists_and_dicts_are_read_from_the_tensors(fn, args, kwargs):
-    """Torch-TensorRT 2.11 looks a size argument's tensor up by `source.base.local_name`, which a
-    tensor from a list or a dict lacks (AttributeError: HF decode steps fell back). After the
-    rewrite no size argument it would look up is left, and the graph computes the same."""
-    from trt_multidev_backend.rewrites import sizes_from_their_tensors
-
-    gm, inputs = _dynamic_graph(fn, *args, **kwargs)
-    callers = [*args[0]] if isinstance(args[0], list) else [*args, *kwargs.values()]
-
-    def real(example):  # the caller's value behind an example input
-        if isinstance(example, torch.SymInt):
-            return int(example.node.hint)
-        shape = tuple(int(d.node.hint) if isinstance(d, torch.SymInt) else d for d in example.shape)
-        return next(t for t in callers if tuple(t.shape) == shape)
-
-    values = [real(x) for x in inputs]
-    expected = gm(*values)
-    notes = sizes_from_their_tensors(gm)
-    assert any("read from its tensor" in n for n in notes)
-    for node in _symint_placeholders(gm):
-        base = getattr(getattr(node.meta.get("grapharg"), "source", None), "base", None)
-        assert base is None or hasattr(base, "local_name")  # nothing left for 2.11's lookup to trip on
-    torch.testing.assert_close(gm(*values), expected)
-
-
-def test_sizes_of_local_tensors_are_left_to_torch_tensorrt():
-    from trt_multidev_backend.rewrites import sizes_from_their_tensors
-
-    gm, _ = _dynamic_graph(lambda x: x * x.shape[0], torch.randn(3, 4))
-    before = gm.code
-    assert sizes_from_their_tensors(gm) == [] and gm.code == before
-
-
-def test_number_arguments_nothing_reads_are_dropped_with_their_inputs():
-    """Torch-TensorRT 2.11 pops each unread SymInt argument's example by a position counted before
-    any pop: with two or more it took the wrong ones or raised IndexError (Mistral's decode step,
-    H200, session 17). They are dropped first, from the graph and the inputs alike."""
-    from trt_multidev_backend.rewrites import unread_numbers_dropped
-
-    x, y = torch.randn(3, 4), torch.randn(5, 2)
-    gm, inputs = _dynamic_graph(lambda a, b: a * 2 + b.sum(), x, y)
-    unread = [n for n in _symint_placeholders(gm) if not n.users]
-    assert len(unread) >= 2  # the case 2.11 gets wrong
-    examples = list(inputs)
-    assert unread_numbers_dropped(gm, examples) == len(unread)
-    kept = [n for n in gm.graph.nodes if n.op == "placeholder"]
-    assert not any(n in kept for n in unread) and len(examples) == len(kept)
-    assert all(isinstance(e, torch.Tensor) for e in examples)  # what is left lines up with the tensors
-    torch.testing.assert_close(gm(x, y)[0], x * 2 + y.sum())
-    assert unread_numbers_dropped(gm, examples) == 0
 
 
 class Slices(nn.Module):

@@ -25,11 +25,10 @@ import torch.fx
 from . import engine as _engine
 from .graphinfo import is_attention, meta_value, op_count
 from .guard import Releaser, cuda_usable, real_device, watch_collections
-from .lowering import added_to_lowering
+from .lowering import added_to_lowering, sizes_from_their_tensors, unread_numbers_dropped
 from .masks import split_mask_prefix
 from .placement import graph_copy
 from .repeats import collapsed_repeats
-from .rewrites import sizes_from_their_tensors, unread_numbers_dropped
 from .runtime import select_kept
 from .segments import install
 from .settings import Settings, SettingsError

@@ -1,15 +1,23 @@
-"""A pass trt_multidev adds to Torch-TensorRT's own lowering, only while trt_multidev builds.
+"""What the Torch-TensorRT delegate does for Torch-TensorRT 2.11's own lowering, before it and inside it.
 
-Torch-TensorRT copies every graph input before its export step (``repair_input_aliasing``) and
-removes each copy after it where the input has no other reader (``remove_input_alias_fixing_clones``).
-With dynamic shapes the export reads sizes from the inputs themselves (``aten.sym_size``), so the
-copies of a KV cache's keys and values stay. Where Torch-TensorRT's partitioner then puts such a copy
-in one engine and its readers in a later one, the copy is that engine's input handed straight out,
-which Torch-TensorRT 2.11 cannot convert with dynamic shapes (``UnsupportedOperatorException`` on
-``aten.clone``: Qwen2's decode steps on an H200, sessions 17 and 18, ran the copies in PyTorch
-between engines). A copy of an input nothing writes to holds what the input holds, so its readers
-read the input (`input_copies_dropped`). A copy that is the graph's own output stays: an engine
-cannot return its input as an output.
+Before it, on the graph the delegate hands over (each exact: the same numbers, read elsewhere):
+
+- a size argument dynamo adds for a dynamic dimension is read from its tensor where that tensor
+  came through a list or a dict, which Torch-TensorRT's `remove_sym_nodes` cannot look up
+  (`sizes_from_their_tensors`);
+- number arguments the graph no longer reads are dropped, with their example inputs, which the
+  same pass pops by stale positions once there are two or more (`unread_numbers_dropped`).
+
+Inside it, only while trt_multidev builds: Torch-TensorRT copies every graph input before its
+export step (``repair_input_aliasing``) and removes each copy after it where the input has no other
+reader (``remove_input_alias_fixing_clones``). With dynamic shapes the export reads sizes from the
+inputs themselves (``aten.sym_size``), so the copies of a KV cache's keys and values stay. Where
+Torch-TensorRT's partitioner then puts such a copy in one engine and its readers in a later one,
+the copy is that engine's input handed straight out, which Torch-TensorRT 2.11 cannot convert with
+dynamic shapes (``UnsupportedOperatorException`` on ``aten.clone``: Qwen2's decode steps on an
+H200, sessions 17 and 18, ran the copies in PyTorch between engines). A copy of an input nothing
+writes to holds what the input holds, so its readers read the input (`input_copies_dropped`). A
+copy that is the graph's own output stays: an engine cannot return its input as an output.
 """
 
 from __future__ import annotations
@@ -22,6 +30,10 @@ from typing import Any, Iterator
 
 import torch
 import torch.fx
+
+from .graphinfo import NUMBERS, meta_value
+
+__all__ = ["sizes_from_their_tensors", "unread_numbers_dropped", "input_copies_dropped", "added_to_lowering"]
 
 log = logging.getLogger("trt_multidev.lowering")
 
@@ -61,6 +73,68 @@ def _written(node: torch.fx.Node) -> bool:
         if schema is not None and schema.is_mutable:
             return True
     return False
+
+
+def sizes_from_their_tensors(gm: torch.fx.GraphModule) -> list[str]:
+    """For Torch-TensorRT 2.11: its `remove_sym_nodes` pass replaces each size argument (a SymInt
+    placeholder dynamo adds for a dynamic dimension, recorded as `x.size()[i]`) by `sym_size(x, i)`,
+    finding `x` through `source.base.local_name`. A tensor that came through a list or a dict
+    (`tensors[0]`, `**kwargs`: HF decode steps, a Sequential with `mark_dynamic`) has no local name,
+    and the pass raises AttributeError, so the graph went to the fallback. This does that
+    replacement first, matching the tensor by its source, and drops the source record of those size
+    arguments, which the pass then leaves alone (and removes, once unused). Exact: the same size,
+    read from the tensor. Returns a note per size argument. Mutates `gm` (a copy)."""
+    placeholders = [n for n in gm.graph.nodes if n.op == "placeholder"]
+    tensors: dict[Any, torch.fx.Node] = {}
+    for node in placeholders:
+        source = getattr(node.meta.get("grapharg"), "source", None)
+        if source is not None and isinstance(meta_value(node), torch.Tensor):
+            try:
+                tensors[source] = node
+            except TypeError:  # an unhashable source: not one to match
+                pass
+    first_op = next((n for n in gm.graph.nodes if n.op != "placeholder"), None)
+    notes = []
+    for node in placeholders:
+        source = getattr(node.meta.get("grapharg"), "source", None)
+        base = getattr(source, "base", None)
+        if base is None or hasattr(base, "local_name") or not isinstance(getattr(source, "idx", None), int):
+            continue  # Torch-TensorRT finds these itself
+        try:
+            tensor = tensors.get(base)
+        except TypeError:
+            tensor = None
+        if tensor is not None and node.users and first_op is not None:
+            with gm.graph.inserting_before(first_op):
+                size = gm.graph.call_function(torch.ops.aten.sym_size.int, (tensor, source.idx))
+            size.meta["val"] = meta_value(node)
+            node.replace_all_uses_with(size)
+        node.meta = {k: v for k, v in node.meta.items() if k != "grapharg"}
+        notes.append(f"size argument {node.name} ({source.name}) read from its tensor"
+                     if tensor is not None else f"size argument {node.name} ({source.name}) passed as is")
+    if notes:
+        gm.graph.lint()
+        gm.recompile()
+    return notes
+
+
+def unread_numbers_dropped(gm: torch.fx.GraphModule, inputs: list[Any]) -> int:
+    """For Torch-TensorRT 2.11: its `remove_sym_nodes` pass erases the SymInt placeholders nothing
+    reads and pops each one's example input by the placeholder's position, counted before any was
+    popped, so with two or more it pops the wrong inputs or past the end (`IndexError: pop index
+    out of range`: Mistral's decode step on an H200, session 17, after its sizes were read from
+    their tensors). This drops them first, from `gm` and from `inputs` alike (the caller's
+    select_kept then passes only the arguments kept). Returns how many were dropped."""
+    placeholders = [n for n in gm.graph.nodes if n.op == "placeholder"]
+    unread = [i for i, node in enumerate(placeholders) if not node.users and i < len(inputs)
+              and isinstance(meta_value(node), NUMBERS)]
+    for i in reversed(unread):
+        gm.graph.erase_node(placeholders[i])
+        del inputs[i]
+    if unread:
+        gm.graph.lint()
+        gm.recompile()
+    return len(unread)
 
 
 def _post_lowering_passes() -> Any:

@@ -49,10 +49,8 @@ Each rewrite changes how a value is represented, never what is computed:
   left PyTorch between engines (Qwen2's decode step on an H200, session 18: three engines instead
   of one); ``+`` on numbers it converts.
 
-And two for Torch-TensorRT 2.11 itself, applied by its delegate: a size argument dynamo adds for
-a dynamic dimension is computed from its tensor instead, where that tensor came through a list or
-a dict (`sizes_from_their_tensors`); and number arguments the graph no longer reads are dropped
-before it sees them (`unread_numbers_dropped`).
+What the Torch-TensorRT delegate alone does for Torch-TensorRT 2.11's own passes is in
+lowering.py.
 """
 
 from __future__ import annotations
@@ -65,9 +63,9 @@ from typing import Any, NamedTuple, Sequence
 import torch
 import torch.fx
 
-from .graphinfo import IN_PYTORCH, NUMBERS, ArgInfo, Role, attention_mask, is_attention, meta_value, set_attention_mask, size_bounds, storage_of
+from .graphinfo import IN_PYTORCH, ArgInfo, Role, attention_mask, is_attention, meta_value, set_attention_mask, size_bounds, storage_of
 
-__all__ = ["rewrite_for_tensorrt", "sizes_from_their_tensors", "unread_numbers_dropped", "pin_state_scalars", "Pin"]
+__all__ = ["rewrite_for_tensorrt", "pin_state_scalars", "Pin"]
 
 _INT32_ROWS = 2**31 - 1
 # embedding call -> (position of the indices, position of the table) among its arguments
@@ -523,49 +521,6 @@ def _promoted(tensors: Sequence[Any]) -> torch.dtype | None:
     return functools.reduce(torch.promote_types, dtypes)
 
 
-def sizes_from_their_tensors(gm: torch.fx.GraphModule) -> list[str]:
-    """For Torch-TensorRT 2.11: its `remove_sym_nodes` pass replaces each size argument (a SymInt
-    placeholder dynamo adds for a dynamic dimension, recorded as `x.size()[i]`) by `sym_size(x, i)`,
-    finding `x` through `source.base.local_name`. A tensor that came through a list or a dict
-    (`tensors[0]`, `**kwargs`: HF decode steps, a Sequential with `mark_dynamic`) has no local name,
-    and the pass raises AttributeError, so the graph went to the fallback. This does that
-    replacement first, matching the tensor by its source, and drops the source record of those size
-    arguments, which the pass then leaves alone (and removes, once unused). Exact: the same size,
-    read from the tensor. Returns a note per size argument. Mutates `gm` (a copy)."""
-    placeholders = [n for n in gm.graph.nodes if n.op == "placeholder"]
-    tensors: dict[Any, torch.fx.Node] = {}
-    for node in placeholders:
-        source = getattr(node.meta.get("grapharg"), "source", None)
-        if source is not None and isinstance(meta_value(node), torch.Tensor):
-            try:
-                tensors[source] = node
-            except TypeError:  # an unhashable source: not one to match
-                pass
-    first_op = next((n for n in gm.graph.nodes if n.op != "placeholder"), None)
-    notes = []
-    for node in placeholders:
-        source = getattr(node.meta.get("grapharg"), "source", None)
-        base = getattr(source, "base", None)
-        if base is None or hasattr(base, "local_name") or not isinstance(getattr(source, "idx", None), int):
-            continue  # Torch-TensorRT finds these itself
-        try:
-            tensor = tensors.get(base)
-        except TypeError:
-            tensor = None
-        if tensor is not None and node.users and first_op is not None:
-            with gm.graph.inserting_before(first_op):
-                size = gm.graph.call_function(torch.ops.aten.sym_size.int, (tensor, source.idx))
-            size.meta["val"] = meta_value(node)
-            node.replace_all_uses_with(size)
-        node.meta = {k: v for k, v in node.meta.items() if k != "grapharg"}
-        notes.append(f"size argument {node.name} ({source.name}) read from its tensor"
-                     if tensor is not None else f"size argument {node.name} ({source.name}) passed as is")
-    if notes:
-        gm.graph.lint()
-        gm.recompile()
-    return notes
-
-
 def _reads_placeholders(node: torch.fx.Node) -> bool:
     """Whether a value depends on the graph's inputs or state, or only on constants and factory
     calls (which Torch-TensorRT folds into constants)."""
@@ -591,22 +546,3 @@ def _as_int32(value: torch.Tensor) -> Any:
         return None
     with mode:
         return value.to(torch.int32)
-
-
-def unread_numbers_dropped(gm: torch.fx.GraphModule, inputs: list[Any]) -> int:
-    """For Torch-TensorRT 2.11: its `remove_sym_nodes` pass erases the SymInt placeholders nothing
-    reads and pops each one's example input by the placeholder's position, counted before any was
-    popped, so with two or more it pops the wrong inputs or past the end (`IndexError: pop index
-    out of range`: Mistral's decode step on an H200, session 17, after its sizes were read from
-    their tensors). This drops them first, from `gm` and from `inputs` alike (the caller's
-    select_kept then passes only the arguments kept). Returns how many were dropped."""
-    placeholders = [n for n in gm.graph.nodes if n.op == "placeholder"]
-    unread = [i for i, node in enumerate(placeholders) if not node.users and i < len(inputs)
-              and isinstance(meta_value(node), NUMBERS)]
-    for i in reversed(unread):
-        gm.graph.erase_node(placeholders[i])
-        del inputs[i]
-    if unread:
-        gm.graph.lint()
-        gm.recompile()
-    return len(unread)
