@@ -193,7 +193,8 @@ def tagging(gm, example_inputs, *, device, settings):
 class TensorsOnly:
     """Stands in for Torch-TensorRT 2.11 where numbers meet it (H200, sessions 16 and 17): a number
     input that is no tensor's size makes it raise (its remove_sym_nodes reads
-    `source.base.local_name` and `source.idx`), it has no converter for `torch.sym_max`, and its
+    `source.base.local_name` and `source.idx`), it has no converter for `torch.sym_max` nor
+    `torch.sym_sum` (H200, session 18), and its
     engines hand numbers back as tensors. It gets the graph as trt_multidev's Torch-TensorRT
     delegate hands it over (sizes read from their tensors, unread number arguments dropped) and
     runs it as it is otherwise."""
@@ -219,8 +220,8 @@ class TensorsOnly:
                                   if isinstance(n.meta.get("example_value", n.meta.get("val")), (int, torch.SymInt))]
         for node in gm.graph.nodes:  # placeholders nothing reads: dropped above, when prepared
             source = getattr(node.meta.get("grapharg"), "source", None)
-            if node.op == "call_function" and node.target is torch.sym_max:  # its partitioner leaves it out
-                raise RuntimeError("stand-in: no converter for torch.sym_max")
+            if node.op == "call_function" and node.target in (torch.sym_max, torch.sym_sum):  # no converters:
+                raise RuntimeError(f"stand-in: no converter for {node.target.__name__}")  # its partitioner leaves them out
             if node.op == "placeholder" and node.users and source is not None and node.type is torch.SymInt and not (
                     hasattr(getattr(source, "base", None), "local_name") and isinstance(getattr(source, "idx", None), int)):
                 raise AttributeError(f"{type(getattr(source, 'base', None)).__name__!r} object has no attribute 'local_name'")
