@@ -157,3 +157,30 @@ def test_number_arguments_nothing_reads_are_dropped_with_their_inputs():
     assert all(isinstance(e, torch.Tensor) for e in examples)  # what is left lines up with the tensors
     torch.testing.assert_close(gm(x, y)[0], x * 2 + y.sum())
     assert unread_numbers_dropped(gm, examples) == 0
+
+
+def test_the_pass_is_in_torch_tensorrts_list_only_while_builds_run(monkeypatch):
+    """Torch-TensorRT's list of passes after its export (a torch.fx PassManager, as its
+    DynamoPassManager is): the pass goes in right after Torch-TensorRT's own removal of copies,
+    stays while any build is inside, and leaves when the last one ends, an error included."""
+    from torch.fx.passes.infra.pass_manager import PassManager
+
+    from trt_multidev_backend import lowering
+
+    def remove_input_alias_fixing_clones(gm, settings):
+        return gm
+
+    def constant_fold(gm, settings):
+        return gm
+
+    manager = PassManager([remove_input_alias_fixing_clones, constant_fold])
+    monkeypatch.setattr(lowering, "_post_lowering_passes", lambda: manager)
+    with lowering.added_to_lowering():
+        assert manager.passes == [remove_input_alias_fixing_clones, input_copies_dropped, constant_fold]
+        with lowering.added_to_lowering():  # a second build meanwhile (another thread, a nested build)
+            pass
+        assert input_copies_dropped in manager.passes
+    assert manager.passes == [remove_input_alias_fixing_clones, constant_fold]
+    with pytest.raises(RuntimeError), lowering.added_to_lowering():
+        raise RuntimeError("a failed build")
+    assert manager.passes == [remove_input_alias_fixing_clones, constant_fold]
