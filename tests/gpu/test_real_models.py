@@ -163,6 +163,7 @@ GENERATE = {  # sliding windows (64) longer than the 16 + 12 tokens: the cache k
     "mistral": lambda: _family("mistral", sliding_window=64, initializer_range=0.1),
     "gemma2": lambda: _family("gemma2", head_dim=32, sliding_window=64, initializer_range=0.1),
     "qwen2": lambda: _family("qwen2", initializer_range=0.1),
+    "llama": lambda: _family("llama", initializer_range=0.1),  # torch.sym_sum too (CPU, session 18)
 }
 
 
