@@ -42,39 +42,6 @@ _lock = threading.Lock()
 _builds = 0  # builds inside `added_to_lowering` now: the pass leaves the list when the last ends
 
 
-def input_copies_dropped(gm: torch.fx.GraphModule, settings: Any = None) -> torch.fx.GraphModule:
-    """Readers of a plain copy of a graph input read the input instead; returns `gm`.
-
-    Only where nothing writes in place to the input or to the copy, and the copy is no output of
-    the graph (Torch-TensorRT's own pass keeps those for the same reason). A copy with a memory
-    format is kept: it may be the one place a layout is made contiguous."""
-    dropped = 0
-    output = next(n for n in gm.graph.nodes if n.op == "output")
-    for node in list(gm.graph.nodes):
-        if node.op != "placeholder" or _written(node):
-            continue
-        for copy in [u for u in node.users if u.target is _CLONE and not u.kwargs]:
-            if output in copy.users or _written(copy):
-                continue
-            copy.replace_all_uses_with(node)
-            gm.graph.erase_node(copy)
-            dropped += 1
-    if dropped:
-        gm.graph.lint()
-        gm.recompile()
-        log.debug("dropped %d copies of graph inputs that Torch-TensorRT's own pass kept", dropped)
-    return gm
-
-
-def _written(node: torch.fx.Node) -> bool:
-    """Whether an in-place op (a mutable schema: ``add_``, ``copy_``) takes `node`."""
-    for user in node.users:
-        schema = getattr(user.target, "_schema", None)
-        if schema is not None and schema.is_mutable:
-            return True
-    return False
-
-
 def sizes_from_their_tensors(gm: torch.fx.GraphModule) -> list[str]:
     """For Torch-TensorRT 2.11: its `remove_sym_nodes` pass replaces each size argument (a SymInt
     placeholder dynamo adds for a dynamic dimension, recorded as `x.size()[i]`) by `sym_size(x, i)`,
@@ -135,6 +102,39 @@ def unread_numbers_dropped(gm: torch.fx.GraphModule, inputs: list[Any]) -> int:
         gm.graph.lint()
         gm.recompile()
     return len(unread)
+
+
+def input_copies_dropped(gm: torch.fx.GraphModule, settings: Any = None) -> torch.fx.GraphModule:
+    """Readers of a plain copy of a graph input read the input instead; returns `gm`.
+
+    Only where nothing writes in place to the input or to the copy, and the copy is no output of
+    the graph (Torch-TensorRT's own pass keeps those for the same reason). A copy with a memory
+    format is kept: it may be the one place a layout is made contiguous."""
+    dropped = 0
+    output = next(n for n in gm.graph.nodes if n.op == "output")
+    for node in list(gm.graph.nodes):
+        if node.op != "placeholder" or _written(node):
+            continue
+        for copy in [u for u in node.users if u.target is _CLONE and not u.kwargs]:
+            if output in copy.users or _written(copy):
+                continue
+            copy.replace_all_uses_with(node)
+            gm.graph.erase_node(copy)
+            dropped += 1
+    if dropped:
+        gm.graph.lint()
+        gm.recompile()
+        log.debug("dropped %d copies of graph inputs that Torch-TensorRT's own pass kept", dropped)
+    return gm
+
+
+def _written(node: torch.fx.Node) -> bool:
+    """Whether an in-place op (a mutable schema: ``add_``, ``copy_``) takes `node`."""
+    for user in node.users:
+        schema = getattr(user.target, "_schema", None)
+        if schema is not None and schema.is_mutable:
+            return True
+    return False
 
 
 def _post_lowering_passes() -> Any:
