@@ -93,12 +93,7 @@ def _record_failing_graphs(sections: list[str]) -> None:
     original = TorchTensorRTDelegate.failing_op
 
     def failing_op(exc: BaseException) -> str | None:
-        tb, node = exc.__traceback__, None
-        while tb is not None:
-            current = getattr(tb.tb_frame.f_locals.get("self"), "_cur_node", None)
-            if isinstance(current, torch.fx.Node):
-                node = current
-            tb = tb.tb_next
+        node = TorchTensorRTDelegate.failing_node(exc)
         if node is not None:
             users = ", ".join(f"{u.name} ({u.op})" for u in node.users)
             inputs = ", ".join(f"{a.name} ({a.op})" for a in node.all_input_nodes)

@@ -288,6 +288,7 @@ def test_the_op_whose_conversion_failed_is_found_in_the_traceback():
         TRTInterpreter().run_node(node)
     except RuntimeError as exc:
         assert TorchTensorRTDelegate.failing_op(exc) == "torch.ops.aten.embedding.default"
+        assert TorchTensorRTDelegate.failing_node(exc) is node  # with its graph: what the probe dumps
     try:
         raise RuntimeError("builder failed")  # no node being converted: not one op's failure
     except RuntimeError as exc:

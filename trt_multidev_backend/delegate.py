@@ -337,13 +337,10 @@ class TorchTensorRTDelegate:
         return None
 
     @staticmethod
-    def failing_op(exc: BaseException) -> str | None:
-        """The op whose conversion raised `exc`, as Torch-TensorRT's torch_executed_ops names it
-        ("torch.ops.aten.embedding.default"), or None when no node was being converted (then the
-        failure is not one op's). Torch-TensorRT attaches nothing to the exception, but its
-        interpreter's frame in the traceback holds the node it was converting."""
-        from torch.fx.node import _get_qualified_name
-
+    def failing_node(exc: BaseException) -> torch.fx.Node | None:
+        """The node Torch-TensorRT was converting when it raised `exc`, in the graph it converts
+        (after its own lowering and partitioning), or None. Torch-TensorRT attaches nothing to the
+        exception, but its interpreter's frame in the traceback holds that node."""
         node = None
         tb = exc.__traceback__
         while tb is not None:
@@ -351,6 +348,16 @@ class TorchTensorRTDelegate:
             if isinstance(current, torch.fx.Node):
                 node = current
             tb = tb.tb_next
+        return node
+
+    @staticmethod
+    def failing_op(exc: BaseException) -> str | None:
+        """The op whose conversion raised `exc`, as Torch-TensorRT's torch_executed_ops names it
+        ("torch.ops.aten.embedding.default"), or None when no node was being converted (then the
+        failure is not one op's)."""
+        from torch.fx.node import _get_qualified_name
+
+        node = TorchTensorRTDelegate.failing_node(exc)
         if node is None or node.op != "call_function":
             return None
         try:
