@@ -5,7 +5,8 @@ build went, for Mistral and Gemma 2 (the configs of tests/gpu/test_real_models.p
     python benchmarks/decode_graph_probe.py --out DIR [--models mistral,gemma2,qwen2] [--device cuda:0]
                                             [--keep-unread-numbers]
 
-Writes DIR/<model>.txt (one section per graph) and DIR/<model>.json (tokens equal, graphs,
+Writes DIR/<model>.txt (one section per graph, plus the graph a converter raised in and what
+Torch-TensorRT's partitioner left out, where either happened) and DIR/<model>.json (tokens equal, graphs,
 fallbacks, what ran in PyTorch). Runs with the real Torch-TensorRT delegate; on a machine without
 one, --delegate picks another (`tests/_delegates.py:run_graph` names the CPU stand-in).
 --keep-unread-numbers hands Torch-TensorRT the number arguments nothing reads, as before session 17
@@ -104,6 +105,23 @@ def _record_failing_graphs(sections: list[str]) -> None:
     TorchTensorRTDelegate.failing_op = staticmethod(failing_op)
 
 
+def _record_partitions(sections: list[str]) -> None:
+    """Torch-TensorRT's partitioner summary wherever it left ops out of its engines ("Unsupported or
+    Excluded Nodes", logged at debug level): which ops split a graph (torch.sym_sum, session 18)."""
+
+    class _Partitions(logging.Handler):
+        def emit(self, record: logging.LogRecord) -> None:
+            message = record.getMessage()
+            if "Unsupported or Excluded Nodes" in message:
+                left = message.split("Unsupported or Excluded Nodes", 1)[1].strip(" :\n")
+                if left:
+                    sections.append("== Torch-TensorRT's partitioner left out:\n" + left[:4000])
+
+    partitioning = logging.getLogger("torch_tensorrt.dynamo.partitioning")
+    partitioning.setLevel(logging.DEBUG)  # a probe: this logger only, for its summary
+    partitioning.addHandler(_Partitions(logging.DEBUG))
+
+
 def main() -> int:
     parser = argparse.ArgumentParser()
     parser.add_argument("--out", required=True)
@@ -132,6 +150,7 @@ def main() -> int:
 
     _pipeline.numbers_in_pytorch = spy
     _record_failing_graphs(sections)
+    _record_partitions(sections)
     warned: list[str] = []
 
     class _Warnings(logging.Handler):
