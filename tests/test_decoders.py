@@ -1,7 +1,8 @@
-"""Hugging Face decoders' generate() with a KV cache, on the CPU, through a delegate that meets
-numbers as Torch-TensorRT 2.11 does (tests/_delegates.py TensorsOnly). Their decode steps hand the
-backend what broke on the GPU: the sliding-window cache's length as a number (fixed by dynamo to a
-constant, or equal to the cached keys' length), `torch.sym_max` over it, and numbers returned."""
+"""Hugging Face decoders' generate() with a KV cache (the eight families of the GPU suite), on the
+CPU, through a delegate that meets numbers as Torch-TensorRT 2.11 does (tests/_delegates.py
+TensorsOnly). Their decode steps hand the backend what broke on the GPU: the sliding-window cache's
+length as a number (fixed by dynamo to a constant, or equal to the cached keys' length),
+`torch.sym_max` over it, numbers returned, and `torch.sym_sum` (the cached values' length)."""
 
 from __future__ import annotations
 
@@ -20,10 +21,17 @@ FAMILIES = {
     "gemma2": {"head_dim": 16, "sliding_window": 16},
     "qwen2": {},
     "llama": {},
+    "qwen3": {"head_dim": 16},
+    "gemma": {"head_dim": 16},
+    "phi3": {"pad_token_id": 0},
+    "gpt2": None,  # its own config names
 }
 
 
 def _lm(family: str) -> torch.nn.Module:
+    if family == "gpt2":
+        return transformers.GPT2LMHeadModel(transformers.GPT2Config(
+            n_layer=2, n_embd=64, n_head=4, vocab_size=100, n_positions=64, initializer_range=0.1)).eval()
     config = transformers.AutoConfig.for_model(
         family, hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=4,
         num_key_value_heads=2, vocab_size=100, max_position_embeddings=64, initializer_range=0.1,
