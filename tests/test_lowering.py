@@ -162,8 +162,9 @@ def test_number_arguments_nothing_reads_are_dropped_with_their_inputs():
 def test_the_pass_is_in_torch_tensorrts_list_only_while_builds_run(monkeypatch):
     """Torch-TensorRT's list of passes after its export (a torch.fx PassManager, as its
     DynamoPassManager is): the pass goes in right after Torch-TensorRT's own removal of copies,
-    stays while any build is inside, and leaves when the last one ends, an error included."""
-    from torch.fx.passes.infra.pass_manager import PassManager
+    stays while any build is inside, and leaves when the last one ends, an error included; the
+    list is replaced, not changed, so another thread going through it is not disturbed."""
+    from torch.fx.passes.pass_manager import PassManager  # what Torch-TensorRT's DynamoPassManager extends
 
     from trt_multidev_backend import lowering
 
@@ -175,8 +176,10 @@ def test_the_pass_is_in_torch_tensorrts_list_only_while_builds_run(monkeypatch):
 
     manager = PassManager([remove_input_alias_fixing_clones, constant_fold])
     monkeypatch.setattr(lowering, "_post_lowering_passes", lambda: manager)
+    before = manager.passes
     with lowering.added_to_lowering():
         assert manager.passes == [remove_input_alias_fixing_clones, input_copies_dropped, constant_fold]
+        assert before == [remove_input_alias_fixing_clones, constant_fold]  # a list being gone through stays
         with lowering.added_to_lowering():  # a second build meanwhile (another thread, a nested build)
             pass
         assert input_copies_dropped in manager.passes

@@ -158,11 +158,14 @@ def added_to_lowering() -> Iterator[None]:
     if manager is None:
         yield
         return
+    # The list is replaced, never changed in place: a build of plain torch_tensorrt on another
+    # thread that is going through the old list meanwhile neither skips nor repeats a pass.
     with _lock:
-        if input_copies_dropped not in manager.passes:
-            after = [i for i, p in enumerate(manager.passes)
-                     if getattr(p, "__name__", "") == "remove_input_alias_fixing_clones"]
-            manager.passes.insert(after[0] + 1 if after else 0, input_copies_dropped)
+        passes = list(manager.passes)
+        if input_copies_dropped not in passes:
+            after = [i for i, p in enumerate(passes) if getattr(p, "__name__", "") == "remove_input_alias_fixing_clones"]
+            passes.insert(after[0] + 1 if after else 0, input_copies_dropped)
+            _replace(manager, passes)
         _builds += 1
     try:
         yield
@@ -170,4 +173,12 @@ def added_to_lowering() -> Iterator[None]:
         with _lock:
             _builds -= 1
             if not _builds and input_copies_dropped in manager.passes:
-                manager.passes.remove(input_copies_dropped)
+                _replace(manager, [p for p in manager.passes if p is not input_copies_dropped])
+
+
+def _replace(manager: Any, passes: list) -> None:
+    """Give `manager` (a torch.fx PassManager) a new list of passes, as Torch-TensorRT's own
+    `insert_debug_pass_before` does: checked again against its constraints at the next call."""
+    manager.passes = passes
+    if hasattr(manager, "_validated"):
+        manager._validated = False
