@@ -477,7 +477,7 @@ def time_rounds(calls: dict[str, Callable[[], Any]], dev: torch.device, iters: i
 
 
 def run_model(name: str, dev: torch.device, backends: Sequence[str], trt_options: dict[str, Any],
-              iters: int, rounds: int, generate: bool) -> dict[str, Any]:
+              iters: int, rounds: int, generate_runs: int) -> dict[str, Any]:
     started = time.perf_counter()
     seed_everything()
     try:
@@ -498,10 +498,10 @@ def run_model(name: str, dev: torch.device, backends: Sequence[str], trt_options
         rows["trt_multidev"]["stats"] = device_stats(dev)
         rows["trt_multidev"]["ops"] = share_summary(graphs)
     del calls
-    if generate and case.lm is not None:
+    if generate_runs and case.lm is not None:
         free_memory()  # the latency phase's compiled graphs and engines go first
         result["generate"] = run_generate(case.lm, case.vocab, dev, [b for b in backends if b in GENERATE_BACKENDS],
-                                          trt_options)
+                                          trt_options, generate_runs)
     result["current_device_after"] = f"cuda:{torch.cuda.current_device()}"  # did anything leave it switched?
     result["wall_s"] = round(time.perf_counter() - started, 1)
     return result
@@ -520,7 +520,7 @@ def timed_generate(lm: nn.Module, prompt: torch.Tensor, dev: torch.device) -> tu
 
 
 def run_generate(lm: nn.Module, vocab: int, dev: torch.device, backends: Sequence[str],
-                 trt_options: dict[str, Any]) -> dict[str, Any]:
+                 trt_options: dict[str, Any], runs: int = GENERATE_RUNS) -> dict[str, Any]:
     """generate() with each backend's compiled forward; eager (first) is the reference."""
     seed_everything()
     prompt = _token_ids(vocab, (1, PROMPT_TOKENS), dev)
@@ -539,7 +539,7 @@ def run_generate(lm: nn.Module, vocab: int, dev: torch.device, backends: Sequenc
                 lm.forward = torch.compile(lm.forward)
             tokens, first_s = timed_generate(lm, prompt, dev)
             row["first_run_s"] = round(first_s, 3)
-            runs = [timed_generate(lm, prompt, dev) for _ in range(GENERATE_RUNS)]
+            runs = [timed_generate(lm, prompt, dev) for _ in range(max(1, runs))]
             row["new_tokens"] = tokens.shape[1]
             row["ms_per_token"] = round(statistics.median(s for _, s in runs) * 1000 / NEW_TOKENS, 3)
             row["runs_ms_per_token"] = [round(s * 1000 / NEW_TOKENS, 3) for _, s in runs]
@@ -680,6 +680,8 @@ def main() -> int:
     parser.add_argument("--device", default=None, help="cuda:N for model and inputs (default: see the docstring)")
     parser.add_argument("--min-block-size", type=int, default=1, help="min_block_size for both TensorRT backends")
     parser.add_argument("--skip-generate", action="store_true", help="no generate() runs for the causal LMs")
+    parser.add_argument("--generate-runs", type=int, default=GENERATE_RUNS,
+                        help=f"timed generate() calls per backend after the first (default {GENERATE_RUNS})")
     parser.add_argument("--options", default="{}", type=json.loads,
                         help='more trt_multidev options, as JSON (e.g. \'{"trt": {"attn_bias_is_causal": true}}\')')
     args = parser.parse_args()
@@ -700,7 +702,7 @@ def main() -> int:
         "settings": {"backends": backends, "iters": args.iters, "rounds": args.rounds, "warmup": WARMUP,
                      "trt_multidev_options": trt_options, "torch_tensorrt_options":
                          {"device": str(dev), "min_block_size": args.min_block_size},
-                     "generate": not args.skip_generate, "seed": SEED},
+                     "generate": not args.skip_generate, "generate_runs": args.generate_runs, "seed": SEED},
         "share_definition": SHARE_DEFINITION,
         "models": {},
     }
@@ -709,7 +711,7 @@ def main() -> int:
         print(f"--- {name}", flush=True)
         try:
             doc["models"][name] = run_model(name, dev, backends, trt_options, args.iters, args.rounds,
-                                            not args.skip_generate)
+                                            0 if args.skip_generate else max(1, args.generate_runs))
         except Exception as exc:  # anything run_model did not expect: keep going with the next model
             doc["models"][name] = {"error": first_line(exc)}
         free_memory()
