@@ -477,7 +477,7 @@ def time_rounds(calls: dict[str, Callable[[], Any]], dev: torch.device, iters: i
 
 
 def run_model(name: str, dev: torch.device, backends: Sequence[str], trt_options: dict[str, Any],
-              iters: int, rounds: int, generate_runs: int) -> dict[str, Any]:
+              iters: int, rounds: int, generate_runs: int, cache: str | None = None) -> dict[str, Any]:
     started = time.perf_counter()
     seed_everything()
     try:
@@ -491,40 +491,44 @@ def run_model(name: str, dev: torch.device, backends: Sequence[str], trt_options
         "backends": rows,
     }
     graphs: list[dict[str, Any]] = []
-    with torch.no_grad():
-        calls = compile_all(case, dev, backends, trt_options, graphs, rows)
-        time_rounds(calls, dev, iters, rounds, rows)
-    if "trt_multidev" in rows:
-        rows["trt_multidev"]["stats"] = device_stats(dev)
-        rows["trt_multidev"]["ops"] = share_summary(graphs)
-    del calls
+    if iters > 0:  # 0: generate() only
+        with torch.no_grad():
+            calls = compile_all(case, dev, backends, trt_options, graphs, rows)
+            time_rounds(calls, dev, iters, rounds, rows)
+        if "trt_multidev" in rows:
+            rows["trt_multidev"]["stats"] = device_stats(dev)
+            rows["trt_multidev"]["ops"] = share_summary(graphs)
+        del calls
     if generate_runs and case.lm is not None:
         free_memory()  # the latency phase's compiled graphs and engines go first
         result["generate"] = run_generate(case.lm, case.vocab, dev, [b for b in backends if b in GENERATE_BACKENDS],
-                                          trt_options, generate_runs)
+                                          trt_options, generate_runs, cache)
     result["current_device_after"] = f"cuda:{torch.cuda.current_device()}"  # did anything leave it switched?
     result["wall_s"] = round(time.perf_counter() - started, 1)
     return result
 
 
-def timed_generate(lm: nn.Module, prompt: torch.Tensor, dev: torch.device) -> tuple[torch.Tensor, float]:
-    """The new tokens of one greedy generate() call and its wall seconds."""
+def timed_generate(lm: nn.Module, prompt: torch.Tensor, dev: torch.device,
+                   cache: str | None = None) -> tuple[torch.Tensor, float]:
+    """The new tokens of one greedy generate() call and its wall seconds. `cache`: transformers'
+    cache_implementation ("static": the static KV cache), None for its default (DynamicCache)."""
     stop = lm.config.vocab_size - 1
+    extra = {} if cache is None else {"cache_implementation": cache}
     torch.cuda.synchronize(dev)
     start = time.perf_counter()
     out = lm.generate(prompt, attention_mask=torch.ones_like(prompt), max_new_tokens=NEW_TOKENS,
                       min_new_tokens=NEW_TOKENS, do_sample=False, use_cache=True, pad_token_id=stop,
-                      eos_token_id=stop)
+                      eos_token_id=stop, **extra)
     torch.cuda.synchronize(dev)
     return out[:, prompt.shape[1]:], time.perf_counter() - start
 
 
 def run_generate(lm: nn.Module, vocab: int, dev: torch.device, backends: Sequence[str],
-                 trt_options: dict[str, Any], runs: int = GENERATE_RUNS) -> dict[str, Any]:
+                 trt_options: dict[str, Any], repeats: int = GENERATE_RUNS, cache: str | None = None) -> dict[str, Any]:
     """generate() with each backend's compiled forward; eager (first) is the reference."""
     seed_everything()
     prompt = _token_ids(vocab, (1, PROMPT_TOKENS), dev)
-    result: dict[str, Any] = {"method": GENERATE_METHOD, "backends": {}}
+    result: dict[str, Any] = {"method": GENERATE_METHOD, "cache_implementation": cache, "backends": {}}
     reference: torch.Tensor | None = None
     for backend in backends:
         row = result["backends"][backend] = {}
@@ -537,9 +541,9 @@ def run_generate(lm: nn.Module, vocab: int, dev: torch.device, backends: Sequenc
                 lm.forward = torch.compile(lm.forward, backend=counting_backend(trt_options, graphs))
             elif backend == "inductor":
                 lm.forward = torch.compile(lm.forward)
-            tokens, first_s = timed_generate(lm, prompt, dev)
+            tokens, first_s = timed_generate(lm, prompt, dev, cache)
             row["first_run_s"] = round(first_s, 3)
-            runs = [timed_generate(lm, prompt, dev) for _ in range(max(1, runs))]
+            runs = [timed_generate(lm, prompt, dev, cache) for _ in range(max(1, repeats))]
             row["new_tokens"] = tokens.shape[1]
             row["ms_per_token"] = round(statistics.median(s for _, s in runs) * 1000 / NEW_TOKENS, 3)
             row["runs_ms_per_token"] = [round(s * 1000 / NEW_TOKENS, 3) for _, s in runs]
@@ -680,6 +684,9 @@ def main() -> int:
     parser.add_argument("--device", default=None, help="cuda:N for model and inputs (default: see the docstring)")
     parser.add_argument("--min-block-size", type=int, default=1, help="min_block_size for both TensorRT backends")
     parser.add_argument("--skip-generate", action="store_true", help="no generate() runs for the causal LMs")
+    parser.add_argument("--cache", default=None, choices=["static"],
+                        help="generate()'s cache_implementation (default: transformers' DynamicCache)")
+    parser.add_argument("--skip-forward", action="store_true", help="only generate() (no latency rounds)")
     parser.add_argument("--generate-runs", type=int, default=GENERATE_RUNS,
                         help=f"timed generate() calls per backend after the first (default {GENERATE_RUNS})")
     parser.add_argument("--options", default="{}", type=json.loads,
@@ -702,7 +709,8 @@ def main() -> int:
         "settings": {"backends": backends, "iters": args.iters, "rounds": args.rounds, "warmup": WARMUP,
                      "trt_multidev_options": trt_options, "torch_tensorrt_options":
                          {"device": str(dev), "min_block_size": args.min_block_size},
-                     "generate": not args.skip_generate, "generate_runs": args.generate_runs, "seed": SEED},
+                     "generate": not args.skip_generate, "generate_runs": args.generate_runs,
+                     "cache_implementation": args.cache, "seed": SEED},
         "share_definition": SHARE_DEFINITION,
         "models": {},
     }
@@ -710,8 +718,9 @@ def main() -> int:
     for name in models:
         print(f"--- {name}", flush=True)
         try:
-            doc["models"][name] = run_model(name, dev, backends, trt_options, args.iters, args.rounds,
-                                            0 if args.skip_generate else max(1, args.generate_runs))
+            doc["models"][name] = run_model(name, dev, backends, trt_options, 0 if args.skip_forward else args.iters,
+                                            args.rounds,
+                                            0 if args.skip_generate else max(1, args.generate_runs), args.cache)
         except Exception as exc:  # anything run_model did not expect: keep going with the next model
             doc["models"][name] = {"error": first_line(exc)}
         free_memory()

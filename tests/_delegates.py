@@ -195,9 +195,13 @@ class TensorsOnly:
     input that is no tensor's size makes it raise (its remove_sym_nodes reads
     `source.base.local_name` and `source.idx`), it has no converter for `torch.sym_max` nor
     `torch.sym_sum` (H200, session 18), and its
-    engines hand numbers back as tensors. It gets the graph as trt_multidev's Torch-TensorRT
-    delegate hands it over (sizes read from their tensors, unread number arguments dropped) and
-    runs it as it is otherwise."""
+    engines hand numbers back as tensors. Like Torch-TensorRT 2.11 it runs a functional copy of
+    the graph: an update of an input in place is not written back (H200: after x.add_(1) in the
+    graph, x was unchanged); it runs on copies of the inputs. It gets the graph as trt_multidev's
+    Torch-TensorRT delegate hands it over (sizes read from their tensors, unread number arguments
+    dropped) and runs it as it is otherwise."""
+
+    keeps_in_place_updates = False
 
     def __init__(self, prepared: bool = True) -> None:
         self.prepared = prepared  # False: sizes and unread numbers as dynamo gave them
@@ -227,7 +231,7 @@ class TensorsOnly:
                 raise AttributeError(f"{type(getattr(source, 'base', None)).__name__!r} object has no attribute 'local_name'")
 
         def run(*args):
-            out = gm(*args)
+            out = gm(*(a.clone() if isinstance(a, torch.Tensor) else a for a in args))
             as_tensor = [torch.tensor(o) if isinstance(o, (int, float, bool)) else o for o in out]
             return type(out)(as_tensor) if isinstance(out, (tuple, list)) else out
 

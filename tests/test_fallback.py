@@ -203,9 +203,14 @@ def test_torch_tensorrt_failures_on_dynamic_graphs_say_how_to_bound_the_sizes():
 
 
 class DropsUpdates(EngineLikeDelegate):
-    """A delegate that, like Torch-TensorRT 2.11, would not write in-place updates back."""
+    """A delegate that, like Torch-TensorRT 2.11, would not write in-place updates back: it runs
+    the graph on copies of its inputs."""
 
     keeps_in_place_updates = False
+
+    def __call__(self, gm, example_inputs, *, device, settings):
+        forward = super().__call__(gm, example_inputs, device=device, settings=settings)
+        return lambda *args: forward(*(a.clone() if isinstance(a, torch.Tensor) else a for a in args))
 
 
 class Counting(nn.Module):
@@ -219,11 +224,8 @@ class Counting(nn.Module):
         return self.fc(x)
 
 
-@pytest.mark.parametrize("make, updated", [
-    (lambda: (lambda x: x.add_(1) * 2), "'x'"),
-    (Counting, "'self.seen'"),
-])
-def test_graphs_updating_inputs_or_buffers_in_place_fall_back_where_the_delegate_drops_updates(caplog, make, updated):
+@pytest.mark.parametrize("make", [lambda: (lambda x: x.add_(1) * 2), Counting])
+def test_updates_of_inputs_or_buffers_run_in_pytorch_after_a_delegate_that_drops_them(caplog, make):
     delegate = DropsUpdates()
     fn = make()
     compiled = torch.compile(fn, backend="trt_multidev", options={"delegate": delegate, "device": "cpu"})
@@ -237,9 +239,27 @@ def test_graphs_updating_inputs_or_buffers_in_place_fall_back_where_the_delegate
             torch.testing.assert_close(x, expected_x)  # the update reached the caller's tensor
     if isinstance(fn, Counting):
         assert fn.seen.item() == 2  # and the module's buffer
+    assert len(delegate.calls) == 1 and "add_" not in delegate.calls[0].code  # built once, the update not in it
+    assert warnings_of(caplog) == [] and tm.stats()["cpu"]["fallbacks"] == 0
+
+
+@pytest.mark.parametrize("make, updated, why", [
+    (lambda: (lambda x: x[0].add_(1) * 2), "'x'", "updated through a view"),
+    (lambda: (lambda x: (x.transpose(0, 1), x.mul_(2))[0] + 1), "'x'", "a view of it, is read after an update"),
+    (lambda: (lambda x: x.copy_(x * 3).sum()), "'x'", "has no out-of-place form"),
+])
+def test_updates_that_cannot_move_after_the_delegate_fall_back_with_the_reason(caplog, make, updated, why):
+    delegate = DropsUpdates()
+    fn = make()
+    compiled = torch.compile(fn, backend="trt_multidev", options={"delegate": delegate, "device": "cpu"})
+    x = torch.randn(3, 4)
+    expected_x = x.clone()
+    for _ in range(2):
+        torch.testing.assert_close(compiled(x), fn(expected_x))
+        torch.testing.assert_close(x, expected_x)
     assert delegate.calls == []
     warned = [w for w in warnings_of(caplog) if "in place" in w]
-    assert len(warned) == 1 and updated in warned[0] and "would not write back" in warned[0]
+    assert len(warned) == 1 and updated in warned[0] and why in warned[0] and "would not write back" in warned[0]
     assert tm.stats()["cpu"]["fallbacks"] == 1
 
 

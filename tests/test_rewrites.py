@@ -119,3 +119,33 @@ def test_a_large_mask_expanded_to_the_batch_is_evaluated_by_what_it_stores(fake_
     torch.compile(model, backend="trt_multidev", options={"delegate": delegate})(
         fake(fake_mode, 64, 2048, H * D, device="cuda:1"))
     assert delegate.attention == [(None, True)]
+
+
+class CacheWrite(nn.Module):
+    """A static KV cache's write, as Hugging Face's StaticCache does it (index_copy_ along the
+    sequence dimension), in place on a tensor the graph made, and out of place."""
+
+    def __init__(self, dim: int) -> None:
+        super().__init__()
+        self.dim = dim
+
+    def forward(self, keys, position, new):
+        cache = torch.zeros_like(keys)
+        cache.index_copy_(self.dim, position, new)
+        return cache * 2, keys.index_copy(self.dim, position, new + 1), torch.index_copy(keys, self.dim, position, new)
+
+
+@pytest.mark.parametrize("dim, positions", [(2, [5]), (2, [0, 3, 1]), (-2, [2]), (0, [1, 0])])
+def test_index_copies_reach_the_delegate_as_scatters_with_the_same_results(dim, positions):
+    torch.manual_seed(0)
+    keys = torch.randn(2, 3, 6, 4)
+    position = torch.tensor(positions)
+    shape = list(keys.shape)
+    shape[dim] = len(positions)
+    new = torch.randn(shape)
+    model, delegate = CacheWrite(dim), Recording()
+    out = torch.compile(model, backend="trt_multidev", options={"delegate": delegate, "device": "cpu"})(keys, position, new)
+    for got, want in zip(out, model(keys, position, new)):
+        torch.testing.assert_close(got, want, rtol=0, atol=0)
+    assert "index_copy" not in " ".join(delegate.ops) and delegate.ops.count("scatter_") == 1
+    assert delegate.ops.count("scatter") == 2

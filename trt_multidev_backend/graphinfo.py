@@ -15,7 +15,7 @@ import torch.fx
 
 __all__ = ["IN_PYTORCH", "SYMBOLIC", "NUMBERS", "is_number", "from_sizes", "size_bounds", "source_of", "source_name", "Role", "ArgInfo", "classify_args", "meta_value", "storage_of", "fetch_attr", "attr_tensors", "op_count",
            "symbolic_sizes", "changed_in_place", "writes_in_place", "is_attention", "attention_mask",
-           "set_attention_mask", "target_name"]
+           "set_attention_mask", "target_name", "out_of_place_form", "out_of_place_value", "mutated_args", "WRITTEN_BACK"]
 
 _INPLACE_OPERATORS = {operator.setitem, operator.iadd, operator.isub, operator.imul, operator.itruediv,
                       operator.ifloordiv, operator.imod, operator.ipow, operator.iand, operator.ior,
@@ -159,6 +159,7 @@ def symbolic_sizes(infos: Sequence[ArgInfo]) -> list[str]:
 
 
 IN_PYTORCH = "trt_multidev_in_pytorch"  # node.meta key: why this node must run in PyTorch (segments.py)
+WRITTEN_BACK = "trt_multidev_written_back"  # node.meta key: an input's update done again after the engines (updates.py)
 
 
 def size_bounds(size: Any) -> tuple[int | None, int | None]:
@@ -190,7 +191,7 @@ def _range(size: torch.SymInt) -> str | None:
     return f"in [{low}, {high if str(high) not in ('oo', 'int_oo') else 'inf'}]"
 
 
-def _mutated_args(node: torch.fx.Node) -> list[Any]:
+def mutated_args(node: torch.fx.Node) -> list[Any]:
     """The arguments `node` writes to in place, as far as the graph tells."""
     target = node.target
     written: list[Any] = []
@@ -215,10 +216,54 @@ def _mutated_args(node: torch.fx.Node) -> list[Any]:
     return [a for a in written if isinstance(a, torch.fx.Node)]
 
 
-def writes_in_place(gm: torch.fx.GraphModule) -> bool:
+def writes_in_place(gm: torch.fx.GraphModule, *, written_back: bool = True) -> bool:
     """Whether some op of the graph writes a tensor in place. Such a graph is not cut into pieces
-    compiled apart: a delegate that functionalizes a piece would keep the write inside it."""
-    return any(_mutated_args(n) or n.kwargs.get("inplace") is True for n in gm.graph.nodes)
+    compiled apart: a delegate that functionalizes a piece would keep the write inside it.
+    `written_back=False`: the inputs' updates updates.py put at the end of the graph (read by
+    nothing but each other and the output) do not count."""
+    return any((mutated_args(n) or n.kwargs.get("inplace") is True) and (written_back or not n.meta.get(WRITTEN_BACK))
+               for n in gm.graph.nodes)
+
+
+# in-place operator -> its out-of-place form (call_function targets)
+_OUT_OF_PLACE = {operator.iadd: operator.add, operator.isub: operator.sub, operator.imul: operator.mul,
+                 operator.itruediv: operator.truediv, operator.ifloordiv: operator.floordiv,
+                 operator.imod: operator.mod, operator.ipow: operator.pow, operator.iand: operator.and_,
+                 operator.ior: operator.or_, operator.ixor: operator.xor}
+
+
+def out_of_place_form(node: torch.fx.Node) -> Any:
+    """The out-of-place target of an in-place update (``x.add_(y)`` -> ``"add"``, ``x += y`` ->
+    ``operator.add``), for a node of the same op kind; None for anything else (``copy_`` and
+    ``__setitem__`` have none)."""
+    if node.op == "call_function" and node.target in _OUT_OF_PLACE:
+        return _OUT_OF_PLACE[node.target]
+    if (node.op == "call_method" and isinstance(node.target, str) and node.target.endswith("_")
+            and not node.target.startswith("_") and hasattr(torch.Tensor, node.target[:-1])):
+        return node.target[:-1]
+    return None
+
+
+def out_of_place_value(node: torch.fx.Node, replacement: Any) -> torch.Tensor | None:
+    """The FakeTensor `replacement` gives for `node`'s arguments, where it has the in-place
+    result's dtype and shape (in place keeps the tensor's own dtype; out of place may promote or
+    broadcast); None where it differs or cannot be told."""
+    result = meta_value(node)
+    mode = getattr(result, "fake_mode", None)
+    if not isinstance(result, torch.Tensor) or mode is None:
+        return None
+    args = torch.fx.node.map_arg(node.args, meta_value)
+    kwargs = torch.fx.node.map_arg(node.kwargs, meta_value)
+    try:
+        with mode:
+            out = (replacement(*args, **kwargs) if callable(replacement)
+                   else getattr(args[0], replacement)(*args[1:], **kwargs))
+    except Exception:  # noqa: BLE001 - not something to rewrite
+        return None
+    if not isinstance(out, torch.Tensor) or out.dtype != result.dtype or tuple(map(str, out.shape)) != tuple(
+            map(str, result.shape)):
+        return None
+    return out
 
 
 _ATTENTION = {torch.nn.functional.scaled_dot_product_attention, torch.ops.aten.scaled_dot_product_attention.default}
@@ -267,7 +312,7 @@ def changed_in_place(gm: torch.fx.GraphModule, infos: Sequence[ArgInfo],
             storages[storage] = name
     found: list[str] = []
     for node in gm.graph.nodes:
-        for arg in _mutated_args(node):
+        for arg in mutated_args(node):
             name = inputs.get(arg)
             if name is None:
                 storage = storage_of(arg)

@@ -32,6 +32,7 @@ from .runtime import GuardedCallable
 from .scalars import numbers_in_pytorch
 from .segments import install, split_by_device
 from .specialize import Specialized, static_plan
+from .updates import updates_after_the_engines
 from .notices import Notices, build_failure
 from .settings import Settings, SettingsError, resolve_settings
 
@@ -102,12 +103,16 @@ class TrtMultidevBackend:
         placement = place(gm, infos, plan)
         placement.gm._trt_multidev_name = gm._trt_multidev_name
         changed = [] if getattr(delegate, "keeps_in_place_updates", True) else changed_in_place(gm, infos)
-        if changed:  # nothing silently wrong: the fallback writes the updates, the delegate would not
-            return self._fallback(gm, example_inputs, settings, plan, label, "in-place-update",
-                                  f"the graph updates {', '.join(map(repr, changed))} in place, which the "
-                                  f"{_short(identity)} delegate would not write back",
-                                  "return the new value from the model instead of updating an input or buffer in "
-                                  "place", placement=placement, capture=capture)
+        if changed:  # the updates done in PyTorch after the engines, where that is exact
+            notes, left = updates_after_the_engines(placement.gm, placement.infos_of_copy(infos), changed,
+                                                    placement.passed_as_they_are(settings.input_policy))
+            placement.notes += notes
+            if left:  # nothing silently wrong: the fallback writes the updates, the delegate would not
+                return self._fallback(gm, example_inputs, settings, plan, label, "in-place-update",
+                                      f"the graph updates {', '.join(left)} in place, which the "
+                                      f"{_short(identity)} delegate would not write back",
+                                      "return the new value from the model instead of updating an input or buffer "
+                                      "in place", placement=placement, capture=capture)
         for pin in pin_state_scalars(placement.gm, infos):
             placement.pin(pin.index, pin.name, pin.value, plan.target)
         notes = placement.notes + rewrite_for_tensorrt(placement.gm) + numbers_in_pytorch(placement.gm)

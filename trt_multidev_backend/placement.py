@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import copy
 import logging
+import dataclasses
 from dataclasses import dataclass, field
 from typing import Any, Mapping, Sequence
 
@@ -88,6 +89,21 @@ class Placement:
         self.actions = [a for a in self.actions if a.index != index] + [ArgAction("pinned", index, device, name, value)]
         self.originals.pop(index, None)
         self.notes.append(f"{name}: read with .item(), pinned to {value!r} (checked at every call)")
+
+    def infos_of_copy(self, infos: Sequence[ArgInfo]) -> list[ArgInfo]:
+        """`infos` (of the captured graph) for this placement's copy of it: the same placeholders,
+        in order, as nodes of the copy."""
+        placeholders = [n for n in self.gm.graph.nodes if n.op == "placeholder"]
+        if len(placeholders) != len(infos):
+            raise AssertionError(f"the placed graph has {len(placeholders)} placeholders, the captured one {len(infos)}")
+        return [dataclasses.replace(info, node=placeholders[info.index]) for info in infos]
+
+    def passed_as_they_are(self, input_policy: str) -> set[int]:
+        """The arguments every call hands the graph as the caller's own tensor, never a copy made
+        for it (state copied to the target, inputs the graph moves or input_policy=move would)."""
+        copied = {a.index for a in self.actions
+                  if a.kind in ("move", "state", "pinned") or (a.kind == "check" and input_policy == "move")}
+        return set(range(len(self.example_inputs))) - copied
 
 
 # Known devices of tensor nodes that carry no metadata (graphs from torch.fx.symbolic_trace,

@@ -49,6 +49,11 @@ Each rewrite changes how a value is represented, never what is computed:
   left PyTorch between engines (Qwen2's decode step on an H200, session 18: three engines instead
   of one); ``+`` on numbers it converts.
 
+- ``index_copy`` along a dimension (how Hugging Face's static KV cache writes a step's keys and
+  values) becomes ``scatter`` with the index spread over the source's shape: the same elements
+  put in the same places. Torch-TensorRT 2.11 lowers index_copy to index_put, whose converter
+  failed on it ("Cannot broadcast ...", H200, session 19), and it runs scatter.
+
 What the Torch-TensorRT delegate alone does for Torch-TensorRT 2.11's own passes is in
 lowering.py.
 """
@@ -63,7 +68,8 @@ from typing import Any, NamedTuple, Sequence
 import torch
 import torch.fx
 
-from .graphinfo import IN_PYTORCH, ArgInfo, Role, attention_mask, is_attention, meta_value, set_attention_mask, size_bounds, storage_of
+from .graphinfo import (IN_PYTORCH, ArgInfo, Role, attention_mask, is_attention, meta_value, out_of_place_form,
+                        out_of_place_value, set_attention_mask, size_bounds, storage_of)
 
 __all__ = ["rewrite_for_tensorrt", "pin_state_scalars", "Pin"]
 
@@ -94,7 +100,8 @@ _FACTORIES = (torch.tensor, torch.empty, torch.zeros)
 def rewrite_for_tensorrt(gm: torch.fx.GraphModule) -> list[str]:
     """Apply the rewrites to `gm` in place (a placed copy); returns a note per rewrite."""
     notes = (_drop_eval_dropouts(gm) + _drop_empty_concat_inputs(gm) + _constant_attention_masks(gm)
-             + _fresh_updates_out_of_place(gm) + _slices_within_bounds(gm) + _number_sums_as_adds(gm))
+             + _fresh_updates_out_of_place(gm) + _slices_within_bounds(gm) + _number_sums_as_adds(gm)
+             + _index_copies_as_scatters(gm))
     for node in list(gm.graph.nodes):
         if node.op != "call_function" or node.target not in _EMBEDDINGS:
             continue
@@ -344,24 +351,14 @@ def _erase_unused(gm: torch.fx.GraphModule, node: torch.fx.Node) -> None:
         todo.extend(inputs)
 
 
-_OUT_OF_PLACE = {operator.iadd: operator.add, operator.isub: operator.sub, operator.imul: operator.mul,
-                 operator.itruediv: operator.truediv, operator.ifloordiv: operator.floordiv,
-                 operator.imod: operator.mod, operator.ipow: operator.pow, operator.iand: operator.and_,
-                 operator.ior: operator.or_, operator.ixor: operator.xor}
-
-
 def _fresh_updates_out_of_place(gm: torch.fx.GraphModule) -> list[str]:
     """In-place updates of a tensor the graph made itself, read by nothing but the update and
     sharing its memory with no other value, turned into their out-of-place form where that gives
     the same dtype and shape."""
     notes, storages = [], None
     for node in list(gm.graph.nodes):
-        if node.op == "call_function" and node.target in _OUT_OF_PLACE:
-            replacement: Any = _OUT_OF_PLACE[node.target]
-        elif (node.op == "call_method" and isinstance(node.target, str) and node.target.endswith("_")
-              and not node.target.startswith("_") and hasattr(torch.Tensor, node.target[:-1])):
-            replacement = node.target[:-1]
-        else:
+        replacement = out_of_place_form(node)
+        if replacement is None:
             continue
         written = node.args[0] if node.args else None
         if (not isinstance(written, torch.fx.Node) or written.op not in ("call_function", "call_method")
@@ -372,32 +369,13 @@ def _fresh_updates_out_of_place(gm: torch.fx.GraphModule) -> list[str]:
         storage = storage_of(written)
         if storage is None or storages[storage] > 2:  # a third value sharing it: a view someone reads
             continue
-        if not _same_result(node, replacement):
+        if out_of_place_value(node, replacement) is None:
             continue
         node.target = replacement
         notes.append(f"{node.name}: in-place update of a tensor only it reads made out of place")
     if notes:
         gm.recompile()
     return notes
-
-
-def _same_result(node: torch.fx.Node, replacement: Any) -> bool:
-    """Whether the out-of-place form gives the in-place result's dtype and shape (in place keeps
-    the tensor's own dtype; out of place may promote or broadcast)."""
-    result = meta_value(node)
-    mode = getattr(result, "fake_mode", None)
-    if not isinstance(result, torch.Tensor) or mode is None:
-        return False
-    args = torch.fx.node.map_arg(node.args, meta_value)
-    kwargs = torch.fx.node.map_arg(node.kwargs, meta_value)
-    try:
-        with mode:
-            out = (replacement(*args, **kwargs) if callable(replacement)
-                   else getattr(args[0], replacement)(*args[1:], **kwargs))
-    except Exception:  # noqa: BLE001 - not something to rewrite
-        return False
-    return isinstance(out, torch.Tensor) and out.dtype == result.dtype and tuple(map(str, out.shape)) == tuple(
-        map(str, result.shape))
 
 
 def _slices_within_bounds(gm: torch.fx.GraphModule) -> list[str]:
@@ -468,6 +446,51 @@ def _number_sums_as_adds(gm: torch.fx.GraphModule) -> list[str]:
         node.replace_all_uses_with(total)
         gm.graph.erase_node(node)
         notes.append(f"{node.name}: torch.sym_sum of {len(terms)} numbers as + ({total.name})")
+    return notes
+
+
+_INDEX_COPIES = {"index_copy": "scatter", "index_copy_": "scatter_"}
+
+
+def _index_copies_as_scatters(gm: torch.fx.GraphModule) -> list[str]:
+    """``x.index_copy(d, index, source)`` (and ``index_copy_``, ``torch.index_copy``) becomes
+    ``x.scatter(d, index.view(1, .., -1, .., 1).expand_as(source), source)``: both put
+    ``source.select(d, k)`` at ``index[k]`` along `d` (and leave which one wins undefined where
+    `index` repeats). Torch-TensorRT 2.11 lowers index_copy to index_put, whose converter failed
+    on it ("Cannot broadcast (1, 8, 16, 64) to (16, 1, 8, 64)": a static KV cache's update, H200,
+    session 19); scatter it converts. Updates marked to run in PyTorch stay as they are."""
+    notes = []
+    for node in list(gm.graph.nodes):
+        if node.meta.get(IN_PYTORCH) or node.kwargs:
+            continue
+        if node.op == "call_method" and node.target in _INDEX_COPIES:
+            method = _INDEX_COPIES[node.target]
+        elif node.op == "call_function" and node.target is torch.index_copy:
+            method = "scatter"
+        else:
+            continue
+        if len(node.args) != 4 or not isinstance(node.args[1], int):
+            continue
+        base, dim, index, source = node.args
+        b, i, src = _value(base), _value(index), _value(source)
+        if not (isinstance(b, torch.Tensor) and isinstance(i, torch.Tensor) and isinstance(src, torch.Tensor)
+                and i.dim() == 1 and i.dtype == torch.int64 and b.dim() >= 1 and src.dim() == b.dim()):
+            continue
+        dim = dim % b.dim()
+        shape = [1] * b.dim()
+        shape[dim] = -1
+        mode = getattr(src, "fake_mode", None)
+        with gm.graph.inserting_before(node):
+            view = gm.graph.call_method("view", (index, shape))
+            spread = gm.graph.call_method("expand_as", (view, source))
+        if mode is not None:
+            with mode:
+                view.meta["example_value"] = i.view(shape)
+                spread.meta["example_value"] = view.meta["example_value"].expand_as(src)
+        node.op, node.target, node.args = "call_method", method, (base, dim, spread, source)
+        notes.append(f"{node.name}: index_copy along dimension {dim} as scatter")
+    if notes:
+        gm.recompile()
     return notes
 
 

@@ -86,7 +86,7 @@ def numbers_in_pytorch(gm: torch.fx.GraphModule) -> list[str]:
             continue
         marked.append(node)
     marked += _sizes_read(marked, reads_unconverted)
-    if marked and not writes_in_place(gm):  # moved past a write, a node would read another value
+    if marked and not writes_in_place(gm, written_back=False):  # moved past a write, a node would read another value
         order = {n: i for i, n in enumerate(gm.graph.nodes)}
         _gather(gm, sorted(marked, key=order.__getitem__), output)
     for reason, count in collections.Counter(n.meta[IN_PYTORCH] for n in marked).items():

@@ -217,3 +217,34 @@ def test_generate_gives_eagers_tokens(model):
     passes = _post_lowering_passes()
     assert passes is not None and input_copies_dropped not in passes.passes  # found, and taken out again
     assert torch.cuda.current_device() == 0
+
+
+@pytest.mark.parametrize("model", ["gpt2", "llama"])
+def test_generate_with_a_static_cache_gives_eagers_tokens(model):
+    """generate() with Hugging Face's static KV cache (cache_implementation="static", the cache of
+    its torch.compile guide): each decode step writes its keys and values into the cache tensors
+    in place (index_copy_) and counts their length (add_), which Torch-TensorRT 2.11 would not
+    write back, so these graphs fell back whole. The updates now run in PyTorch after the engine
+    (updates.py): at most 3 ops per layer left to PyTorch, and eager's tokens."""
+    torch.manual_seed(0)
+    lm = GENERATE[model]().eval().half().to(DEVICE)
+    prompt = torch.randint(0, 1000, (1, 16), device=DEVICE)
+    kwargs = dict(attention_mask=torch.ones_like(prompt), max_new_tokens=12, min_new_tokens=12, do_sample=False,
+                  use_cache=True, pad_token_id=999, eos_token_id=999, cache_implementation="static")
+    graphs: list = []
+    torch.cuda.set_device(0)
+    with torch.no_grad():
+        ref = lm.generate(prompt, **kwargs)
+        torch._dynamo.reset()
+        lm.forward = torch.compile(lm.forward, backend=_counting(graphs))
+        try:
+            out = lm.generate(prompt, **kwargs)
+        finally:
+            vars(lm).pop("forward", None)
+    assert torch.equal(out, ref)
+    assert len(graphs) >= 2 and all(g.fallback is None for g in graphs)
+    layers = lm.config.num_hidden_layers
+    left = [pytorch_ops(dynamic_of(g.fn), ENGINE_MODULES) for g in graphs]
+    assert all(n <= 3 * layers for n in left), left
+    assert torch.cuda.current_device() == 0
+
