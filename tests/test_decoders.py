@@ -39,11 +39,11 @@ def _lm(family: str) -> torch.nn.Module:
     return transformers.AutoModelForCausalLM.from_config(config).eval()
 
 
-def _generate(lm: torch.nn.Module, delegate: TensorsOnly, new_tokens: int) -> tuple[torch.Tensor, torch.Tensor]:
+def _generate(lm: torch.nn.Module, delegate: TensorsOnly, new_tokens: int, **extra) -> tuple[torch.Tensor, torch.Tensor]:
     """Eager's tokens and trt_multidev's (with `delegate`), for one random prompt of 8 tokens."""
     prompt = torch.randint(0, 100, (1, 8))
     kwargs = dict(attention_mask=torch.ones_like(prompt), max_new_tokens=new_tokens, min_new_tokens=new_tokens,
-                  do_sample=False, use_cache=True, pad_token_id=99, eos_token_id=99)
+                  do_sample=False, use_cache=True, pad_token_id=99, eos_token_id=99, **extra)
     with torch.no_grad():
         ref = lm.generate(prompt, **kwargs)
         lm.forward = torch.compile(lm.forward, backend="trt_multidev",
@@ -77,3 +77,23 @@ def test_a_decode_step_whose_sizes_a_delegate_refuses_is_searched_to_an_end():
     torch.manual_seed(0)
     out, ref = _generate(_lm("gemma2"), TensorsOnly(prepared=False), 4)
     assert torch.equal(out, ref) and tm.stats()["cpu"]["fallbacks"] == 0
+
+
+@pytest.mark.parametrize("family", sorted(FAMILIES))
+def test_generate_with_a_static_cache_gives_eagers_tokens_with_the_cache_written_after_the_engine(family, caplog):
+    """Hugging Face's static KV cache (cache_implementation="static"): each decode step writes its
+    keys and values into the cache tensors it is passed (index_copy_) and counts them (add_). The
+    stand-in, like Torch-TensorRT, would not write those updates back; they run in PyTorch after
+    it (updates.py), and what it gets writes the cache with scatter (rewrites.py)."""
+    torch.manual_seed(0)
+    delegate = TensorsOnly()
+    out, ref = _generate(_lm(family), delegate, 5, cache_implementation="static")
+    assert torch.equal(out, ref)
+    counts = tm.stats()["cpu"]
+    assert counts["compiles"] >= 2 and counts["fallbacks"] == 0
+    assert [r.getMessage() for r in caplog.records if r.name.startswith("trt_multidev")
+            and r.levelno >= logging.WARNING] == []
+    codes = [g.code for g in delegate.graphs]
+    assert not any("index_copy" in c or "add_(" in c for c in codes[1:])  # the decode steps' updates: outside
+    assert all("scatter" in c for c in codes)  # the cache as the engine reads it
+

@@ -224,13 +224,18 @@ class Counting(nn.Module):
         return self.fc(x)
 
 
-@pytest.mark.parametrize("make", [lambda: (lambda x: x.add_(1) * 2), Counting])
-def test_updates_of_inputs_or_buffers_run_in_pytorch_after_a_delegate_that_drops_them(caplog, make):
+def _dropping(fn):
+    """`fn` compiled through DropsUpdates, and an input with the twin eager updates."""
     delegate = DropsUpdates()
-    fn = make()
     compiled = torch.compile(fn, backend="trt_multidev", options={"delegate": delegate, "device": "cpu"})
     x = torch.randn(3, 4)
-    expected_x = x.clone()
+    return delegate, compiled, x, x.clone()
+
+
+@pytest.mark.parametrize("make", [lambda: (lambda x: x.add_(1) * 2), Counting])
+def test_updates_of_inputs_or_buffers_run_in_pytorch_after_a_delegate_that_drops_them(caplog, make):
+    fn = make()
+    delegate, compiled, x, expected_x = _dropping(fn)
     for _ in range(2):
         ref = fn(expected_x) if not isinstance(fn, nn.Module) else None
         out = compiled(x)
@@ -249,11 +254,8 @@ def test_updates_of_inputs_or_buffers_run_in_pytorch_after_a_delegate_that_drops
     (lambda: (lambda x: x.copy_(x * 3).sum()), "'x'", "has no out-of-place form"),
 ])
 def test_updates_that_cannot_move_after_the_delegate_fall_back_with_the_reason(caplog, make, updated, why):
-    delegate = DropsUpdates()
     fn = make()
-    compiled = torch.compile(fn, backend="trt_multidev", options={"delegate": delegate, "device": "cpu"})
-    x = torch.randn(3, 4)
-    expected_x = x.clone()
+    delegate, compiled, x, expected_x = _dropping(fn)
     for _ in range(2):
         torch.testing.assert_close(compiled(x), fn(expected_x))
         torch.testing.assert_close(x, expected_x)

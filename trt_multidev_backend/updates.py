@@ -111,7 +111,8 @@ def _refusal(gm: torch.fx.GraphModule, info: ArgInfo | None, storages: dict[Any,
     if storages.get(storage, 0) > 1:
         return "another input shares its memory"
     if info.index not in passed:
-        return "the graph gets a copy of it on another device"
+        return "it reaches the graph as a copy made for the target device (state copied there, an input the graph " \
+               "moves, or input_policy=move), which an update after the engine would change instead"
     writes, views, _ = _writes(gm, info.node)
     if not writes:
         return "it is updated through a view"

@@ -177,6 +177,27 @@ SLIDING = {"mistral", "gemma2"}
 NUMBER_OPS = 8  # the most a sliding-window decode step leaves to PyTorch: its mask's numbers (H200, session 17)
 
 
+def _generate(model: str, **extra) -> tuple[torch.nn.Module, torch.Tensor, torch.Tensor, list]:
+    """12 greedy new tokens from a 16-token prompt with a KV cache, on DEVICE with cuda:0 current:
+    the model, trt_multidev's tokens, eager's, and what trt_multidev returned for each graph."""
+    torch.manual_seed(0)
+    lm = GENERATE[model]().eval().half().to(DEVICE)
+    prompt = torch.randint(0, 1000, (1, 16), device=DEVICE)
+    kwargs = dict(attention_mask=torch.ones_like(prompt), max_new_tokens=12, min_new_tokens=12, do_sample=False,
+                  use_cache=True, pad_token_id=999, eos_token_id=999, **extra)
+    graphs: list = []
+    torch.cuda.set_device(0)
+    with torch.no_grad():
+        ref = lm.generate(prompt, **kwargs)
+        torch._dynamo.reset()
+        lm.forward = torch.compile(lm.forward, backend=_counting(graphs))
+        try:
+            out = lm.generate(prompt, **kwargs)
+        finally:
+            vars(lm).pop("forward", None)
+    return lm, out, ref, graphs
+
+
 @pytest.mark.parametrize("model", sorted(GENERATE))
 def test_generate_gives_eagers_tokens(model):
     """generate() with a KV cache: the prompt pass and the decode steps (dynamic shapes after the
@@ -192,21 +213,7 @@ def test_generate_gives_eagers_tokens(model):
     17's H200. Qwen2's dynamic decode step kept copies of its cached keys that Torch-TensorRT
     could not convert (9 ops in PyTorch between 4 engines, session 18's H200): lowering.py drops
     them inside Torch-TensorRT's lowering, and only while trt_multidev builds."""
-    torch.manual_seed(0)
-    lm = GENERATE[model]().eval().half().to(DEVICE)
-    prompt = torch.randint(0, 1000, (1, 16), device=DEVICE)
-    kwargs = dict(attention_mask=torch.ones_like(prompt), max_new_tokens=12, min_new_tokens=12, do_sample=False,
-                  use_cache=True, pad_token_id=999, eos_token_id=999)
-    graphs: list = []
-    torch.cuda.set_device(0)
-    with torch.no_grad():
-        ref = lm.generate(prompt, **kwargs)
-        torch._dynamo.reset()
-        lm.forward = torch.compile(lm.forward, backend=_counting(graphs))
-        try:
-            out = lm.generate(prompt, **kwargs)
-        finally:
-            vars(lm).pop("forward", None)
+    lm, out, ref, graphs = _generate(model)
     assert torch.equal(out, ref)
     assert len(graphs) >= 2 and all(g.fallback is None for g in graphs)
     left = [pytorch_ops(dynamic_of(g.fn), ENGINE_MODULES) for g in graphs]
@@ -226,21 +233,7 @@ def test_generate_with_a_static_cache_gives_eagers_tokens(model):
     in place (index_copy_) and counts their length (add_), which Torch-TensorRT 2.11 would not
     write back, so these graphs fell back whole. The updates now run in PyTorch after the engine
     (updates.py): at most 3 ops per layer left to PyTorch, and eager's tokens."""
-    torch.manual_seed(0)
-    lm = GENERATE[model]().eval().half().to(DEVICE)
-    prompt = torch.randint(0, 1000, (1, 16), device=DEVICE)
-    kwargs = dict(attention_mask=torch.ones_like(prompt), max_new_tokens=12, min_new_tokens=12, do_sample=False,
-                  use_cache=True, pad_token_id=999, eos_token_id=999, cache_implementation="static")
-    graphs: list = []
-    torch.cuda.set_device(0)
-    with torch.no_grad():
-        ref = lm.generate(prompt, **kwargs)
-        torch._dynamo.reset()
-        lm.forward = torch.compile(lm.forward, backend=_counting(graphs))
-        try:
-            out = lm.generate(prompt, **kwargs)
-        finally:
-            vars(lm).pop("forward", None)
+    lm, out, ref, graphs = _generate(model, cache_implementation="static")
     assert torch.equal(out, ref)
     assert len(graphs) >= 2 and all(g.fallback is None for g in graphs)
     layers = lm.config.num_hidden_layers

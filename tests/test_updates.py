@@ -1,0 +1,72 @@
+"""In-place updates of a graph's inputs done again on them in PyTorch after a delegate that, like
+Torch-TensorRT, would not write them back (updates.py)."""
+
+from __future__ import annotations
+
+import logging
+
+import torch
+
+import trt_multidev_backend as tm
+from test_fallback import DropsUpdates
+
+
+def _warnings(caplog) -> list[str]:
+    return [r.getMessage() for r in caplog.records if r.levelno >= logging.WARNING and r.name.startswith("trt_multidev")]
+
+
+def test_a_chain_of_updates_is_done_again_in_order_and_reads_after_it_see_the_new_value(caplog):
+    delegate = DropsUpdates()
+
+    def step(x, y):
+        before = x.sum()  # reads the input as it came
+        x.mul_(2).add_(y)  # an update of the update's result: the input again
+        return x, before, x.sum()
+
+    compiled = torch.compile(step, backend="trt_multidev", options={"delegate": delegate, "device": "cpu"})
+    x, y = torch.ones(3), torch.arange(3.0)
+    ref_x = x.clone()
+    for _ in range(2):
+        out, before, after = compiled(x, y)
+        ref_out, ref_before, ref_after = step(ref_x, y)
+        assert out is x  # the graph returns the input itself, as eager does
+        torch.testing.assert_close(x, ref_x, rtol=0, atol=0)
+        assert before.item() == ref_before.item() and after.item() == ref_after.item()
+    code, = [call.code for call in delegate.calls]
+    assert "mul_" not in code and "add_" not in code  # the delegate computes them out of place
+    assert _warnings(caplog) == [] and tm.stats()["cpu"]["fallbacks"] == 0
+
+
+def test_an_input_the_graph_may_get_as_a_copy_is_not_updated_after_it_but_falls_back(caplog):
+    """input_policy=move copies an input on another device: an update after the engine would
+    reach the copy, not the caller's tensor."""
+    delegate = DropsUpdates()
+    compiled = torch.compile(lambda x: x.add_(1) * 2, backend="trt_multidev",
+                             options={"delegate": delegate, "device": "cpu", "input_policy": "move"})
+    x = torch.zeros(3)
+    compiled(x)
+    assert x.tolist() == [1.0, 1.0, 1.0] and delegate.calls == []  # the fallback wrote it
+    warned = [w for w in _warnings(caplog) if "in place" in w]
+    assert len(warned) == 1 and "input_policy=move" in warned[0]
+
+
+def test_a_graph_that_hands_out_the_updated_input_hands_out_the_input_itself():
+    """Dynamo returns an updated input itself, outside its graph; a graph that returns it (or the
+    update's result) gets the input back after the updates, not the out-of-place value."""
+    from helpers import capture
+
+    from trt_multidev_backend.graphinfo import classify_args
+    from trt_multidev_backend.updates import updates_after_the_engines
+
+    gm, inputs = capture(lambda x: x.add_(1) * 2, torch.zeros(3))
+    placeholder = next(n for n in gm.graph.nodes if n.op == "placeholder")
+    output = next(n for n in gm.graph.nodes if n.op == "output")
+    write = next(n for n in gm.graph.nodes if n.target == "add_")
+    output.args = ((*output.args[0], placeholder, write),)  # as a hand-made graph might
+    gm.recompile()
+    infos = classify_args(gm, inputs)
+    notes, left = updates_after_the_engines(gm, infos, [infos[0].name], {0})
+    assert len(notes) == 1 and left == []
+    x = torch.zeros(3)
+    doubled, same, again = gm(x)
+    assert same is x and again is x and x.tolist() == [1.0] * 3 and doubled.tolist() == [2.0] * 3
