@@ -63,8 +63,12 @@ import gpu_bench  # noqa: E402  (also puts the repository root on sys.path)
 import trt_multidev_backend as tm  # noqa: E402
 from trt_multidev_backend.specialize import dynamic_of  # noqa: E402
 
-BACKENDS = ("eager", "trt_multidev", "torch_tensorrt", "inductor")
-GENERATE_BACKENDS = ("eager", "trt_multidev", "inductor")
+# hf_compile: generate() only, transformers' own compilation of the decode steps (a static cache on a
+# GPU: torch.compile(mode="reduce-overhead"), inductor with CUDA graphs); every other row passes
+# disable_compile=True, so that it measures its own backend alone.
+GENERATE_ONLY = ("hf_compile",)
+BACKENDS = ("eager", "trt_multidev", "torch_tensorrt", "inductor", *GENERATE_ONLY)
+GENERATE_BACKENDS = ("eager", "trt_multidev", "inductor", *GENERATE_ONLY)
 ENGINE_TYPES = ("TorchTensorRTModule", "PythonTorchTensorRTModule", "TensorRTEngine")
 WARMUP = 10
 SEED = 0
@@ -86,7 +90,8 @@ GENERATE_METHOD = (
     "model.forward = torch.compile(model.forward, backend=...) on the HF causal LM (inductor: "
     "default mode; trt_multidev: the same options as the latency runs), then model.generate(prompt, "
     "attention_mask=ones, max_new_tokens=32, min_new_tokens=32, do_sample=False, use_cache=True, "
-    "pad_token_id=eos_token_id=vocab_size-1) with transformers' default cache (DynamicCache) and "
+    "pad_token_id=eos_token_id=vocab_size-1, disable_compile=True except for hf_compile) with "
+    "transformers' default cache (DynamicCache, or cache_implementation as the JSON says) and "
     "dynamo's default shapes (static first, automatic dynamic after a shape change); the prompt is "
     "16 random token ids, batch 1, never containing vocab_size-1. ms_per_token: generate() wall "
     "time / 32 new tokens (prefill included), median of 3 runs after one warm-up run (first_run_s, "
@@ -493,7 +498,7 @@ def run_model(name: str, dev: torch.device, backends: Sequence[str], trt_options
     graphs: list[dict[str, Any]] = []
     if iters > 0:  # 0: generate() only
         with torch.no_grad():
-            calls = compile_all(case, dev, backends, trt_options, graphs, rows)
+            calls = compile_all(case, dev, [b for b in backends if b not in GENERATE_ONLY], trt_options, graphs, rows)
             time_rounds(calls, dev, iters, rounds, rows)
         if "trt_multidev" in rows:
             rows["trt_multidev"]["stats"] = device_stats(dev)
@@ -509,11 +514,15 @@ def run_model(name: str, dev: torch.device, backends: Sequence[str], trt_options
 
 
 def timed_generate(lm: nn.Module, prompt: torch.Tensor, dev: torch.device,
-                   cache: str | None = None) -> tuple[torch.Tensor, float]:
+                   cache: str | None = None, hf_compile: bool = False) -> tuple[torch.Tensor, float]:
     """The new tokens of one greedy generate() call and its wall seconds. `cache`: transformers'
-    cache_implementation ("static": the static KV cache), None for its default (DynamicCache)."""
+    cache_implementation ("static": the static KV cache), None for its default (DynamicCache).
+    transformers compiles the decode steps itself with a static cache on a GPU (inductor,
+    reduce-overhead) unless told not to: only with `hf_compile`."""
     stop = lm.config.vocab_size - 1
-    extra = {} if cache is None else {"cache_implementation": cache}
+    extra: dict[str, Any] = {"disable_compile": not hf_compile}
+    if cache is not None:
+        extra["cache_implementation"] = cache
     torch.cuda.synchronize(dev)
     start = time.perf_counter()
     out = lm.generate(prompt, attention_mask=torch.ones_like(prompt), max_new_tokens=NEW_TOKENS,
@@ -541,9 +550,10 @@ def run_generate(lm: nn.Module, vocab: int, dev: torch.device, backends: Sequenc
                 lm.forward = torch.compile(lm.forward, backend=counting_backend(trt_options, graphs))
             elif backend == "inductor":
                 lm.forward = torch.compile(lm.forward)
-            tokens, first_s = timed_generate(lm, prompt, dev, cache)
+            hf = backend == "hf_compile"
+            tokens, first_s = timed_generate(lm, prompt, dev, cache, hf)
             row["first_run_s"] = round(first_s, 3)
-            runs = [timed_generate(lm, prompt, dev, cache) for _ in range(max(1, repeats))]
+            runs = [timed_generate(lm, prompt, dev, cache, hf) for _ in range(max(1, repeats))]
             row["new_tokens"] = tokens.shape[1]
             row["ms_per_token"] = round(statistics.median(s for _, s in runs) * 1000 / NEW_TOKENS, 3)
             row["runs_ms_per_token"] = [round(s * 1000 / NEW_TOKENS, 3) for _, s in runs]
