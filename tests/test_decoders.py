@@ -97,3 +97,24 @@ def test_generate_with_a_static_cache_gives_eagers_tokens_with_the_cache_written
     assert not any("index_copy" in c or "add_(" in c for c in codes[1:])  # the decode steps' updates: outside
     assert all("scatter" in c for c in codes)  # the cache as the engine reads it
 
+
+
+def test_transformers_compiles_the_static_cache_decode_steps_with_trt_multidev_when_named():
+    """transformers' own way to choose the compiler of generate()'s decode steps with a static
+    cache: generation_config.compile_config = CompileConfig(backend="trt_multidev", ...). (It
+    compiles them only on accelerators unless told to compile on every device, as here.)"""
+    torch.manual_seed(0)
+    lm = _lm("llama")
+    prompt = torch.randint(0, 100, (1, 8))
+    kwargs = dict(attention_mask=torch.ones_like(prompt), max_new_tokens=5, min_new_tokens=5, do_sample=False,
+                  use_cache=True, pad_token_id=99, eos_token_id=99, cache_implementation="static")
+    with torch.no_grad():
+        ref = lm.generate(prompt, **kwargs)
+        config = transformers.CompileConfig(backend="trt_multidev", mode=None,
+                                            options={"delegate": TensorsOnly(), "min_block_size": 1})
+        config._compile_all_devices = True
+        lm.generation_config.compile_config = config
+        out = lm.generate(prompt, **kwargs)
+    assert torch.equal(out, ref)
+    counts = tm.stats()["cpu"]
+    assert counts["compiles"] == 1 and counts["fallbacks"] == 0  # the decode step (the prompt pass runs eager)
