@@ -4,14 +4,16 @@ instead of a Python call and a kernel launch per op and per engine.
 
 Decided at compile time (`capture_plan`): graphs with symbolic sizes are not captured (TensorRT
 ties a captured launch to the shapes its execution context holds; TensorRT-RTX captures such
-engines itself, per shape), nor graphs that change a caller input in place (a replay would change
-the copy), nor graphs that run on the CPU.
+engines itself, per shape), nor graphs that run on the CPU. A caller input the graph changes in
+place (a static KV cache's tensors) is used where it lives, as module state is: a replay writes
+it again, where a copy would take the update instead.
 
 At call time (`CudaGraphs`): the first call with an input shape runs uncaptured (it warms up what
 initialises lazily: cuBLAS handles, TensorRT's first enqueue), the second captures and replays.
 Caller inputs are copied into the captured graph's input buffers; module state (parameters,
-buffers) is used where it lives, so in-place updates of it reach every replay, and a state tensor
-that moved (a new address) is captured again. Outputs are copied out of the graph's buffers on
+buffers) and inputs changed in place are used where they live, so in-place updates of them reach
+every replay, and one that moved (a new address) is captured again, up to `limit` times; then the
+graph runs uncaptured, with one warning. Outputs are copied out of the graph's buffers on
 every call: nothing handed to a caller is overwritten by a later replay. One lock per compiled
 graph; a call on another stream than the previous one first waits for that stream's work, because
 the graph's buffers and the engines' scratch memory are shared.
@@ -43,7 +45,7 @@ _data_ptr = torch.Tensor.data_ptr
 class CapturePlan:
     """`static`: argument indices used where they live (module state); `names`: every argument's
     name, for messages; `refusal`: why the graph is not captured, or None; `kind`: the refusal's
-    kind (cpu, dynamic, mutation), for warning once per kind."""
+    kind (cpu, dynamic), for warning once per kind."""
 
     static: tuple[int, ...]
     names: tuple[str, ...]
@@ -66,11 +68,9 @@ def capture_plan(gm: torch.fx.GraphModule, infos: Sequence[ArgInfo], device: tor
                            "engines per shape itself); the static engines built for shapes it meets often are "
                            "captured (setting static_shapes, unless 0), and dynamic=False captures one graph per "
                            "shape", "dynamic")
-    changed = changed_in_place(gm, infos, (Role.INPUT,))
-    if changed:
-        return CapturePlan(static, names, f"it changes its input {', '.join(repr(n) for n in changed)} in place, "
-                                          "and a replay would change the graph's copy instead", "mutation")
-    return CapturePlan(static, names)
+    changed = set(changed_in_place(gm, infos, (Role.INPUT,)))  # used where they live: a replay writes them
+    static += tuple(i.index for i in infos if i.name in changed and i.index not in static)
+    return CapturePlan(tuple(sorted(static)), names)
 
 
 def signature(args: Sequence[Any]) -> tuple:
@@ -201,6 +201,7 @@ class CudaGraphs:
         self._count = count
         self._graphs: dict[tuple, _Captured] = {}
         self._told_limit = False
+        self._moves = 0  # captures dropped because what is used where it lives moved
         self._lock = threading.Lock()
         self._last: torch.cuda.Stream | None = None  # the stream of the latest call
         self._stream: torch.cuda.Stream | None = None
@@ -226,6 +227,11 @@ class CudaGraphs:
                 return entry.replay(args)
             del self._graphs[key]  # module state moved: capture again at once (it was warm)
             self.policy.forget(key)
+            self._moves += 1
+            if self._moves > self.policy.limit:  # a new tensor at every call: capturing would cost more
+                self._refuse(f"the tensors it uses where they live (module state, inputs it changes in place) came at "
+                             f"new addresses {self._moves} times; each time it would be captured again")
+                return self.fn(*args)
             action = self.policy.decide(key)
         if action == "warm":
             return self._warm(args)
