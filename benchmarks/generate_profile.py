@@ -1,6 +1,6 @@
 """Where generate()'s time per token goes, per backend: host or GPU.
 
-    python benchmarks/generate_profile.py --out DIR [--models gpt2,llama] [--runs 10] [--options JSON]
+    python benchmarks/generate_profile.py --out DIR [--models gpt2,llama] [--runs 10] [--cache static] [--options JSON]
 
 For each causal LM of real_models.py and each backend (eager, trt_multidev, inductor), in one
 process on one GPU: generate() as real_models.py runs it (32 new tokens, greedy, KV cache), one
@@ -49,18 +49,19 @@ class HostTimed:
         return out
 
 
-def kernels_per_run(lm: torch.nn.Module, prompt: torch.Tensor, dev: torch.device) -> dict[str, float]:
+def kernels_per_run(lm: torch.nn.Module, prompt: torch.Tensor, dev: torch.device,
+                    cache: str | None) -> dict[str, float]:
     from torch.profiler import ProfilerActivity, profile
 
     with profile(activities=[ProfilerActivity.CUDA]) as prof:
-        rm.timed_generate(lm, prompt, dev)
+        rm.timed_generate(lm, prompt, dev, cache)
     events = [e for e in prof.key_averages() if e.device_time_total > 0]
     return {"kernel_ms_per_token": sum(e.device_time_total for e in events) / 1e3 / rm.NEW_TOKENS,
             "launches_per_token": sum(e.count for e in events) / rm.NEW_TOKENS}
 
 
 def profile_backend(lm: torch.nn.Module, prompt: torch.Tensor, dev: torch.device, backend: str,
-                    options: dict[str, Any], runs: int) -> dict[str, Any]:
+                    options: dict[str, Any], runs: int, cache: str | None = None) -> dict[str, Any]:
     torch._dynamo.reset()
     row: dict[str, Any] = {}
     try:
@@ -73,19 +74,19 @@ def profile_backend(lm: torch.nn.Module, prompt: torch.Tensor, dev: torch.device
             compiled = lm.forward
         timed = HostTimed(compiled)
         lm.forward = timed
-        row["first_run_s"] = round(rm.timed_generate(lm, prompt, dev)[1], 3)
-        tokens = [rm.timed_generate(lm, prompt, dev) for _ in range(runs)]
+        row["first_run_s"] = round(rm.timed_generate(lm, prompt, dev, cache)[1], 3)
+        tokens = [rm.timed_generate(lm, prompt, dev, cache) for _ in range(runs)]
         row["runs_ms_per_token"] = [round(s * 1000 / rm.NEW_TOKENS, 3) for _, s in tokens]
         row["ms_per_token"] = round(statistics.median(row["runs_ms_per_token"]), 3)
         row["tokens"] = tokens[-1][0][0].tolist()
         timed.seconds.clear()
-        rm.timed_generate(lm, prompt, dev)
+        rm.timed_generate(lm, prompt, dev, cache)
         calls = sorted(timed.seconds)
         row["forward_calls_per_run"] = len(calls)
         row["host_ms_per_call"] = {"median": round(1000 * statistics.median(calls), 4),
                                    "max": round(1000 * calls[-1], 4)}
         row["host_ms_in_forward_per_token"] = round(1000 * sum(calls) / rm.NEW_TOKENS, 4)
-        row.update({k: round(v, 4) for k, v in kernels_per_run(lm, prompt, dev).items()})
+        row.update({k: round(v, 4) for k, v in kernels_per_run(lm, prompt, dev, cache).items()})
     except Exception as exc:
         row["error"] = rm.first_line(exc)
     finally:
@@ -100,6 +101,7 @@ def main() -> int:
     parser.add_argument("--backends", default=",".join(BACKENDS),
                         help="comma list of " + ", ".join(BACKENDS) + " (eager always runs: it is the reference)")
     parser.add_argument("--runs", type=int, default=10, help="timed generate() runs per backend (default 10)")
+    parser.add_argument("--cache", default=None, choices=["static"], help="generate()'s cache_implementation")
     parser.add_argument("--device", default=None, help="cuda:N (default: as real_models.py)")
     parser.add_argument("--options", default="{}", type=json.loads, help="trt_multidev options, as JSON")
     args = parser.parse_args()
@@ -111,7 +113,7 @@ def main() -> int:
     doc: dict[str, Any] = {
         "environment": rm.environment(dev), "placement": placement,
         "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
-        "git_commit": rm.git("rev-parse", "HEAD"), "trt_multidev_options": options, "runs": args.runs,
+        "git_commit": rm.git("rev-parse", "HEAD"), "trt_multidev_options": options, "runs": args.runs, "cache_implementation": args.cache,
         "backends": backends,
         "models": {},
     }
@@ -123,7 +125,7 @@ def main() -> int:
         prompt = rm._token_ids(case.vocab, (1, rm.PROMPT_TOKENS), dev)
         result = doc["models"][name] = {}
         for backend in backends:
-            row = result[backend] = profile_backend(case.lm, prompt, dev, backend, options, args.runs)
+            row = result[backend] = profile_backend(case.lm, prompt, dev, backend, options, args.runs, args.cache)
             if backend != "eager" and "tokens" in row and "tokens" in result["eager"]:
                 row["same_tokens"] = row["tokens"] == result["eager"]["tokens"]
             print(name, backend, json.dumps({k: v for k, v in row.items() if k != "tokens"}), flush=True)

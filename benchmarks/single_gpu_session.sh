@@ -29,6 +29,10 @@
 #   bash benchmarks/single_gpu_session.sh slices   # slice bounds beyond a dimension: torch_tensorrt and trt_multidev
 #   bash benchmarks/single_gpu_session.sh decode_probe   # decode_graph_probe.py: mistral, gemma2, qwen2; qwen2 and
 #                                                        # gemma2 again with unread number arguments kept (an A/B)
+#   bash benchmarks/single_gpu_session.sh static_cache   # generate() with the static KV cache: gpt2, llama, against
+#                                                        # inductor and transformers' own compilation (hf_compile)
+#   bash benchmarks/single_gpu_session.sh static_cache_graphs   # the same with trt_multidev's CUDA graphs on
+#   bash benchmarks/single_gpu_session.sh generate_profile   # generate_profile.py gpt2: host and kernel time per token
 #   bash benchmarks/single_gpu_session.sh tests decoders   # several phases in one call (about 6 min)
 # Results under $OUT (default /tmp/out). One device call runs at most 10 minutes: about 7 min for
 # tests + decoders, 5 min for encoders + attention + kernels, 7 min for vision.
@@ -39,7 +43,7 @@ export PYTHONUNBUFFERED=1 PYTHONPATH=$PWD${PYTHONPATH:+:$PYTHONPATH}
 export TRT_MULTIDEV_CACHE_DIR=${TRT_MULTIDEV_CACHE_DIR:-$(mktemp -d /tmp/trt_multidev_cache.XXXX)}
 python3 -m pip install -q --no-deps --no-build-isolation --no-index -e . >/dev/null 2>&1
 nvidia-smi --query-gpu=index,name,memory.total --format=csv,noheader
-PHASES="families families_generate slices decode_probe llama_parts fp32_acc profile kernels_b1 llama_precision static_shapes static_graphs convnext_ops precision_short tests decoders encoders vision kernels attention probes llama llama_no_tf32 llama_decomposed mobilenet t5 t5_decomposed dynamic_true masks shapes precision convnext"
+PHASES="static_cache static_cache_graphs generate_profile families families_generate slices decode_probe llama_parts fp32_acc profile kernels_b1 llama_precision static_shapes static_graphs convnext_ops precision_short tests decoders encoders vision kernels attention probes llama llama_no_tf32 llama_decomposed mobilenet t5 t5_decomposed dynamic_true masks shapes precision convnext"
 noise='logger passed into|DeprecationWarning|timing_cache|unparsable type|strongly typed|no max bound|warnings.warn|^INFO'
 
 models() {  # name, models, time limit, extra arguments
@@ -63,6 +67,15 @@ run() {
         | grep -v "logger passed into" | tee "$out/gpu_tests.log" | grep -E "FAILED|ERROR|passed|failed" | tail -20 ;;
     decoders) models decoders gpt2,llama 280 --options '{"log_level": "warning"}' ;;  # every graph's build line
     families) models families qwen2,qwen3,mistral,gemma,gemma2,phi3 480 --skip-generate --options '{"log_level": "warning"}' ;;
+    static_cache)
+      models static_cache gpt2,llama 300 --skip-forward --cache static --backends eager,trt_multidev,inductor,hf_compile \
+        --generate-runs 5 --options '{"log_level": "warning"}' ;;
+    static_cache_graphs)
+      models static_cache_graphs gpt2,llama 300 --skip-forward --cache static --backends eager,trt_multidev,hf_compile \
+        --generate-runs 5 --options '{"log_level": "warning", "cuda_graphs": true}' ;;
+    generate_profile)
+      timeout 300 python3 benchmarks/generate_profile.py --out "$out/generate_profile" --models gpt2 --runs 8 \
+        --options '{"log_level": "warning"}' 2>&1 | grep -E "^gpt2 " | cut -c1-400 ;;
     families_generate)
       models families_generate qwen2,mistral,gemma2 500 --options '{"log_level": "warning"}' ;;
     slices)

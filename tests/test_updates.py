@@ -70,3 +70,38 @@ def test_a_graph_that_hands_out_the_updated_input_hands_out_the_input_itself():
     x = torch.zeros(3)
     doubled, same, again = gm(x)
     assert same is x and again is x and x.tolist() == [1.0] * 3 and doubled.tolist() == [2.0] * 3
+
+
+class Cache(torch.nn.Module):
+    """A static KV cache held as module state: each call writes its keys at `position` and reads
+    the cache back (Hugging Face keeps the tensors on a cache object; the graph is the same)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.proj = torch.nn.Linear(4, 4)
+        self.register_buffer("keys", torch.zeros(1, 8, 4))
+
+    def forward(self, x, position):
+        self.keys.index_copy_(1, position, self.proj(x))
+        return self.keys.sum(1)
+
+
+def test_a_cache_on_a_fake_gpu_is_written_after_the_engine_on_that_gpu(fake_mode):
+    """On a fake cuda:1 (the engine-like delegate propagates FakeTensors, which raise on any device
+    mix): the delegate gets the graph with the write as a scatter on cuda:1, not the fallback."""
+    from helpers import EngineLikeDelegate, fake, on_fake_device
+
+    class Drops(EngineLikeDelegate):
+        keeps_in_place_updates = False
+
+    delegate = Drops()
+    model = on_fake_device(Cache().eval(), "cuda:1", fake_mode)
+    with fake_mode:
+        position = torch.tensor([3], device="cuda:1")
+    out = torch.compile(model, backend="trt_multidev", options={"delegate": delegate})(
+        fake(fake_mode, 1, 1, 4, device="cuda:1"), position)
+    (call,) = delegate.calls
+    assert out.device == torch.device("cuda", 1) and str(call.device) == "cuda:1"
+    assert "scatter" in call.code and "index_copy" not in call.code  # the write after it, in PyTorch
+    assert set(call.input_devices) == {torch.device("cuda", 1)}
+    assert tm.stats()["cuda:1"]["fallbacks"] == 0 and tm.stats()["cuda:1"]["compiles"] == 1
