@@ -66,6 +66,13 @@ def test_an_input_the_graph_changes_in_place_is_used_where_it_lives_and_the_othe
     assert plan.refusal is None
     index = {i.name: i.index for i in classify_args(gm, inputs)}
     assert index["x"] in plan.static and index["y"] not in plan.static
+    assert plan.updated == (index["x"],)
+    graphs = CudaGraphs(lambda *args: None, GPU, plan, limit=2, warn=lambda key, message: None, label="g")
+    args = [None] * len(plan.names)
+    args[index["x"]], args[index["y"]] = torch.zeros(3, 4), torch.zeros(3, 4)
+    key = signature(graphs._keyed(args))
+    args[index["x"]] = torch.zeros(5, 4)
+    assert signature(graphs._keyed(args)) != key  # its shape stays in the key: another shape is captured apart
 
 
 def test_dynamic_and_cpu_graphs_are_not_captured():

@@ -43,14 +43,17 @@ _data_ptr = torch.Tensor.data_ptr
 
 @dataclass(frozen=True)
 class CapturePlan:
-    """`static`: argument indices used where they live (module state); `names`: every argument's
-    name, for messages; `refusal`: why the graph is not captured, or None; `kind`: the refusal's
-    kind (cpu, dynamic), for warning once per kind."""
+    """`static`: argument indices used where they live (module state, inputs changed in place);
+    `names`: every argument's name, for messages; `refusal`: why the graph is not captured, or
+    None; `kind`: the refusal's kind (cpu, dynamic), for warning once per kind; `updated`: the
+    inputs changed in place among `static`, whose shapes stay in the key (dynamo guards module
+    state's, not theirs under a static engine of a graph with dynamic shapes)."""
 
     static: tuple[int, ...]
     names: tuple[str, ...]
     refusal: str | None = None
     kind: str = ""
+    updated: tuple[int, ...] = ()
 
 
 def capture_plan(gm: torch.fx.GraphModule, infos: Sequence[ArgInfo], device: torch.device, *,
@@ -69,8 +72,8 @@ def capture_plan(gm: torch.fx.GraphModule, infos: Sequence[ArgInfo], device: tor
                            "captured (setting static_shapes, unless 0), and dynamic=False captures one graph per "
                            "shape", "dynamic")
     changed = set(changed_in_place(gm, infos, (Role.INPUT,)))  # used where they live: a replay writes them
-    static += tuple(i.index for i in infos if i.name in changed and i.index not in static)
-    return CapturePlan(tuple(sorted(static)), names)
+    updated = tuple(i.index for i in infos if i.name in changed and i.index not in static)
+    return CapturePlan(tuple(sorted(static + updated)), names, updated=updated)
 
 
 def signature(args: Sequence[Any]) -> tuple:
@@ -193,9 +196,9 @@ class CudaGraphs:
         self.policy = ShapePolicy(limit)
         self.captures = 0
         self._static = frozenset(plan.static)
-        # The signature covers the caller's inputs: module state keeps its shapes (dynamo guards
-        # them) and is checked by address instead.
-        self._keyed = _picker([i for i in range(len(plan.names)) if i not in self._static])
+        # The signature covers the caller's inputs (those used where they live too): module state
+        # keeps its shapes (dynamo guards them) and is checked by address instead.
+        self._keyed = _picker([i for i in range(len(plan.names)) if i not in self._static or i in plan.updated])
         self._names = plan.names
         self._warn = warn
         self._count = count
