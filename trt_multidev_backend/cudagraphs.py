@@ -12,8 +12,9 @@ At call time (`CudaGraphs`): the first call with an input shape runs uncaptured 
 initialises lazily: cuBLAS handles, TensorRT's first enqueue), the second captures and replays.
 Caller inputs are copied into the captured graph's input buffers; module state (parameters,
 buffers) and inputs changed in place are used where they live, so in-place updates of them reach
-every replay, and one that moved (a new address) is captured again, up to `limit` times; then the
-graph runs uncaptured, with one warning. Outputs are copied out of the graph's buffers on
+every replay, and one that moved (a new address) is captured again; if that happens right after a
+capture more than `limit` times (a new tensor at every call), the graph runs uncaptured, with one
+warning. Outputs are copied out of the graph's buffers on
 every call: nothing handed to a caller is overwritten by a later replay. One lock per compiled
 graph; a call on another stream than the previous one first waits for that stream's work, because
 the graph's buffers and the engines' scratch memory are shared.
@@ -204,7 +205,8 @@ class CudaGraphs:
         self._count = count
         self._graphs: dict[tuple, _Captured] = {}
         self._told_limit = False
-        self._moves = 0  # captures dropped because what is used where it lives moved
+        self._steady = 0  # replays since what is used where it lives last moved
+        self._churn = 0  # moves soon after a capture
         self._lock = threading.Lock()
         self._last: torch.cuda.Stream | None = None  # the stream of the latest call
         self._stream: torch.cuda.Stream | None = None
@@ -227,13 +229,19 @@ class CudaGraphs:
         if action == "replay":
             entry = self._graphs[key]
             if entry.fits(args):
+                self._steady += 1
                 return entry.replay(args)
             del self._graphs[key]  # module state moved: capture again at once (it was warm)
             self.policy.forget(key)
-            self._moves += 1
-            if self._moves > self.policy.limit:  # a new tensor at every call: capturing would cost more
+            # Moved again right after a capture (fewer than 2 replays since): a new tensor at every
+            # call, where capturing costs more than it saves. A static KV cache moves once per
+            # generate() call, after many replays: never counted.
+            self._churn += self._steady < 2
+            self._steady = 0
+            if self._churn > self.policy.limit:
                 self._refuse(f"the tensors it uses where they live (module state, inputs it changes in place) came at "
-                             f"new addresses {self._moves} times; each time it would be captured again")
+                             f"new addresses right after being captured {self._churn} times; each time it would be "
+                             "captured again")
                 return self.fn(*args)
             action = self.policy.decide(key)
         if action == "warm":
