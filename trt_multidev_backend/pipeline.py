@@ -32,7 +32,7 @@ from .runtime import GuardedCallable
 from .scalars import numbers_in_pytorch
 from .segments import install, split_by_device
 from .specialize import Specialized, static_plan
-from .updates import updates_after_the_engines
+from .updates import updates_of_placed_graph
 from .notices import Notices, build_failure
 from .settings import Settings, SettingsError, resolve_settings
 
@@ -104,9 +104,7 @@ class TrtMultidevBackend:
         placement.gm._trt_multidev_name = gm._trt_multidev_name
         changed = [] if getattr(delegate, "keeps_in_place_updates", True) else changed_in_place(gm, infos)
         if changed:  # the updates done in PyTorch after the engines, where that is exact
-            notes, left = updates_after_the_engines(placement.gm, placement.infos_of_copy(infos), changed,
-                                                    placement.passed_as_they_are(settings.input_policy))
-            placement.notes += notes
+            left = updates_of_placed_graph(placement, infos, changed, settings.input_policy)
             if left:  # nothing silently wrong: the fallback writes the updates, the delegate would not
                 return self._fallback(gm, example_inputs, settings, plan, label, "in-place-update",
                                       f"the graph updates {', '.join(left)} in place, which the "

@@ -90,12 +90,12 @@ class Placement:
         self.originals.pop(index, None)
         self.notes.append(f"{name}: read with .item(), pinned to {value!r} (checked at every call)")
 
-    def infos_of_copy(self, infos: Sequence[ArgInfo]) -> list[ArgInfo]:
+    def infos_of_copy(self, infos: Sequence[ArgInfo]) -> list[ArgInfo] | None:
         """`infos` (of the captured graph) for this placement's copy of it: the same placeholders,
-        in order, as nodes of the copy."""
+        in order, as nodes of the copy; None if the copy's placeholders are not the same ones."""
         placeholders = [n for n in self.gm.graph.nodes if n.op == "placeholder"]
         if len(placeholders) != len(infos):
-            raise AssertionError(f"the placed graph has {len(placeholders)} placeholders, the captured one {len(infos)}")
+            return None
         return [dataclasses.replace(info, node=placeholders[info.index]) for info in infos]
 
     def passed_as_they_are(self, input_policy: str) -> set[int]:

@@ -29,8 +29,21 @@ import torch.fx
 
 from .graphinfo import (IN_PYTORCH, WRITTEN_BACK, ArgInfo, meta_value, mutated_args, out_of_place_form,
                         out_of_place_value, storage_of)
+from .placement import Placement
 
-__all__ = ["updates_after_the_engines"]
+__all__ = ["updates_after_the_engines", "updates_of_placed_graph"]
+
+
+def updates_of_placed_graph(placement: Placement, infos: Sequence[ArgInfo], names: Sequence[str],
+                            input_policy: str) -> list[str]:
+    """updates_after_the_engines on a placement's copy of the graph (`infos`: the captured
+    graph's), its notes added to the placement's; returns the names left, with their reasons."""
+    placed = placement.infos_of_copy(infos)
+    if placed is None:
+        return [f"{n!r} (the placed graph's inputs are not the captured graph's)" for n in names]
+    notes, left = updates_after_the_engines(placement.gm, placed, names, placement.passed_as_they_are(input_policy))
+    placement.notes += notes
+    return left
 
 
 def updates_after_the_engines(gm: torch.fx.GraphModule, infos: Sequence[ArgInfo], names: Sequence[str],
