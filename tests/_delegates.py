@@ -67,6 +67,16 @@ class Serializing:
 serializing = Serializing()
 
 
+class SerializingDropsUpdates(Serializing):
+    """Serializing, and like Torch-TensorRT 2.11 it would not write in-place updates of inputs back
+    (trt_multidev does them after it, in a host segment)."""
+
+    keeps_in_place_updates = False
+
+
+serializing_drops_updates = SerializingDropsUpdates()
+
+
 SLOW_SECONDS = 1.5
 
 

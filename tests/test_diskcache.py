@@ -448,3 +448,35 @@ def test_a_process_stores_what_its_graphs_learned_at_exit_for_the_next(tmp_path)
         learned = _stored_learned(tmp_path)  # the build's entry held nothing; the exit wrote this
         assert len(learned) == 1 and 5 in learned[0]
     assert '"disk_hits": 1' in out.stdout  # the second process loaded what the first learned
+
+
+def test_a_graph_with_host_segments_loads_its_device_segments_from_the_disk(tmp_path, monkeypatch):
+    """A buffer updated in place (a static KV cache's kind of graph): the update runs in a host
+    segment after the delegate's piece, and that piece is disk-cached like a whole graph, so a new
+    process (here: a reset) loads it instead of building it."""
+    from _delegates import serializing_drops_updates
+
+    class Counting(torch.nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.fc = torch.nn.Linear(4, 4)
+            self.register_buffer("seen", torch.zeros(1))
+
+        def forward(self, x):
+            self.seen.add_(1)
+            return self.fc(x) * self.seen
+
+    monkeypatch.setenv("TRT_MULTIDEV_CACHE_DIR", str(tmp_path))
+    model, x = Counting().eval(), torch.randn(2, 4)
+    options = {"delegate": "_delegates:serializing_drops_updates", "device": "cpu", "min_block_size": 1}
+    builds = serializing_drops_updates.builds
+    outs = []
+    with torch.no_grad():
+        for _ in range(2):
+            torch._dynamo.reset()
+            tm.reset()
+            outs.append(torch.compile(model, backend="trt_multidev", options=options)(x))
+            stats = tm.stats()["cpu"]
+    assert serializing_drops_updates.builds == builds + 1  # built once, then loaded
+    assert stats == counters(disk_hits=1) and model.seen.item() == 2
+    torch.testing.assert_close(outs[1], model.fc(x) * 2)

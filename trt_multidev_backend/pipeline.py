@@ -203,18 +203,37 @@ class TrtMultidevBackend:
             return build(), "built"
         excluded: list[tuple[str, str]] = []
         left: list[tuple[int, str, str]] = []
+        built: list[str] = []  # the device segments built here (the others came from a cache)
         with device_guard(plan.target):
             for name, _, inputs in segmented.device_segments:
-                part = call_delegate(delegate, getattr(segmented.gm, name), inputs, plan.target, settings)
+                piece = getattr(segmented.gm, name)
+                piece._trt_multidev_name = f"{graph_name(placement.gm)} {name}"  # its disk-cache entry's label
+                part = self._obtain_piece(delegate, piece, list(inputs), plan, settings, label,
+                                          lambda name=name: built.append(name))
                 install(segmented.gm, name, part.callable)
                 excluded += part.excluded
                 left += part.left
         if not segmented.device_segments:  # nothing for the delegate: numbers only (scalars.py)
             return Built(segmented.gm, segmented.gm, None, segmented=True, in_pytorch=True), "run in PyTorch"
-        self._stats.bump(label, "compiles")
+        if built and counted:
+            self._stats.bump(label, "compiles")
+        how = "built" if len(built) == len(segmented.device_segments) else f"{len(built)} built, the others loaded"
         return Built(segmented.gm, segmented.gm, None, excluded, left, segmented=True), (
-            f"built ({len(segmented.device_segments)} device segment(s); host segment(s) "
-            f"{', '.join(segmented.host_segments)} stay in PyTorch; not disk-cached)")
+            f"{how} ({len(segmented.device_segments)} device segment(s); host segment(s) "
+            f"{', '.join(segmented.host_segments)} stay in PyTorch)")
+
+    def _obtain_piece(self, delegate: Any, piece: torch.fx.GraphModule, inputs: list[Any], plan: DevicePlan,
+                      settings: Settings, label: str, building: Callable[[], None]) -> Built:
+        """A device segment: from the disk cache like a whole graph, else built (`building` is
+        told). The host segments around it are split off again in every process."""
+        def build() -> Built:
+            building()
+            return call_delegate(delegate, piece, inputs, plan.target, settings)
+
+        disk = self._reuse.plan(delegate, Placement(piece, inputs), plan, settings)
+        if disk is None:
+            return build()
+        return self._reuse.obtain(disk, delegate, build, Placement(piece, inputs), plan, settings, label)[0]
 
     def _stages(self, gm: torch.fx.GraphModule, example_inputs: Sequence[Any], options: Mapping[str, Any] | None,
                 mode: str | None, settings: Settings, plan: DevicePlan, label: str) -> Callable[..., Any] | None:
