@@ -243,3 +243,29 @@ def test_generate_with_a_static_cache_gives_eagers_tokens(model):
     assert all(n <= 3 * layers for n in left), left
     assert torch.cuda.current_device() == 0
 
+
+
+def test_a_static_cache_decode_step_is_loaded_from_the_disk_cache(tmp_path, monkeypatch):
+    """The decode step's engine part (its cache updates run in PyTorch after it) is a disk-cache
+    entry of its own: after a reset (what a new process sees), it is loaded, not built again."""
+    monkeypatch.setenv("TRT_MULTIDEV_CACHE_DIR", str(tmp_path))
+    runs = []
+    for _ in range(2):
+        tm.reset()
+        torch.manual_seed(0)
+        lm = GENERATE["llama"]().eval().half().to(DEVICE)
+        prompt = torch.randint(0, 1000, (1, 16), device=DEVICE)
+        kwargs = dict(attention_mask=torch.ones_like(prompt), max_new_tokens=6, min_new_tokens=6, do_sample=False,
+                      use_cache=True, pad_token_id=999, eos_token_id=999, cache_implementation="static",
+                      disable_compile=True)
+        with torch.no_grad():
+            torch._dynamo.reset()
+            lm.forward = torch.compile(lm.forward, backend="trt_multidev", options={"min_block_size": 1})
+            try:
+                runs.append((lm.generate(prompt, **kwargs), dict(tm.stats()[str(DEVICE)])))
+            finally:
+                vars(lm).pop("forward", None)
+    (first, built), (second, loaded) = runs
+    assert torch.equal(first, second)
+    assert built["compiles"] >= 2 and built["fallbacks"] == 0
+    assert loaded["compiles"] == 0 and loaded["disk_hits"] >= 2 and loaded["fallbacks"] == 0
