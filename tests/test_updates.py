@@ -89,12 +89,9 @@ class Cache(torch.nn.Module):
 def test_a_cache_on_a_fake_gpu_is_written_after_the_engine_on_that_gpu(fake_mode):
     """On a fake cuda:1 (the engine-like delegate propagates FakeTensors, which raise on any device
     mix): the delegate gets the graph with the write as a scatter on cuda:1, not the fallback."""
-    from helpers import EngineLikeDelegate, fake, on_fake_device
+    from helpers import fake, on_fake_device
 
-    class Drops(EngineLikeDelegate):
-        keeps_in_place_updates = False
-
-    delegate = Drops()
+    delegate = DropsUpdates()
     model = on_fake_device(Cache().eval(), "cuda:1", fake_mode)
     with fake_mode:
         position = torch.tensor([3], device="cuda:1")

@@ -104,7 +104,7 @@ class TrtMultidevBackend:
         placement.gm._trt_multidev_name = gm._trt_multidev_name
         changed = [] if getattr(delegate, "keeps_in_place_updates", True) else changed_in_place(gm, infos)
         if changed:  # the updates done in PyTorch after the engines, where that is exact
-            left = updates_of_placed_graph(placement, infos, changed, settings.input_policy)
+            left = updates_of_placed_graph(placement, changed, settings.input_policy)
             if left:  # nothing silently wrong: the fallback writes the updates, the delegate would not
                 return self._fallback(gm, example_inputs, settings, plan, label, "in-place-update",
                                       f"the graph updates {', '.join(left)} in place, which the "
@@ -203,13 +203,13 @@ class TrtMultidevBackend:
             return build(), "built"
         excluded: list[tuple[str, str]] = []
         left: list[tuple[int, str, str]] = []
-        built: list[str] = []  # the device segments built here (the others came from a cache)
+        built = 0  # device segments built here (the others came from a cache)
         with device_guard(plan.target):
             for name, _, inputs in segmented.device_segments:
                 piece = getattr(segmented.gm, name)
                 piece._trt_multidev_name = f"{graph_name(placement.gm)} {name}"  # its disk-cache entry's label
-                part = self._obtain_piece(delegate, piece, list(inputs), plan, settings, label,
-                                          lambda name=name: built.append(name))
+                part, here = self._obtain_piece(delegate, piece, list(inputs), plan, settings, label)
+                built += here
                 install(segmented.gm, name, part.callable)
                 excluded += part.excluded
                 left += part.left
@@ -217,23 +217,25 @@ class TrtMultidevBackend:
             return Built(segmented.gm, segmented.gm, None, segmented=True, in_pytorch=True), "run in PyTorch"
         if built and counted:
             self._stats.bump(label, "compiles")
-        how = "built" if len(built) == len(segmented.device_segments) else f"{len(built)} built, the others loaded"
+        how = "built" if built == len(segmented.device_segments) else f"{built} built, the others loaded"
         return Built(segmented.gm, segmented.gm, None, excluded, left, segmented=True), (
             f"{how} ({len(segmented.device_segments)} device segment(s); host segment(s) "
             f"{', '.join(segmented.host_segments)} stay in PyTorch)")
 
     def _obtain_piece(self, delegate: Any, piece: torch.fx.GraphModule, inputs: list[Any], plan: DevicePlan,
-                      settings: Settings, label: str, building: Callable[[], None]) -> Built:
-        """A device segment: from the disk cache like a whole graph, else built (`building` is
-        told). The host segments around it are split off again in every process."""
-        def build() -> Built:
-            building()
-            return call_delegate(delegate, piece, inputs, plan.target, settings)
+                      settings: Settings, label: str) -> tuple[Built, bool]:
+        """A device segment from the disk cache like a whole graph, else built here (then True).
+        The host segments around it are split off again in every process."""
+        built: list[Built] = []
 
-        disk = self._reuse.plan(delegate, Placement(piece, inputs), plan, settings)
-        if disk is None:
-            return build()
-        return self._reuse.obtain(disk, delegate, build, Placement(piece, inputs), plan, settings, label)[0]
+        def build() -> Built:
+            built.append(call_delegate(delegate, piece, inputs, plan.target, settings))
+            return built[0]
+
+        placed = Placement(piece, inputs)
+        disk = self._reuse.plan(delegate, placed, plan, settings)
+        part = build() if disk is None else self._reuse.obtain(disk, delegate, build, placed, plan, settings, label)[0]
+        return part, bool(built)
 
     def _stages(self, gm: torch.fx.GraphModule, example_inputs: Sequence[Any], options: Mapping[str, Any] | None,
                 mode: str | None, settings: Settings, plan: DevicePlan, label: str) -> Callable[..., Any] | None:

@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import copy
 import logging
-import dataclasses
 from dataclasses import dataclass, field
 from typing import Any, Mapping, Sequence
 
@@ -82,6 +81,7 @@ class Placement:
     output_moves: list[tuple[int, torch.device]] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)
     originals: dict[int, Any] = field(default_factory=dict)  # relocated state: index -> caller's tensor
+    infos: list[ArgInfo] = field(default_factory=list)  # the placeholders, as nodes of `gm`
 
     def pin(self, index: int, name: str, value: Any, device: torch.device) -> None:
         """Argument `index` is now a constant in the graph: it is checked at every call to still
@@ -89,14 +89,6 @@ class Placement:
         self.actions = [a for a in self.actions if a.index != index] + [ArgAction("pinned", index, device, name, value)]
         self.originals.pop(index, None)
         self.notes.append(f"{name}: read with .item(), pinned to {value!r} (checked at every call)")
-
-    def infos_of_copy(self, infos: Sequence[ArgInfo]) -> list[ArgInfo] | None:
-        """`infos` (of the captured graph) for this placement's copy of it: the same placeholders,
-        in order, as nodes of the copy; None if the copy's placeholders are not the same ones."""
-        placeholders = [n for n in self.gm.graph.nodes if n.op == "placeholder"]
-        if len(placeholders) != len(infos):
-            return None
-        return [dataclasses.replace(info, node=placeholders[info.index]) for info in infos]
 
     def passed_as_they_are(self, input_policy: str) -> set[int]:
         """The arguments every call hands the graph as the caller's own tensor, never a copy made
@@ -539,5 +531,5 @@ def place(gm: torch.fx.GraphModule, infos: Sequence[ArgInfo], plan: DevicePlan) 
     placer.place_attrs()
     placer.gm.graph.lint()
     placer.gm.recompile()
-    return Placement(placer.gm, examples, actions, output_moves, placer.notes, placer.originals)
+    return Placement(placer.gm, examples, actions, output_moves, placer.notes, placer.originals, placer.infos)
 

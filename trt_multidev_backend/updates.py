@@ -34,14 +34,11 @@ from .placement import Placement
 __all__ = ["updates_after_the_engines", "updates_of_placed_graph"]
 
 
-def updates_of_placed_graph(placement: Placement, infos: Sequence[ArgInfo], names: Sequence[str],
-                            input_policy: str) -> list[str]:
-    """updates_after_the_engines on a placement's copy of the graph (`infos`: the captured
-    graph's), its notes added to the placement's; returns the names left, with their reasons."""
-    placed = placement.infos_of_copy(infos)
-    if placed is None:
-        return [f"{n!r} (the placed graph's inputs are not the captured graph's)" for n in names]
-    notes, left = updates_after_the_engines(placement.gm, placed, names, placement.passed_as_they_are(input_policy))
+def updates_of_placed_graph(placement: Placement, names: Sequence[str], input_policy: str) -> list[str]:
+    """updates_after_the_engines on a placement's copy of the graph, its notes added to the
+    placement's; returns the names left, with their reasons."""
+    notes, left = updates_after_the_engines(placement.gm, placement.infos, names,
+                                            placement.passed_as_they_are(input_policy))
     placement.notes += notes
     return left
 
@@ -179,7 +176,7 @@ def _rewrite(gm: torch.fx.GraphModule, placeholder: torch.fx.Node) -> int:
             if value is not None:
                 last.meta["example_value"] = value
     # A graph returning the input (or an update's result, the input itself) returns the input, updated.
-    output.args = torch.fx.node.map_arg(output.args, lambda a: last if a in same or a is current else a)
+    output.args = torch.fx.node.map_arg(output.args, lambda a: last if a in same else a)
     return len(replays)
 
 
