@@ -18,23 +18,24 @@ from .accumulation import accumulate_in_fp32
 from .build import Built, call_delegate, check_engine_devices, first_line_of
 from .cache import CompiledCache, Stats, cache_key
 from .delegate import TorchTensorRTDelegate, load_delegate
-from .cudagraphs import CapturePlan, CudaGraphs, capture_plan
+from .cudagraphs import CudaGraphs, capture_plan
 from .device import DevicePlan, check_visible, resolve_device
 from .engine import engine_options
-from .errors import TrtMultidevError, through_dynamo
+from .errors import through_dynamo
+from .fallback import Fallback
 from .graphinfo import Role, changed_in_place, classify_args, op_count
-from .guard import cuda_usable, device_guard
+from .guard import device_guard
 from .placement import Placement, graph_copy, place
 from .progress import current as current_progress, track
 from .reuse import Reuse, graph_name
 from .rewrites import pin_state_scalars, rewrite_for_tensorrt
-from .runtime import GuardedCallable
 from .scalars import numbers_in_pytorch
 from .segments import install, split_by_device
 from .specialize import Specialized, static_plan
 from .updates import updates_of_placed_graph
 from .notices import Notices, build_failure
 from .settings import Settings, SettingsError, resolve_settings
+from .wrapper import Wrapper
 
 __all__ = ["TrtMultidevBackend", "backend", "register", "BACKEND_NAME"]
 
@@ -59,6 +60,8 @@ class TrtMultidevBackend:
         self._log = self._notices.log
         self._default_delegate = TorchTensorRTDelegate()
         self._reuse = Reuse(self._stats, self._warn_once, self._log)
+        self._wrapper = Wrapper(self._stats, self._warn_once)
+        self._fallback = Fallback(self._stats, self._warn_once, self._wrapper)
 
     # -- public --------------------------------------------------------------------------
     @through_dynamo  # our errors reach torch.compile's caller as themselves, not BackendCompilerFailed
@@ -158,7 +161,7 @@ class TrtMultidevBackend:
         self._log(settings, "graph %s: %s on %s by %s in %.2f s%s%s", graph_name(gm), how, label,
                   _short(identity), time.perf_counter() - start, engines, self._notices.left_summary(built))
         compiled = self._specialized(compiled, built, gm, infos, delegate, placement, plan, settings, label)
-        wrapper = self._wrap(compiled, plan, placement, settings, label, _short(identity),
+        wrapper = self._wrapper(compiled, plan, placement, settings, label, _short(identity),
                              serialize=not getattr(delegate, "thread_safe", True), capture=capture)
         self._cache.put(key, wrapper)
         return wrapper
@@ -312,66 +315,6 @@ class TrtMultidevBackend:
 
         return Specialized(compiled, shapes, plan.target, settings.static_shapes, build, ready, failed)
 
-    def _wrap(self, compiled: Callable[..., Any], plan: DevicePlan, placement: Placement, settings: Settings,
-              label: str, delegate: str, *, serialize: bool, fallback: str | None = None,
-              capture: CapturePlan | None = None) -> GuardedCallable:
-        assert plan.target is not None
-        if capture is not None:  # cuda_graphs: replayed per input shape, or told why not, once
-            name = f"graph {graph_name(placement.gm)} on {label}"
-            if capture.refusal is None:
-                compiled = CudaGraphs(compiled, plan.target, capture, limit=settings.cuda_graph_max_shapes,
-                                      warn=self._warn_once, label=name,
-                                      count=lambda counter: self._stats.bump(label, counter))
-            else:
-                self._stats.bump(label, "uncaptured")
-                self._warn_once(("cuda-graphs:" + capture.kind, label),
-                                f"trt_multidev: CUDA graphs: {name} runs uncaptured: {capture.refusal}. "
-                                "(Warned once per reason and device.)")
-        # State moved at compile time is the first cached copy (real tensors only, not fakes).
-        seed = {i: (source, placement.example_inputs[i]) for i, source in placement.originals.items()
-                if _is_real(placement.example_inputs[i])}
-        return GuardedCallable(
-            compiled, plan.target, placement.actions, placement.output_moves,
-            input_policy=settings.input_policy, serialize=serialize, label=label,
-            delegate=delegate, fallback=fallback, notes=placement.notes, seed_state=seed,
-        )
-
-    def _fallback(self, gm: torch.fx.GraphModule, example_inputs: Sequence[Any], settings: Settings,
-                  plan: DevicePlan, label: str, key: str, reason: str, remedy: str, *,
-                  placement: Placement | None = None, cause: BaseException | None = None,
-                  capture: CapturePlan | None = None) -> Callable[..., Any]:
-        message = f"trt_multidev: {reason} [{label}]"
-        if settings.strict:
-            raise TrtMultidevError(f"{message}. strict is on, so no fallback runs. Remedy: {remedy}.") from cause
-        self._warn_once((key, label), f"{message}; running the {settings.fallback} fallback instead. "
-                                      f"Remedy: {remedy}. (Warned once per reason and device.)")
-        self._stats.bump(label, "fallbacks")
-        target = plan.target
-        on_target = placement is not None and target is not None and (target.type == "cpu" or cuda_usable())
-        if not on_target:
-            # The graph runs as captured, on its own devices: nothing here can honour the target.
-            return self._fallback_compile(settings, gm, example_inputs, label)
-        assert placement is not None and target is not None
-        with device_guard(target):
-            compiled = self._fallback_compile(settings, graph_copy(placement.gm), placement.example_inputs, label)
-        return self._wrap(compiled, plan, placement, settings, label, "torch_tensorrt",
-                          serialize=False, fallback=f"{settings.fallback} ({reason})", capture=capture)
-
-    def _fallback_compile(self, settings: Settings, gm: torch.fx.GraphModule, example_inputs: Sequence[Any],
-                          label: str) -> Callable[..., Any]:
-        if settings.fallback == "inductor":
-            try:
-                from torch._inductor.compile_fx import compile_fx
-
-                return compile_fx(gm, list(example_inputs))
-            except Exception as exc:
-                if settings.strict:
-                    raise
-                self._warn_once((f"inductor-error:{type(exc).__name__}", label),
-                                f"trt_multidev: the inductor fallback failed on {label} "
-                                f"({first_line_of(exc)}); running eager instead.")
-        return gm.forward  # not the module: its __call__ would add hooks and dispatch to every call
-
 
 def _shape_text(key: tuple) -> str:
     """A static engine's call shape for messages: "input shape(s) [8, 3, 224, 224]" (size
@@ -381,12 +324,6 @@ def _shape_text(key: tuple) -> str:
         more = f" and {len(shapes) - 3} more" if len(shapes) > 3 else ""
         return f"input shape{'s' if len(shapes) > 1 else ''} {', '.join(shapes[:3])}{more}"
     return "sizes " + ", ".join(str(part) for part in key)
-
-
-def _is_real(value: Any) -> bool:
-    from torch._subclasses.fake_tensor import FakeTensor
-
-    return isinstance(value, torch.Tensor) and not isinstance(value, FakeTensor)
 
 
 def _short(identity: str) -> str:
