@@ -7,15 +7,19 @@ process on one GPU: generate() as real_models.py runs it (32 new tokens, greedy,
 warm-up run (compiles) then `--runs` timed runs, each run's ms per token kept. Then one more run
 with the compiled forward wrapped to time its host side (wall time from call to return, no
 synchronisation: what the Python side of each call costs while the GPU runs behind it) and one under
-torch.profiler (CUDA kernels only: their summed time and launches per token). So a backend slower
-than another per token shows whether its calls cost the host more (host_ms_per_call) or its
-kernels take longer (kernel_ms_per_token). Writes generate_profile.json (GPU, versions, date,
-commit, raw times).
+torch.profiler (CUDA kernels only: their summed time and launches per token), and one under
+cProfile: the host's self time per token by area (trt_multidev, transformers, dynamo, the rest of
+torch, C functions such as TensorRT's enqueue) and the functions that took most of it (cProfile
+slows Python down, so compare areas across backends, not with the timed runs). So a backend slower
+than another per token shows whether its calls cost the host more (host_ms_per_call, host_areas)
+or its kernels take longer (kernel_ms_per_token). Writes generate_profile.json (GPU, versions,
+date, commit, raw times).
 """
 
 from __future__ import annotations
 
 import argparse
+import cProfile
 import datetime
 import json
 import os
@@ -60,6 +64,39 @@ def kernels_per_run(lm: torch.nn.Module, prompt: torch.Tensor, dev: torch.device
             "launches_per_token": sum(e.count for e in events) / rm.NEW_TOKENS}
 
 
+AREAS = (("trt_multidev_backend", "trt_multidev"), ("transformers", "transformers"),
+         ("torch/_dynamo", "dynamo"), ("torch/_inductor", "inductor"), ("torch", "torch"))
+
+
+def area_of(filename: str) -> str:
+    """Which part of the stack a profiled function belongs to, by its file (C functions: "~")."""
+    if filename == "~":
+        return "C functions"
+    path = filename.replace(os.sep, "/")
+    for part, area in AREAS:
+        if f"/{part}/" in path:
+            return area
+    return "other Python"
+
+
+def host_areas(profiler: cProfile.Profile, tokens: int, top: int = 12) -> dict[str, Any]:
+    """A cProfile run summed per token: self ms by area, and the `top` functions by self time."""
+    import pstats
+
+    table = pstats.Stats(profiler).stats  # (file, line, name) -> (calls, primitive calls, self s, cumulative s, callers)
+    areas: dict[str, float] = {}
+    for (filename, _, _), (_, _, self_s, _, _) in table.items():
+        areas[area_of(filename)] = areas.get(area_of(filename), 0.0) + self_s
+    heaviest = sorted(table.items(), key=lambda item: item[1][2], reverse=True)[:top]
+    return {
+        "self_ms_per_token": {area: round(1000 * s / tokens, 4) for area, s in sorted(areas.items(), key=lambda a: -a[1])},
+        "top_functions": [{"function": f"{os.path.basename(f)}:{line}:{name}", "area": area_of(f),
+                           "calls_per_token": round(calls / tokens, 2), "self_ms_per_token": round(1000 * self_s / tokens, 4),
+                           "cumulative_ms_per_token": round(1000 * cum_s / tokens, 4)}
+                          for (f, line, name), (_, calls, self_s, cum_s, _) in heaviest],
+    }
+
+
 def profile_backend(lm: torch.nn.Module, prompt: torch.Tensor, dev: torch.device, backend: str,
                     options: dict[str, Any], runs: int, cache: str | None = None) -> dict[str, Any]:
     torch._dynamo.reset()
@@ -87,6 +124,13 @@ def profile_backend(lm: torch.nn.Module, prompt: torch.Tensor, dev: torch.device
                                    "max": round(1000 * calls[-1], 4)}
         row["host_ms_in_forward_per_token"] = round(1000 * sum(calls) / rm.NEW_TOKENS, 4)
         row.update({k: round(v, 4) for k, v in kernels_per_run(lm, prompt, dev, cache).items()})
+        profiler = cProfile.Profile()
+        profiler.enable()
+        try:
+            rm.timed_generate(lm, prompt, dev, cache)
+        finally:
+            profiler.disable()
+        row["host_areas"] = host_areas(profiler, rm.NEW_TOKENS)
     except Exception as exc:
         row["error"] = rm.first_line(exc)
     finally:
@@ -128,7 +172,8 @@ def main() -> int:
             row = result[backend] = profile_backend(case.lm, prompt, dev, backend, options, args.runs, args.cache)
             if backend != "eager" and "tokens" in row and "tokens" in result["eager"]:
                 row["same_tokens"] = row["tokens"] == result["eager"]["tokens"]
-            print(name, backend, json.dumps({k: v for k, v in row.items() if k != "tokens"}), flush=True)
+            print(name, backend, json.dumps({k: v for k, v in row.items() if k not in ("tokens", "host_areas")}),
+                  json.dumps(row.get("host_areas", {}).get("self_ms_per_token")), flush=True)
         del case
         rm.free_memory()
         with open(os.path.join(args.out, "generate_profile.json"), "w") as f:
