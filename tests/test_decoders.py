@@ -99,6 +99,31 @@ def test_generate_with_a_static_cache_gives_eagers_tokens_with_the_cache_written
 
 
 
+@pytest.mark.parametrize("cache", [None, "static"])
+@pytest.mark.parametrize("family", ["gpt2", "gemma2"])
+def test_a_left_padded_batch_with_beam_search_gives_eagers_tokens(family, cache):
+    """What a server runs: two prompts, one left-padded (its mask, from the caller's tensor, reaches
+    the graphs as an input), beam search (transformers reorders the cache between steps), with
+    the default and the static cache (written after the engine, in PyTorch)."""
+    torch.manual_seed(0)
+    lm = _lm(family)
+    prompt = torch.randint(1, 99, (2, 8))
+    mask = torch.ones_like(prompt)
+    mask[1, :3] = 0
+    prompt[1, :3] = 0
+    extra = {} if cache is None else {"cache_implementation": cache}
+    kwargs = dict(attention_mask=mask, max_new_tokens=5, min_new_tokens=5, do_sample=False, num_beams=2,
+                  use_cache=True, pad_token_id=0, eos_token_id=99, **extra)
+    with torch.no_grad():
+        ref = lm.generate(prompt, **kwargs)
+        lm.forward = torch.compile(lm.forward, backend="trt_multidev",
+                                   options={"delegate": TensorsOnly(), "min_block_size": 1})
+        out = lm.generate(prompt, **kwargs)
+    assert torch.equal(out, ref)
+    counts = tm.stats()["cpu"]
+    assert counts["compiles"] >= 2 and counts["fallbacks"] == 0
+
+
 def test_transformers_compiles_the_static_cache_decode_steps_with_trt_multidev_when_named():
     """transformers' own way to choose the compiler of generate()'s decode steps with a static
     cache: generation_config.compile_config = CompileConfig(backend="trt_multidev", ...). (It
