@@ -102,3 +102,22 @@ def test_a_cache_on_a_fake_gpu_is_written_after_the_engine_on_that_gpu(fake_mode
     assert "scatter" in call.code and "index_copy" not in call.code  # the write after it, in PyTorch
     assert set(call.input_devices) == {torch.device("cuda", 1)}
     assert tm.stats()["cuda:1"]["fallbacks"] == 0 and tm.stats()["cuda:1"]["compiles"] == 1
+
+
+def test_an_input_that_shares_memory_with_another_is_not_updated_after_it_but_falls_back(caplog):
+    """x and a view of it passed as two inputs: an update of x after the engine would come too
+    late for what the engine reads through the view."""
+    delegate = DropsUpdates()
+
+    def step(x, row):
+        x.add_(1)
+        return row * 2  # eager reads the updated row
+
+    compiled = torch.compile(step, backend="trt_multidev", options={"delegate": delegate, "device": "cpu"})
+    x = torch.zeros(2, 3)
+    ref = x.clone()
+    out = compiled(x, x[0])
+    assert out.tolist() == step(ref, ref[0]).tolist() == [2.0, 2.0, 2.0]
+    assert x.tolist() == ref.tolist() and delegate.calls == []  # the fallback ran it
+    warned = [w for w in _warnings(caplog) if "in place" in w]
+    assert len(warned) == 1 and "another input shares its memory" in warned[0]
