@@ -202,3 +202,11 @@ def test_a_static_build_gets_stand_ins_for_the_callers_inputs_and_keeps_none_of_
     del x
     gc.collect()
     assert ref() is None
+
+
+def test_a_graph_without_dynamic_shapes_gets_no_static_engine_however_often_its_shape_recurs():
+    model = _model()
+    compiled = torch.compile(model, backend="trt_multidev", options=OPTIONS)
+    _calls(compiled, model, [2] * 6)
+    assert [tag for tag, _ in _delegates.BUILDS] == ["static"]  # its one build, nothing more
+    assert tm.stats()["cpu"]["static_engines"] == 0
