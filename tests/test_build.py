@@ -501,6 +501,9 @@ def test_a_slice_no_one_bound_fits_runs_in_pytorch_after_the_rest():
     assert window.meta[IN_PYTORCH] and any("runs in PyTorch: slice bounds" in note for note in notes)
     segmented = split_by_device(gm, [example], DevicePlan(torch.device("cpu"), "test", torch.device("cpu"), (), ("cpu",)))
     assert len(segmented.device_segments) == 1 and len(segmented.host_segments) == 1
+    # The build line's layout: each segment in order, or summed per place where there are many.
+    assert segmented.describe() == "submod_0 on cpu (3 ops), submod_1 in PyTorch (1 ops)"
+    assert segmented.describe(most=1) == "1 on cpu (3 ops), 1 in PyTorch (1 ops)"
     (name, _, _), = segmented.device_segments
     assert operator.getitem not in [node.target for node in getattr(segmented.gm, name).graph.nodes]
     for size in (16, 70):

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import os
 import subprocess
 import sys
@@ -450,7 +451,8 @@ def test_a_process_stores_what_its_graphs_learned_at_exit_for_the_next(tmp_path)
     assert '"disk_hits": 1' in out.stdout  # the second process loaded what the first learned
 
 
-def test_a_graph_with_host_segments_loads_its_device_segments_from_the_disk(tmp_path, monkeypatch):
+def test_a_graph_with_host_segments_loads_its_device_segments_from_the_disk(tmp_path, monkeypatch, caplog):
+    caplog.set_level(logging.INFO, logger="trt_multidev")
     """A buffer updated in place (a static KV cache's kind of graph): the update runs in a host
     segment after the delegate's piece, and that piece is disk-cached like a whole graph, so a new
     process (here: a reset) loads it instead of building it."""
@@ -470,13 +472,18 @@ def test_a_graph_with_host_segments_loads_its_device_segments_from_the_disk(tmp_
     model, x = Counting().eval(), torch.randn(2, 4)
     options = {"delegate": "_delegates:serializing_drops_updates", "device": "cpu", "min_block_size": 1}
     builds = serializing_drops_updates.builds
-    outs = []
+    outs, lines = [], []
     with torch.no_grad():
         for _ in range(2):
             torch._dynamo.reset()
             tm.reset()
+            caplog.clear()
             outs.append(torch.compile(model, backend="trt_multidev", options=options)(x))
             stats = tm.stats()["cpu"]
+            lines += [r.getMessage() for r in caplog.records if " by _delegates:" in r.getMessage()]
     assert serializing_drops_updates.builds == builds + 1  # built once, then loaded
+    # The build line says where each segment runs: the update after the engine, in PyTorch.
+    assert len(lines) == 2 and "built (segments: submod_0 on cpu (" in lines[0] and "submod_1 in PyTorch (" in lines[0]
+    assert "0 built, the others loaded (segments:" in lines[1]
     assert stats == counters(disk_hits=1) and model.seen.item() == 2
     torch.testing.assert_close(outs[1], model.fc(x) * 2)

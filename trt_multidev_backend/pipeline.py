@@ -207,6 +207,7 @@ class TrtMultidevBackend:
         excluded: list[tuple[str, str]] = []
         left: list[tuple[int, str, str]] = []
         built = 0  # device segments built here (the others came from a cache)
+        layout = segmented.describe(most=6)  # before the delegate's results take the segments' places
         with device_guard(plan.target):
             for name, _, inputs in segmented.device_segments:
                 piece = getattr(segmented.gm, name)
@@ -221,9 +222,7 @@ class TrtMultidevBackend:
         if built and counted:
             self._stats.bump(label, "compiles")
         how = "built" if built == len(segmented.device_segments) else f"{built} built, the others loaded"
-        return Built(segmented.gm, segmented.gm, None, excluded, left, segmented=True), (
-            f"{how} ({len(segmented.device_segments)} device segment(s); host segment(s) "
-            f"{', '.join(segmented.host_segments)} stay in PyTorch)")
+        return Built(segmented.gm, segmented.gm, None, excluded, left, segmented=True), f"{how} (segments: {layout})"
 
     def _obtain_piece(self, delegate: Any, piece: torch.fx.GraphModule, inputs: list[Any], plan: DevicePlan,
                       settings: Settings, label: str) -> tuple[Built, bool]:

@@ -43,15 +43,23 @@ class Segmented:
     device_segments: list[tuple[str, torch.device, list[Any]]]     # (submodule, its GPU, example inputs)
     host_segments: list[str]                                       # run in PyTorch: host work, transfers
 
-    def describe(self) -> str:
-        """The stages, in order, for the plan log line: 'submod_0 on cuda:0 (12 ops), ...'."""
+    def describe(self, most: int | None = None) -> str:
+        """The stages, in order, for the plan log line: 'submod_0 on cuda:0 (12 ops), ...'; over
+        `most` of them, summed per place instead: '9 on cuda:0 (155 ops), 9 in PyTorch (29 ops)'."""
         parts = []
         for name, module in self.gm.named_children():
             if not isinstance(module, torch.fx.GraphModule):
                 continue
             device = next((f"on {d}" for seg, d, _ in self.device_segments if seg == name), "in PyTorch")
-            parts.append(f"{name} {device} ({op_count(module)} ops)")
-        return ", ".join(parts)
+            parts.append((name, device, op_count(module)))
+        if most is None or len(parts) <= most:
+            return ", ".join(f"{name} {device} ({ops} ops)" for name, device, ops in parts)
+        totals: dict[str, list[int]] = {}
+        for _, device, ops in parts:
+            count = totals.setdefault(device, [0, 0])
+            count[0] += 1
+            count[1] += ops
+        return ", ".join(f"{n} {device} ({ops} ops)" for device, (n, ops) in totals.items())
 
 
 class _Callable(torch.nn.Module):
