@@ -177,3 +177,42 @@ def test_a_number_dynamo_fixed_is_read_as_that_constant():
     x = torch.randn(2, 3)
     args = [x if isinstance(meta_value(n), torch.Tensor) else 99 for n in gm.graph.nodes if n.op == "placeholder"]
     torch.testing.assert_close(gm(*args)[0], x * 5)  # the input (99 here) is no longer read
+
+
+def test_ops_reading_a_number_are_not_moved_across_an_update_in_place():
+    """Ops left to PyTorch are gathered into few pieces only in graphs that write nothing in
+    place: gathered across `x.add_(1)`, one of them would read x as it was on the other side.
+    (A delegate that keeps in-place updates, so the write stays in the graph.)"""
+    def step(x, n):
+        before = x + n
+        x.add_(1)
+        after = x * n
+        return before.sin(), after.cos()
+
+    compiled = torch.compile(step, backend="trt_multidev",
+                             options={"delegate": "_delegates:run_graph", "device": "cpu", "min_block_size": 1})
+    for n in (1, 2, 3):  # dynamic from the second call
+        x = torch.randn(4)
+        ref = x.clone()
+        out, expected = compiled(x, n), step(ref, n)
+        assert torch.equal(out[0], expected[0]) and torch.equal(out[1], expected[1]) and torch.equal(x, ref)
+    assert tm.stats()["cpu"]["fallbacks"] == 0
+
+
+def _cache_like_2d(x, state):
+    k = state.length  # equal to the second size, not the first
+    if k == x.shape[1]:
+        return (torch.tanh(x) * (torch.arange(k, device=x.device) < k - 1).float()).sum(-1)
+    return x.sum(-1)
+
+
+def test_a_number_equal_to_one_of_several_sizes_is_read_from_that_one():
+    delegate = TensorsOnly()
+    compiled = torch.compile(_cache_like_2d, backend="trt_multidev", options={"delegate": delegate, "min_block_size": 1})
+    ours, theirs = State(), State()
+    for rows, n in ((3, 2), (5, 4), (2, 6), (7, 3)):  # both sizes change, so both are dynamic
+        ours.length = theirs.length = n
+        x = torch.randn(rows, n)
+        torch.testing.assert_close(compiled(x, ours), _cache_like_2d(x, theirs))
+    assert tm.stats()["cpu"]["fallbacks"] == 0
+    assert "arange" in delegate.graphs[-1].code  # read from the size, the engine computes the mask
