@@ -67,6 +67,14 @@ def test_a_graph_that_hands_out_the_updated_input_hands_out_the_input_itself():
     infos = classify_args(gm, inputs)
     notes, left = updates_after_the_engines(gm, infos, [infos[0].name], {0})
     assert len(notes) == 1 and left == []
+    # The update, now out of place, has memory of its own in the graph's metadata too (what later
+    # passes read to tell views and aliases); the update done again after it is the input's.
+    from trt_multidev_backend.graphinfo import WRITTEN_BACK, meta_value, storage_of
+    replay = next(n for n in gm.graph.nodes if n.meta.get(WRITTEN_BACK))
+    values = [write.meta[key] for key in ("example_value", "val") if key in write.meta]
+    ptr = meta_value(placeholder).untyped_storage()._cdata
+    assert write.target == "add" and values and all(v.untyped_storage()._cdata != ptr for v in values)
+    assert storage_of(replay) == storage_of(placeholder)
     x = torch.zeros(3)
     doubled, same, again = gm(x)
     assert same is x and again is x and x.tolist() == [1.0] * 3 and doubled.tolist() == [2.0] * 3
