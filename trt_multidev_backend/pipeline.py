@@ -162,7 +162,7 @@ class TrtMultidevBackend:
                   _short(identity), time.perf_counter() - start, engines, self._notices.left_summary(built))
         compiled = self._specialized(compiled, built, gm, infos, delegate, placement, plan, settings, label)
         wrapper = self._wrapper(compiled, plan, placement, settings, label, _short(identity),
-                             serialize=not getattr(delegate, "thread_safe", True), capture=capture)
+                                serialize=not getattr(delegate, "thread_safe", True), capture=capture)
         self._cache.put(key, wrapper)
         return wrapper
 
@@ -221,7 +221,8 @@ class TrtMultidevBackend:
             return Built(segmented.gm, segmented.gm, None, segmented=True, in_pytorch=True), "run in PyTorch"
         if built and counted:
             self._stats.bump(label, "compiles")
-        how = "built" if built == len(segmented.device_segments) else f"{built} built, the others loaded"
+        how = ("built" if built == len(segmented.device_segments) else "loaded" if not built
+               else f"{built} built, the others loaded")
         return Built(segmented.gm, segmented.gm, None, excluded, left, segmented=True), f"{how} (segments: {layout})"
 
     def _obtain_piece(self, delegate: Any, piece: torch.fx.GraphModule, inputs: list[Any], plan: DevicePlan,
