@@ -143,3 +143,27 @@ def test_transformers_compiles_the_static_cache_decode_steps_with_trt_multidev_w
     assert torch.equal(out, ref)
     counts = tm.stats()["cpu"]
     assert counts["compiles"] == 1 and counts["fallbacks"] == 0  # the decode step (the prompt pass runs eager)
+
+
+def test_a_static_cache_that_changes_length_is_told_to_keep_one(caplog):
+    """A longer request sizes a new static cache (transformers keeps the longest length so far):
+    the graphs recompile with the length dynamic, and the prompt pass, which builds the cache
+    from that length, leaves that work to PyTorch. Still eager's tokens; the info line says how
+    to keep one length."""
+    caplog.set_level(logging.INFO, logger="trt_multidev")
+    torch.manual_seed(0)
+    lm = _lm("llama")
+    compiled = torch.compile(lm.forward, backend="trt_multidev",
+                             options={"delegate": TensorsOnly(), "min_block_size": 1})
+    for new in (3, 7, 9):
+        prompt = torch.randint(1, 99, (1, 8))
+        kwargs = dict(attention_mask=torch.ones_like(prompt), max_new_tokens=new, min_new_tokens=new, do_sample=False,
+                      use_cache=True, pad_token_id=0, eos_token_id=99, cache_implementation="static")
+        with torch.no_grad():
+            vars(lm).pop("forward", None)
+            ref = lm.generate(prompt, **kwargs)
+            lm.forward = compiled
+            assert torch.equal(lm.generate(prompt, **kwargs), ref)
+    assert tm.stats()["cpu"]["fallbacks"] == 0
+    hints = [r.getMessage() for r in caplog.records if "pass max_cache_len= to generate()" in r.getMessage()]
+    assert hints and all("max_cache_len, which is no tensor's size" in h for h in hints)

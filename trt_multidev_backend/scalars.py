@@ -90,11 +90,17 @@ def numbers_in_pytorch(gm: torch.fx.GraphModule) -> list[str]:
         order = {n: i for i, n in enumerate(gm.graph.nodes)}
         _gather(gm, sorted(marked, key=order.__getitem__), output)
     for reason, count in collections.Counter(n.meta[IN_PYTORCH] for n in marked).items():
-        notes.append(f"{count} op(s) run in PyTorch: {reason}")
+        notes.append(f"{count} op(s) run in PyTorch: {reason}" + (_CACHE_LENGTH if ".max_cache_len" in reason else ""))
     if notes:  # something was read elsewhere or marked
         gm.graph.lint()
         gm.recompile()
     return notes
+
+
+# Hugging Face's static cache made dynamic by a new length (a recompile): its prompt pass reads the length.
+_CACHE_LENGTH = (" (a static KV cache whose length changed between generate() calls: pass max_cache_len= to "
+                 "generate(), or set generation_config.max_cache_len, at the longest length you serve, and the "
+                 "graphs keep one cache shape)")
 
 
 def _unconverted(node: torch.fx.Node) -> str | None:
