@@ -278,21 +278,23 @@ def test_the_tensors_a_moved_build_reads_move_as_what_they_were():
     from trt_multidev_backend.reuse import relocated
 
     root = torch.nn.Module()
-    root.weight = torch.nn.Parameter(torch.ones(4), requires_grad=False)
+    root.inner = torch.nn.Module()  # read as inner.weight: the owner is a submodule
+    root.inner.weight = torch.nn.Parameter(torch.ones(4), requires_grad=False)
     root.register_buffer("scale", torch.full((4,), 2.0))
     root.offset = torch.zeros(4)
     graph = torch.fx.Graph()
     x = graph.placeholder("x")
-    reads = [graph.get_attr(name) for name in ("weight", "scale", "offset")]
+    reads = [graph.get_attr(name) for name in ("inner.weight", "scale", "offset")]
     graph.output(graph.call_function(torch.add, (graph.call_function(torch.mul, (x, reads[0])),
                                                   graph.call_function(torch.mul, (reads[1], reads[2])))))
     gm = torch.fx.GraphModule(root, graph)
     del gm._buffers["offset"]  # GraphModule keeps tensor attributes as buffers: a plain one again
     gm.offset = torch.zeros(4)
     assert relocated(gm, torch.device("cpu"), torch.device("meta")) is gm
-    assert isinstance(gm.weight, torch.nn.Parameter) and not gm.weight.requires_grad
+    weight = gm.get_submodule("inner").weight
+    assert isinstance(weight, torch.nn.Parameter) and not weight.requires_grad
     assert "scale" in gm._buffers and "offset" not in gm._buffers and "offset" not in gm._parameters
-    assert {t.device.type for t in (gm.weight, gm.scale, gm.offset)} == {"meta"}
+    assert {t.device.type for t in (weight, gm.scale, gm.offset)} == {"meta"}
     assert gm(torch.zeros(4, device="meta")).device.type == "meta"
 
 def test_a_build_that_cannot_be_moved_is_not_used_elsewhere():
