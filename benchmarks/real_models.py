@@ -304,7 +304,10 @@ def where_ops_run(compiled: Any, dynamo_ops: int) -> dict[str, Any]:
     fallback = compiled.fallback if guarded else None
     if fallback is not None:
         return {"engines": 0, "pytorch_ops": dynamo_ops, "fallback": fallback}
-    inner = dynamic_of(compiled.fn) if guarded else compiled
+    inner = compiled.fn if guarded else compiled
+    while type(inner).__name__ == "CudaGraphs":  # cuda_graphs: the graph captured is inside
+        inner = inner.fn
+    inner = dynamic_of(inner)
     if not isinstance(inner, nn.Module):
         return {"engines": None, "pytorch_ops": None, "fallback": None}
     names: collections.Counter = collections.Counter()

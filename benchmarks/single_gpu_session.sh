@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # The one-GPU run (nvidia-h200), after ../shared/gpu's device_setup.sh (source /tmp/trt_env.sh first).
-#   bash benchmarks/single_gpu_session.sh tests      # all of tests/gpu in one process
+#   bash benchmarks/single_gpu_session.sh tests      # all of tests/gpu in one process (373 s on an H100, 2026-12-05)
 #   bash benchmarks/single_gpu_session.sh decoders   # real_models.py gpt2,llama with generate()
 #   bash benchmarks/single_gpu_session.sh encoders   # real_models.py bert,t5 (the search in pieces)
 #   bash benchmarks/single_gpu_session.sh vision     # real_models.py vit_s16,convnext_t,resnet50,mobilenetv3_l
@@ -33,6 +33,7 @@
 #                                                        # inductor and transformers' own compilation (hf_compile)
 #   bash benchmarks/single_gpu_session.sh static_cache_graphs   # the same with trt_multidev's CUDA graphs on
 #   bash benchmarks/single_gpu_session.sh generate_profile   # generate_profile.py gpt2: host and kernel time per token
+#   bash benchmarks/single_gpu_session.sh bind   # bind_probe.py gpt2,llama: the engine runner's pieces per decode step
 #   bash benchmarks/single_gpu_session.sh tests decoders   # several phases in one call (about 6 min)
 # Results under $OUT (default /tmp/out). One device call runs at most 10 minutes: about 7 min for
 # tests + decoders, 5 min for encoders + attention + kernels, 7 min for vision.
@@ -43,7 +44,7 @@ export PYTHONUNBUFFERED=1 PYTHONPATH=$PWD${PYTHONPATH:+:$PYTHONPATH}
 export TRT_MULTIDEV_CACHE_DIR=${TRT_MULTIDEV_CACHE_DIR:-$(mktemp -d /tmp/trt_multidev_cache.XXXX)}
 python3 -m pip install -q --no-deps --no-build-isolation --no-index -e . >/dev/null 2>&1
 nvidia-smi --query-gpu=index,name,memory.total --format=csv,noheader
-PHASES="static_cache static_cache_graphs generate_profile families families_generate slices decode_probe llama_parts fp32_acc profile kernels_b1 llama_precision static_shapes static_graphs convnext_ops precision_short tests decoders encoders vision kernels attention probes llama llama_no_tf32 llama_decomposed mobilenet t5 t5_decomposed dynamic_true masks shapes precision convnext"
+PHASES="bind static_cache static_cache_graphs generate_profile families families_generate slices decode_probe llama_parts fp32_acc profile kernels_b1 llama_precision static_shapes static_graphs convnext_ops precision_short tests decoders encoders vision kernels attention probes llama llama_no_tf32 llama_decomposed mobilenet t5 t5_decomposed dynamic_true masks shapes precision convnext"
 noise='logger passed into|DeprecationWarning|timing_cache|unparsable type|strongly typed|no max bound|warnings.warn|^INFO'
 
 models() {  # name, models, time limit, extra arguments
@@ -63,7 +64,7 @@ run() {
   case "$1" in
     tests)
       # -v: each test's name and outcome as it ends, so a run cut by the limit still says which failed
-      timeout 400 python3 -m pytest tests/gpu -v --tb=short -rfEx -p no:cacheprovider 2>&1 \
+      timeout 470 python3 -m pytest tests/gpu -v --tb=short -rfEx -p no:cacheprovider 2>&1 \
         | grep -v "logger passed into" | tee "$out/gpu_tests.log" | grep -E "FAILED|ERROR|passed|failed" | tail -20 ;;
     decoders) models decoders gpt2,llama 280 --options '{"log_level": "warning"}' ;;  # every graph's build line
     families) models families qwen2,qwen3,mistral,gemma,gemma2,phi3 480 --skip-generate --options '{"log_level": "warning"}' ;;
@@ -76,6 +77,9 @@ run() {
     generate_profile)
       timeout 300 python3 benchmarks/generate_profile.py --out "$out/generate_profile" --models gpt2 --runs 8 \
         --options '{"log_level": "warning"}' 2>&1 | grep -E "^gpt2 " | cut -c1-400 ;;
+    bind)
+      timeout 240 python3 benchmarks/bind_probe.py --out "$out/bind" --models gpt2,llama --runs 3 \
+        --options '{"log_level": "error"}' 2>&1 | grep -E "^(gpt2|llama) |Error" | cut -c1-1200 ;;
     families_generate)
       models families_generate qwen2,mistral,gemma2 500 --options '{"log_level": "warning"}' ;;
     slices)
