@@ -272,6 +272,24 @@ def test_the_device_a_cpp_engine_chose_is_read_from_its_description():
     assert engine_device(TorchTensorRTModule()) == torch.device("cuda", 1)
 
 
+def test_engine_devices_name_each_engine_and_read_a_python_engine_module_s_device():
+    from trt_multidev_backend.delegate import TorchTensorRTDelegate
+
+    class PythonTorchTensorRTModule(torch.nn.Module):  # Torch-TensorRT's: `device` is an index once set up
+        def __init__(self, device) -> None:
+            super().__init__()
+            self.engine = object()
+            self.device = device
+
+    outer = torch.nn.Module()
+    outer._run_on_acc_0 = PythonTorchTensorRTModule(1)
+    outer._run_on_acc_2 = PythonTorchTensorRTModule(None)  # not set up: its device cannot be read
+    assert TorchTensorRTDelegate.engine_devices(outer) == [
+        ("_run_on_acc_0", torch.device("cuda", 1)), ("_run_on_acc_2", None)]
+    # A graph that is one engine names it "engine" in messages.
+    assert TorchTensorRTDelegate.engine_devices(PythonTorchTensorRTModule(3)) == [("engine", torch.device("cuda", 3))]
+
+
 def test_the_op_whose_conversion_failed_is_found_in_the_traceback():
     from trt_multidev_backend.delegate import TorchTensorRTDelegate
 
