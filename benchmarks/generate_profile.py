@@ -12,7 +12,8 @@ cProfile: the host's self time per token by area (trt_multidev, transformers, dy
 torch, C functions such as TensorRT's enqueue) and the functions that took most of it (cProfile
 slows Python down, so compare areas across backends, not with the timed runs). So a backend slower
 than another per token shows whether its calls cost the host more (host_ms_per_call, host_areas)
-or its kernels take longer (kernel_ms_per_token). Writes generate_profile.json (GPU, versions,
+or its kernels take longer (kernel_ms_per_token). Tokens are compared with eager's; where they
+differ, first_difference gives eager's logit gap at that step (as real_models.py does). Writes generate_profile.json (GPU, versions,
 date, commit, raw times).
 """
 
@@ -172,6 +173,10 @@ def main() -> int:
             row = result[backend] = profile_backend(case.lm, prompt, dev, backend, options, args.runs, args.cache)
             if backend != "eager" and "tokens" in row and "tokens" in result["eager"]:
                 row["same_tokens"] = row["tokens"] == result["eager"]["tokens"]
+                if not row["same_tokens"]:  # a near-tie fp16 rounding flips, or a wrong model?
+                    got, ref = (torch.tensor([t], device=dev) for t in (row["tokens"], result["eager"]["tokens"]))
+                    row["first_difference"] = rm.first_difference(case.lm, prompt, got, ref,
+                                                                  rm.matching_prefix(got, ref))
             print(name, backend, json.dumps({k: v for k, v in row.items() if k not in ("tokens", "host_areas")}),
                   json.dumps(row.get("host_areas", {}).get("self_ms_per_token")), flush=True)
         del case
